@@ -1,0 +1,88 @@
+"""Delivery to Telegram chats through the bot each user talks to (generation.delivery.ChatDelivery).
+
+Maps aiogram's errors to the pipeline's: flood control and network trouble are retryable (with
+Telegram's retry_after), a blocked bot or a missing chat is final.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiogram import Bot
+from aiogram.exceptions import (
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
+from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup, InputMediaPhoto
+
+from generation.delivery import Button, DeliveryRefused, DeliveryRetryLater, Media
+
+
+class TelegramDelivery:
+    def __init__(self, bots: dict[str, Bot]) -> None:
+        self.bots = bots
+
+    def can_deliver(self, bot_name: str) -> bool:
+        return bot_name in self.bots
+
+    async def send_text(
+        self, bot_name: str, chat_id: int, text: str, *, buttons: list[Button] | None = None
+    ) -> int:
+        markup = None
+        if buttons:
+            markup = InlineKeyboardMarkup(
+                inline_keyboard=[
+                    [InlineKeyboardButton(text=button.text, callback_data=button.callback_data)]
+                    for button in buttons
+                ]
+            )
+        async with _mapped_errors():
+            message = await self._bot(bot_name).send_message(chat_id, text, reply_markup=markup)
+        return message.message_id
+
+    async def send_images(self, bot_name: str, chat_id: int, images: list[Media]) -> list[int]:
+        bot = self._bot(bot_name)
+        files = [BufferedInputFile(image.content, filename=image.filename) for image in images]
+        async with _mapped_errors():
+            if len(files) == 1:
+                message = await bot.send_photo(chat_id, files[0])
+                return [message.message_id]
+            # An album: one message per image, shown together (Telegram takes 2-10 in one group).
+            messages = await bot.send_media_group(chat_id, [InputMediaPhoto(media=file) for file in files])
+        return [message.message_id for message in messages]
+
+    async def delete_message(self, bot_name: str, chat_id: int, message_id: int) -> None:
+        try:
+            async with _mapped_errors():
+                await self._bot(bot_name).delete_message(chat_id, message_id)
+        except DeliveryRefused:
+            pass  # already gone, or too old to delete: nothing to clean up
+
+    async def chat_action(self, bot_name: str, chat_id: int, action: str) -> None:
+        async with _mapped_errors():
+            await self._bot(bot_name).send_chat_action(chat_id, action)
+
+    def _bot(self, bot_name: str) -> Bot:
+        bot = self.bots.get(bot_name)
+        if bot is None:
+            raise DeliveryRefused(f"no bot {bot_name!r} in this process")
+        return bot
+
+
+@asynccontextmanager
+async def _mapped_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except TelegramRetryAfter as error:
+        raise DeliveryRetryLater("telegram flood control", retry_after=float(error.retry_after)) from None
+    except (TelegramNetworkError, TelegramServerError) as error:
+        raise DeliveryRetryLater(f"telegram unavailable: {type(error).__name__}") from None
+    except (TelegramForbiddenError, TelegramNotFound, TelegramUnauthorizedError, TelegramBadRequest) as error:
+        # aiogram's message is Telegram's description ("Forbidden: bot was blocked by the user"); no token.
+        raise DeliveryRefused(f"telegram refused: {error.message}") from None

@@ -1,0 +1,53 @@
+"""The aiogram Dispatcher serving every bot: routers, middlewares, and what handlers get injected."""
+
+from __future__ import annotations
+
+from aiogram import Bot, Dispatcher
+from aiogram.types import BotCommand
+
+from bot.middlewares import UserMiddleware
+from bot.routers import image, start, unknown
+from bot.routers.admin import build_admin_router
+from generation.dispatcher import Dispatcher as GenerationDispatcher
+from generation.services import Services
+
+# Commands shown in Telegram's menu, per language.
+MENU = {
+    "en": [
+        ("image", "Images from a prompt"),
+        ("model", "Choose the image model"),
+        ("balance", "Balance and operations"),
+        ("lang", "Switch language"),
+        ("help", "Commands and prices"),
+    ],
+    "ru": [
+        ("image", "Изображения по запросу"),
+        ("model", "Выбрать модель"),
+        ("balance", "Баланс и операции"),
+        ("lang", "Сменить язык"),
+        ("help", "Команды и цены"),
+    ],
+}
+
+
+def build_bot_dispatcher(
+    services: Services, generations: GenerationDispatcher, bots: dict[str, Bot]
+) -> Dispatcher:
+    dispatcher = Dispatcher(services=services, generations=generations)
+    middleware = UserMiddleware(services, {bot.id: name for name, bot in bots.items()})
+    dispatcher.message.outer_middleware(middleware)
+    dispatcher.callback_query.outer_middleware(middleware)
+    dispatcher.include_routers(
+        start.router,
+        image.router,
+        build_admin_router(services.settings.admin_ids),
+        unknown.router,
+    )
+    return dispatcher
+
+
+async def publish_menus(bots: dict[str, Bot]) -> None:
+    for bot in bots.values():
+        for language, items in MENU.items():
+            commands = [BotCommand(command=name, description=description) for name, description in items]
+            await bot.set_my_commands(commands, language_code=None if language == "en" else language)

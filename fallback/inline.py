@@ -1,0 +1,106 @@
+"""Plan B: run a generation in this process, one attempt; failure refunds and tells the user.
+
+Runs hold a lease that a heartbeat renews; a process that dies leaves leases that expire, and the next
+process to start resumes those generations from their step journal (`resume_interrupted`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from loguru import logger
+from sqlalchemy import select, update
+
+from generation.execution import execute
+from generation.services import Services
+from generation.store import Generation, GenerationStatus, Plan, release_generation
+
+LEASE_SECONDS = 60.0
+HEARTBEAT_SECONDS = 20.0
+
+
+class InlineRunner:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.owner = f"inline-{uuid.uuid4().hex[:12]}"
+        self.tasks: dict[str, asyncio.Task[object]] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    def start(self, generation_id: str) -> asyncio.Task[object]:
+        running = self.tasks.get(generation_id)
+        if running is not None and not running.done():
+            return running
+        task: asyncio.Task[object] = asyncio.create_task(
+            self.run(generation_id), name=f"plan-b-{generation_id}"
+        )
+        self.tasks[generation_id] = task
+        task.add_done_callback(lambda _: self.tasks.pop(generation_id, None))
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.create_task(self._renew_leases(), name="plan-b-heartbeat")
+        return task
+
+    async def run(self, generation_id: str) -> object:
+        try:
+            return await execute(
+                self.services,
+                generation_id,
+                Plan.B,
+                self.owner,
+                final_attempt=True,
+                lease=LEASE_SECONDS,
+                wait_budget=self.services.settings.generation_deadline,
+            )
+        except Exception:
+            logger.bind(generation=generation_id, plan="B").exception("Plan B run crashed")
+            return None
+
+    async def resume_interrupted(self) -> list[str]:
+        """Start the Plan B generations a dead process left unfinished (expired or no lease)."""
+        now = time.time()
+        async with self.services.db.sessions() as session:
+            ids = list(
+                await session.scalars(
+                    select(Generation.id).where(
+                        Generation.plan == Plan.B,
+                        Generation.status.in_([GenerationStatus.queued, GenerationStatus.running]),
+                        (Generation.lease_expires_at.is_(None)) | (Generation.lease_expires_at < now),
+                    )
+                )
+            )
+        for generation_id in ids:
+            logger.bind(generation=generation_id, plan="B").info("resuming an interrupted generation")
+            self.start(generation_id)
+        return ids
+
+    async def _renew_leases(self) -> None:
+        while self.tasks:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            if not self.tasks:
+                break
+            try:
+                async with self.services.db.transaction() as session:
+                    await session.execute(
+                        update(Generation)
+                        .where(Generation.lease_owner == self.owner, Generation.id.in_(list(self.tasks)))
+                        .values(lease_expires_at=time.time() + LEASE_SECONDS)
+                    )
+            except Exception:
+                logger.exception("could not renew Plan B leases")
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Let running generations finish for `grace` seconds; the rest resume at the next start."""
+        tasks = list(self.tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            unfinished = [generation_id for generation_id, task in self.tasks.items() if task in pending]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            # Give their leases back so the next start resumes them at once.
+            for generation_id in unfinished:
+                await release_generation(self.services.db, generation_id, self.owner)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)

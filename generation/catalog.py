@@ -1,0 +1,118 @@
+"""The model catalogue (generation/catalog.toml): models, prices and the provider input mapping."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+CATALOG_PATH = Path(__file__).with_name("catalog.toml")
+MAX_PROMPT = 2000
+_PLACEHOLDER = re.compile(r"^\{(\w+)\}$")
+
+
+class Kind(StrEnum):
+    text_to_image = "text_to_image"
+    neuro_photo = "neuro_photo"
+    text_to_video = "text_to_video"
+    image_to_video = "image_to_video"
+    text_to_speech = "text_to_speech"
+    voice_avatar = "voice_avatar"
+    model_training = "model_training"
+
+    @property
+    def slug(self) -> str:
+        """The kebab-case name used in HTTP paths."""
+        return self.value.replace("_", "-")
+
+    @classmethod
+    def from_slug(cls, slug: str) -> Kind | None:
+        try:
+            return cls(slug.replace("-", "_"))
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class CatalogModel:
+    id: str
+    kind: Kind
+    provider: str
+    title: str
+    ref: str
+    price: int
+    input: dict[str, Any]
+    max_prompt: int = MAX_PROMPT
+    max_images: int = 1
+    default: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def build_input(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The provider's input for a request: placeholders take the request's values, typed as they are."""
+        built: dict[str, Any] = {}
+        for name, template in self.input.items():
+            match = _PLACEHOLDER.match(template) if isinstance(template, str) else None
+            if match is None:
+                built[name] = template
+            elif request.get(match.group(1)) is not None:
+                built[name] = request[match.group(1)]
+        return built
+
+
+class Catalog:
+    def __init__(self, models: list[CatalogModel]) -> None:
+        self.models = {model.id: model for model in models}
+        for kind in Kind:
+            defaults = [model.id for model in models if model.kind is kind and model.default]
+            if len(defaults) > 1:
+                raise ValueError(f"catalogue: kind {kind} has several defaults: {defaults}")
+
+    def get(self, model_id: str) -> CatalogModel | None:
+        return self.models.get(model_id)
+
+    def for_kind(self, kind: Kind) -> list[CatalogModel]:
+        return [model for model in self.models.values() if model.kind is kind]
+
+    def default_for(self, kind: Kind) -> CatalogModel | None:
+        candidates = self.for_kind(kind)
+        return next((model for model in candidates if model.default), candidates[0] if candidates else None)
+
+    @classmethod
+    def from_toml(cls, text: str) -> Catalog:
+        data = tomllib.loads(text)
+        models = []
+        known = {"kind", "provider", "title", "ref", "price", "input", "max_prompt", "max_images", "default"}
+        for model_id, entry in data.get("models", {}).items():
+            try:
+                kind = Kind(entry["kind"])
+                price = int(entry["price"])
+                max_prompt = int(entry.get("max_prompt", MAX_PROMPT))
+            except (KeyError, ValueError) as error:
+                raise ValueError(f"catalogue: model {model_id!r} is incomplete or wrong: {error}") from None
+            if price < 0 or not 1 <= max_prompt <= MAX_PROMPT:
+                raise ValueError(f"catalogue: model {model_id!r} has a bad price or max_prompt")
+            models.append(
+                CatalogModel(
+                    id=model_id,
+                    kind=kind,
+                    provider=entry["provider"],
+                    title=entry.get("title", model_id),
+                    ref=entry["ref"],
+                    price=price,
+                    input=dict(entry.get("input", {})),
+                    max_prompt=max_prompt,
+                    max_images=int(entry.get("max_images", 1)),
+                    default=bool(entry.get("default", False)),
+                    extra={key: value for key, value in entry.items() if key not in known},
+                )
+            )
+        return cls(models)
+
+
+@lru_cache(maxsize=1)
+def load_catalog() -> Catalog:
+    return Catalog.from_toml(CATALOG_PATH.read_text(encoding="utf-8"))

@@ -1,0 +1,192 @@
+"""The dispatcher: records a generation (user, generation row, charge: one transaction), then runs it on
+Plan A (enqueue) or Plan B (inline). The only file that knows both plans.
+
+Never lost, never twice: the generation is committed before any plan sees it; an enqueue that fails
+or times out moves it to Plan B only if no worker has claimed it yet (one conditional UPDATE), and each
+runner claims it on its own plan only, so at most one plan ever runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from loguru import logger
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from generation import ledger
+from generation.plan import CircuitBreaker, PlanMode, mode_from_environment, plan_for, store_mode, stored_mode
+from generation.requests import ValidRequest
+from generation.store import Database, Generation, GenerationStatus, Plan, move_to_plan_b
+from generation.users import ensure_user
+from settings import Settings
+
+
+class JobQueue(Protocol):
+    """Plan A's transport (jobs/queue.py): enqueue a generation id as a job whose id is that id."""
+
+    async def enqueue(self, generation_id: str) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+
+class InlineRunner(Protocol):
+    """Plan B (fallback/inline.py): run a generation in this process, one attempt."""
+
+    def start(self, generation_id: str) -> asyncio.Task[object]: ...
+
+
+PlanChangeListener = Callable[[str, str, str], Awaitable[None]]
+
+
+@dataclass
+class Submission:
+    generation: Generation
+    created: bool  # False: the request key was seen before; this is the earlier generation
+    plan: Plan
+    inline_task: asyncio.Task[object] | None = None  # Plan B's run, for callers that want to await it
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        inline: InlineRunner,
+        queue: JobQueue | None,
+        on_plan_change: PlanChangeListener | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.inline = inline
+        self.queue = queue
+        self.breaker = CircuitBreaker(cooldown=settings.breaker_cooldown)
+        self.on_plan_change = on_plan_change
+        self.environment_mode = mode_from_environment(settings)
+
+    # --- plan choice ---------------------------------------------------------------------------------
+
+    async def mode(self) -> tuple[PlanMode, str]:
+        """The mode in force and where it comes from: the persisted runtime flag wins over env."""
+        stored = await stored_mode(self.db)
+        if stored is not None:
+            return stored, "/plan"
+        return self.environment_mode, "env"
+
+    async def set_mode(self, mode: PlanMode) -> None:
+        await store_mode(self.db, mode)
+        logger.info("plan mode set to {} at run time", mode.value)
+
+    async def current_plan(self) -> Plan:
+        """The plan a new generation would take now (without consuming a breaker probe)."""
+        mode, _ = await self.mode()
+        if mode is PlanMode.b or self.queue is None:
+            return Plan.B
+        if mode is PlanMode.a:
+            return Plan.A
+        return Plan.A if self.breaker.state.value == "closed" else Plan.B
+
+    async def counts_per_plan(self) -> dict[str, int]:
+        async with self.db.sessions() as session:
+            rows = await session.execute(select(Generation.plan, func.count()).group_by(Generation.plan))
+            return {plan: int(count) for plan, count in rows}
+
+    # --- submit --------------------------------------------------------------------------------------
+
+    async def submit(self, valid: ValidRequest, request_key: str, bot_name: str) -> Submission:
+        """Record the generation and charge for it (raises ledger.InsufficientBalance, recording
+        nothing), then hand it to a plan. A request key seen before answers the earlier generation."""
+        mode, _ = await self.mode()
+        plan = plan_for(mode, self.queue is not None, self.breaker)
+        generation, created = await self._record(valid, request_key, bot_name, plan)
+        if not created:
+            return Submission(generation=generation, created=False, plan=Plan(generation.plan))
+        log = logger.bind(generation=generation.id, kind=generation.kind, user=valid.request.telegram_id)
+        if plan is Plan.A:
+            if await self._enqueue(generation.id):
+                log.bind(plan="A").info("recorded and enqueued")
+                return Submission(generation=generation, created=True, plan=Plan.A)
+            if not await move_to_plan_b(self.db, generation.id):
+                # The enqueue did reach Redis and a worker already claimed it: it stays on Plan A.
+                log.bind(plan="A").info("enqueue looked failed but a worker has it; staying on Plan A")
+                return Submission(generation=generation, created=True, plan=Plan.A)
+            generation.plan = Plan.B
+            log.bind(plan="B").warning("queue unavailable: running on Plan B instead")
+        else:
+            log.bind(plan="B").info("recorded; running inline")
+        task = self.inline.start(generation.id)
+        return Submission(generation=generation, created=True, plan=Plan.B, inline_task=task)
+
+    async def _record(
+        self, valid: ValidRequest, request_key: str, bot_name: str, plan: Plan
+    ) -> tuple[Generation, bool]:
+        request = valid.request
+        try:
+            async with self.db.transaction() as session:
+                existing = await session.scalar(
+                    select(Generation).where(Generation.request_key == request_key)
+                )
+                if existing is not None:
+                    return existing, False
+                user, _ = await ensure_user(
+                    session,
+                    bot_name,
+                    request.telegram_id,
+                    username=request.username,
+                    language=request.language,
+                    new_user_bonus=self.settings.new_user_bonus,
+                )
+                generation = Generation(
+                    request_key=request_key,
+                    kind=valid.kind.value,
+                    user_id=user.id,
+                    bot_name=bot_name,
+                    chat_id=request.target_chat,
+                    model=valid.model.id,
+                    request=request.model_dump(mode="json"),
+                    plan=plan.value,
+                    status=GenerationStatus.queued,
+                    units=request.units(),
+                    unit_price=valid.model.price,
+                    price=valid.price,
+                )
+                session.add(generation)
+                await session.flush()
+                if valid.price > 0:
+                    await ledger.charge(
+                        session, user.id, valid.price, ledger.charge_key(generation.id), generation.id
+                    )
+                return generation, True
+        except IntegrityError:
+            # A concurrent duplicate of the same request committed first: answer that one.
+            async with self.db.sessions() as session:
+                existing = await session.scalar(
+                    select(Generation).where(Generation.request_key == request_key)
+                )
+            if existing is None:
+                raise
+            return existing, False
+
+    async def _enqueue(self, generation_id: str) -> bool:
+        assert self.queue is not None
+        try:
+            await asyncio.wait_for(self.queue.enqueue(generation_id), timeout=self.settings.redis_timeout)
+        except Exception as error:  # connection refused, timeout, Redis errors: the queue is unhealthy
+            logger.bind(generation=generation_id).warning("enqueue failed: {!r}", error)
+            if self.breaker.record_failure():
+                await self._announce("A", "B", f"queue unavailable: {type(error).__name__}")
+            return False
+        if self.breaker.record_success():
+            await self._announce("B", "A", "queue healthy again")
+        return True
+
+    async def _announce(self, old: str, new: str, reason: str) -> None:
+        logger.warning("plan switched {} -> {}: {}", old, new, reason)
+        if self.on_plan_change is not None:
+            try:
+                await self.on_plan_change(old, new, reason)
+            except Exception:
+                logger.exception("could not report the plan switch to admins")

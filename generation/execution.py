@@ -1,0 +1,239 @@
+"""Running one generation: claim it, run its kind's pipeline, settle. The one core both plans call.
+
+Plan A's job and Plan B's inline runner are thin wrappers over `execute`; they differ only in what
+they do with `RetryLater` (a deferred job, or nothing: Plan B's one attempt is always the last).
+
+Settling is ordered so that a crash at any point is finished by the next run without doing anything
+twice: refund (keyed, once), then the user's message (journaled, once), then the final status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+
+from loguru import logger
+from sqlalchemy import func, update
+
+from generation import ledger
+from generation.catalog import Kind
+from generation.pipelines import PIPELINES, Delivered, PipelineContext
+from generation.services import Services
+from generation.steps import StepJournal
+from generation.store import (
+    Generation,
+    GenerationStatus,
+    Plan,
+    User,
+    claim_generation,
+    get_generation,
+    release_generation,
+)
+from generation.texts import text
+from providers.errors import StepError
+
+
+class RetryLater(Exception):
+    """A try failed in a way that may pass; try again after `delay` seconds."""
+
+    def __init__(self, delay: float, cause: BaseException) -> None:
+        super().__init__(f"retry in {delay:.1f}s after {cause}")
+        self.delay = delay
+        self.cause = cause
+
+
+class Result(StrEnum):
+    done = "done"
+    failed = "failed"
+    not_claimed = "not_claimed"  # someone else runs it, it is on the other plan, or it is finished
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base: float = 1.0
+    cap: float = 60.0
+    jitter: float = 0.2
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return max(float(retry_after), 0.0)
+        backoff = min(self.cap, self.base * 2 ** max(attempt - 1, 0))
+        return float(backoff * (1 + random.uniform(-self.jitter, self.jitter)))
+
+
+async def execute(
+    services: Services,
+    generation_id: str,
+    plan: Plan,
+    owner: str,
+    *,
+    final_attempt: bool,
+    lease: float,
+    wait_budget: float,
+    retry_policy: RetryPolicy | None = None,
+) -> Result:
+    """Run one try of a generation. `wait_budget` bounds how long this try waits on the provider (a
+    job must end before its timeout; the journaled prediction is awaited again on the next try)."""
+    db = services.db
+    if not await claim_generation(db, generation_id, plan, owner, lease):
+        return Result.not_claimed
+    generation = await get_generation(db, generation_id)
+    assert generation is not None
+    async with db.sessions() as session:
+        user = await session.get(User, generation.user_id)
+    assert user is not None
+    log = logger.bind(
+        generation=generation.id,
+        kind=generation.kind,
+        plan=plan.value,
+        user=user.telegram_id,
+        bot=user.bot_name,
+    )
+    model = services.catalog.get(generation.model)
+    steps = StepJournal(db, generation.id)
+    try:
+        if model is None:
+            raise StepError(f"model {generation.model!r} is no longer in the catalogue")
+        context = PipelineContext(
+            services=services,
+            generation=generation,
+            model=model,
+            steps=steps,
+            language=user.language,
+            wait_budget=wait_budget,
+        )
+        await _show_working(context)
+        log.info("running, attempt {}", generation.attempts)
+        delivered = await PIPELINES[Kind(generation.kind)](context)
+    except Exception as error:
+        retryable = (isinstance(error, StepError) and error.retryable) or not isinstance(error, StepError)
+        if retryable and not final_attempt:
+            delay = (retry_policy or RetryPolicy()).delay(
+                generation.attempts, error.retry_after if isinstance(error, StepError) else None
+            )
+            log.warning("attempt {} failed, retrying in {:.1f}s: {}", generation.attempts, delay, error)
+            await release_generation(db, generation.id, owner)
+            raise RetryLater(delay, error) from error
+        if isinstance(error, StepError):
+            log.warning("failed for good: {}", error)
+        else:
+            log.exception("failed for good on an unexpected error")
+        await settle_failure(services, generation, user, steps, error)
+        return Result.failed
+    await settle_success(services, generation, user, steps, delivered)
+    log.info("done: {} unit(s) delivered", delivered.units)
+    return Result.done
+
+
+async def _show_working(context: PipelineContext) -> None:
+    """A status message while it works (once per generation), and a chat action for each try."""
+    if not context.can_deliver:
+        return
+    generation = context.generation
+    delivery = context.services.delivery
+    chat_id = generation.chat_id or 0
+    await context.steps.run(
+        "status_message",
+        lambda: delivery.send_text(generation.bot_name, chat_id, text("working", context.language)),
+    )
+    # A chat action is a courtesy; the delivery itself reports real trouble.
+    with contextlib.suppress(StepError):
+        await delivery.chat_action(generation.bot_name, chat_id, "upload_photo")
+
+
+async def settle_success(
+    services: Services, generation: Generation, user: User, steps: StepJournal, delivered: Delivered
+) -> None:
+    delivered_price = min(generation.price, delivered.units * generation.unit_price)
+    refund = generation.price - delivered_price
+    balance = await _refund(services, generation, refund)
+    if refund:
+        message = text(
+            "done_partial",
+            user.language,
+            delivered=delivered.units,
+            requested=generation.units,
+            price=delivered_price,
+            refund=refund,
+            balance=balance,
+        )
+    else:
+        message = text("done", user.language, price=delivered_price, balance=balance)
+    await _tell_user(services, generation, steps, "notify_done", message)
+    await _finish(services, generation, GenerationStatus.done, refund, result=delivered.result)
+
+
+async def settle_failure(
+    services: Services, generation: Generation, user: User, steps: StepJournal, error: BaseException
+) -> None:
+    delivered_message_ids = await steps.saved("deliver")
+    delivered_units = len(delivered_message_ids) if isinstance(delivered_message_ids, list) else 0
+    refund = generation.price - min(generation.price, delivered_units * generation.unit_price)
+    balance = await _refund(services, generation, refund)
+    reason = error.reason if isinstance(error, StepError) else "failed_generic"
+    message = text(reason, user.language, refund=refund, balance=balance)
+    await _tell_user(services, generation, steps, "notify_failed", message)
+    await _finish(services, generation, GenerationStatus.failed, refund, error=_public_error(error))
+
+
+async def _refund(services: Services, generation: Generation, amount: int) -> int:
+    """Credit back what was not delivered, once per generation (the key makes a rerun a no-op)."""
+    async with services.db.transaction() as session:
+        if amount <= 0:
+            return await ledger.balance_of(session, generation.user_id)
+        posting = await ledger.credit(
+            session, generation.user_id, amount, ledger.refund_key(generation.id), generation_id=generation.id
+        )
+        return posting.balance
+
+
+async def _tell_user(
+    services: Services, generation: Generation, steps: StepJournal, step: str, message: str
+) -> None:
+    if generation.chat_id is None or not services.delivery.can_deliver(generation.bot_name):
+        return
+    delivery = services.delivery
+    chat_id = generation.chat_id
+    try:
+        await steps.run(step, lambda: delivery.send_text(generation.bot_name, chat_id, message))
+        status_message_id = await steps.saved("status_message")
+        if isinstance(status_message_id, int):
+            await delivery.delete_message(generation.bot_name, chat_id, status_message_id)
+    except StepError as error:
+        # The user blocked the bot or Telegram is down: the money is already settled; log and move on.
+        logger.bind(generation=generation.id).warning("could not message the user: {}", error)
+
+
+async def _finish(
+    services: Services,
+    generation: Generation,
+    status: GenerationStatus,
+    refunded: int,
+    *,
+    result: dict[str, object] | None = None,
+    error: str | None = None,
+) -> None:
+    async with services.db.transaction() as session:
+        await session.execute(
+            update(Generation)
+            .where(Generation.id == generation.id)
+            .values(
+                status=status,
+                refunded=refunded,
+                result=result,
+                error=error,
+                lease_owner=None,
+                lease_expires_at=None,
+                finished_at=func.now(),
+            )
+        )
+
+
+def _public_error(error: BaseException) -> str:
+    """What GET /api/generations shows: the error's class and message; providers' messages carry no
+    secrets (providers/errors.py), and unexpected errors show only their class."""
+    if isinstance(error, StepError):
+        return f"{type(error).__name__}: {error}"[:500]
+    return f"internal error ({type(error).__name__})"

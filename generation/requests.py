@@ -1,0 +1,172 @@
+"""One request schema per kind (the seed's fields plus the kind's own) and their validation.
+
+Validation happens here, before anything is recorded or charged: a request that fails it costs nothing
+and reaches no provider (SPEC §4.6). Problems come back as codes with fields, so the bot can say them
+in the user's language and the HTTP API can list them in a 422.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from generation.catalog import MAX_PROMPT, Catalog, CatalogModel, Kind
+from generation.texts import text
+
+
+class GenerationRequest(BaseModel):
+    """The seed's fields, common to every kind."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    telegram_id: int = Field(gt=0)
+    username: str | None = Field(default=None, max_length=64)
+    is_ru: bool = False
+    bot_name: str | None = Field(default=None, max_length=64)
+    chat_id: int | None = None
+    model: str | None = Field(default=None, max_length=128)
+
+    @property
+    def language(self) -> str:
+        return "ru" if self.is_ru else "en"
+
+    @property
+    def target_chat(self) -> int:
+        return self.chat_id if self.chat_id is not None else self.telegram_id
+
+    def units(self) -> int:
+        """How many things the user pays for: images for image kinds, else one."""
+        return 1
+
+
+class PromptRequest(GenerationRequest):
+    prompt: str = Field(max_length=MAX_PROMPT * 4)  # the real limit is the model's, checked below
+
+
+class TextToImageRequest(PromptRequest):
+    num_images: int = 1
+
+    def units(self) -> int:
+        return self.num_images
+
+
+class NeuroPhotoRequest(TextToImageRequest):
+    pass
+
+
+class TextToVideoRequest(PromptRequest):
+    duration: int | None = Field(default=None, ge=1, le=60)
+
+
+class ImageToVideoRequest(PromptRequest):
+    image_url: str = Field(min_length=1, max_length=2048)
+    duration: int | None = Field(default=None, ge=1, le=60)
+
+
+class TextToSpeechRequest(GenerationRequest):
+    text: str = Field(max_length=50_000)
+    voice_id: str | None = Field(default=None, max_length=64)
+
+
+class VoiceAvatarRequest(GenerationRequest):
+    audio_url: str = Field(min_length=1, max_length=2048)
+
+
+class ModelTrainingRequest(GenerationRequest):
+    zip_url: str = Field(min_length=1, max_length=2048)
+    trigger_word: str = Field(min_length=2, max_length=32, pattern=r"^[A-Za-z0-9_]+$")
+
+
+REQUEST_TYPES: dict[Kind, type[GenerationRequest]] = {
+    Kind.text_to_image: TextToImageRequest,
+    Kind.neuro_photo: NeuroPhotoRequest,
+    Kind.text_to_video: TextToVideoRequest,
+    Kind.image_to_video: ImageToVideoRequest,
+    Kind.text_to_speech: TextToSpeechRequest,
+    Kind.voice_avatar: VoiceAvatarRequest,
+    Kind.model_training: ModelTrainingRequest,
+}
+
+MAX_IMAGES = 4
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str
+    code: str  # a texts.toml key: problem_<code>
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def message(self, language: str) -> str:
+        return text(f"problem_{self.code}", language, **self.params)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"field": self.field, "code": self.code, "message": self.message("en")}
+
+
+class InvalidRequest(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(f"{problem.field}: {problem.message('en')}" for problem in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ValidRequest:
+    kind: Kind
+    request: GenerationRequest
+    model: CatalogModel
+
+    @property
+    def price(self) -> int:
+        return self.model.price * self.request.units()
+
+
+def validate_request(
+    kind: Kind, data: dict[str, Any], catalog: Catalog, known_bots: set[str]
+) -> ValidRequest:
+    """Check a request against its schema, the catalogue and the configured bots; raise InvalidRequest
+    with every problem found."""
+    try:
+        request = REQUEST_TYPES[kind].model_validate(data)
+    except ValidationError as error:
+        raise InvalidRequest([_problem_from_pydantic(item) for item in error.errors()]) from None
+
+    problems: list[Problem] = []
+    if request.bot_name is not None and request.bot_name not in known_bots:
+        problems.append(Problem("bot_name", "unknown_bot", {"bot": request.bot_name}))
+
+    model = catalog.get(request.model) if request.model else catalog.default_for(kind)
+    if model is None or model.kind is not kind:
+        available = ", ".join(m.id for m in catalog.for_kind(kind)) or "-"
+        problems.append(Problem("model", "unknown_model", {"model": request.model, "available": available}))
+        raise InvalidRequest(problems)
+
+    prompt = getattr(request, "prompt", None)
+    if prompt is not None:
+        if not prompt:
+            problems.append(Problem("prompt", "prompt_empty"))
+        elif len(prompt) > model.max_prompt:
+            problems.append(
+                Problem("prompt", "prompt_too_long", {"limit": model.max_prompt, "length": len(prompt)})
+            )
+    if isinstance(request, TextToImageRequest):
+        if not 1 <= request.num_images <= MAX_IMAGES:
+            problems.append(Problem("num_images", "num_images", {"max": MAX_IMAGES}))
+        elif request.num_images > model.max_images:
+            problems.append(
+                Problem("num_images", "model_images", {"model": model.title, "max": model.max_images})
+            )
+    if problems:
+        raise InvalidRequest(problems)
+    return ValidRequest(kind=kind, request=request.model_copy(update={"model": model.id}), model=model)
+
+
+def _problem_from_pydantic(item: Any) -> Problem:
+    location = ".".join(str(part) for part in item["loc"]) or "body"
+    if item["type"] == "missing":
+        return Problem(location, "missing")
+    if location == "prompt" and item["type"] == "string_too_long":
+        return Problem("prompt", "prompt_too_long", {"limit": MAX_PROMPT, "length": len(item["input"])})
+    return Problem(location, "invalid", {"detail": item["msg"]})

@@ -1,0 +1,20 @@
+"""What pipelines and runners need, built once per process by the composition root (container.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from generation.catalog import Catalog
+from generation.delivery import ChatDelivery
+from generation.store import Database
+from providers.replicate import ReplicateProvider
+from settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    catalog: Catalog
+    replicate: ReplicateProvider
+    delivery: ChatDelivery

@@ -1,0 +1,255 @@
+"""Database: SQLAlchemy 2 async models and the engine. The database is the source of truth (SPEC §4.4)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class GenerationStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in {GenerationStatus.done, GenerationStatus.failed, GenerationStatus.canceled}
+
+
+class Plan(StrEnum):
+    A = "A"
+    B = "B"
+
+
+class User(Base):
+    """A user of one bot: the same Telegram account talking to two bots is two users with two balances."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("bot_name", "telegram_id", name="uq_users_bot_telegram"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    bot_name: Mapped[str] = mapped_column(String(64))
+    telegram_id: Mapped[int] = mapped_column(BigInteger)
+    username: Mapped[str | None] = mapped_column(String(64))
+    language: Mapped[str] = mapped_column(String(2), default="en")
+    # A cache of the ledger's sum, kept in the same transaction as every ledger row so a conditional
+    # UPDATE can refuse a charge that would make it negative.
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+    image_model: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class LedgerEntry(Base):
+    """Append-only: a row is never updated or deleted. The unique key makes every operation happen once."""
+
+    __tablename__ = "ledger"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    operation_key: Mapped[str] = mapped_column(String(160), unique=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    balance_after: Mapped[int] = mapped_column(BigInteger)
+    generation_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    note: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Generation(Base):
+    __tablename__ = "generations"
+    __table_args__ = (Index("ix_generations_status_plan", "status", "plan"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: uuid.uuid4().hex)
+    request_key: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    bot_name: Mapped[str] = mapped_column(String(64))
+    chat_id: Mapped[int | None] = mapped_column(BigInteger)
+    model: Mapped[str] = mapped_column(String(128))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    plan: Mapped[str] = mapped_column(String(1))
+    status: Mapped[str] = mapped_column(String(16), default=GenerationStatus.queued)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    units: Mapped[int] = mapped_column(Integer, default=1)
+    unit_price: Mapped[int] = mapped_column(Integer, default=0)
+    price: Mapped[int] = mapped_column(Integer, default=0)
+    refunded: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    status_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Who runs it now and until when: a runner that died leaves a lease that expires, so another may resume.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Step(Base):
+    """The step journal: a step's saved result, so a rerun returns it instead of doing the work again."""
+
+    __tablename__ = "steps"
+
+    generation_id: Mapped[str] = mapped_column(ForeignKey("generations.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    result: Mapped[Any] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class RuntimeFlag(Base):
+    """Switches set at run time that every process reads and that survive restarts (e.g. the plan)."""
+
+    __tablename__ = "runtime_flags"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+def create_engine(database_url: str) -> AsyncEngine:
+    if not database_url.startswith("sqlite"):
+        return create_async_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    engine = create_async_engine(database_url, connect_args={"timeout": 30})
+    _serialize_sqlite_writers(engine)
+    return engine
+
+
+def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
+    """SQLite allows one writer: take the write lock when a transaction begins (BEGIN IMMEDIATE).
+
+    Otherwise two transactions that both read then write deadlock on the upgrade to a write lock and
+    one fails at once with "database is locked" instead of waiting its turn.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # let us issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """The engine and a session factory; `transaction()` is the unit of work."""
+
+    def __init__(self, database_url: str) -> None:
+        self.url = database_url
+        self.engine = create_engine(database_url)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessions() as session, session.begin():
+            yield session
+
+    async def ping(self) -> bool:
+        try:
+            async with self.sessions() as session:
+                await session.execute(select(1))
+            return True
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+# --- generation queries shared by the dispatcher, the runners and the HTTP API -----------------------
+
+
+async def get_generation(db: Database, generation_id: str) -> Generation | None:
+    async with db.sessions() as session:
+        return await session.get(Generation, generation_id)
+
+
+async def claim_generation(db: Database, generation_id: str, plan: Plan, owner: str, lease: float) -> bool:
+    """Take the right to run a generation, atomically: only on its own plan, only if nobody holds it.
+
+    A generation is claimable when it is queued, or running under a lease that expired (its runner
+    died). This one conditional UPDATE is what keeps a generation from running on both plans at once.
+    """
+    now = time.time()
+    async with db.transaction() as session:
+        result = await session.execute(
+            update(Generation)
+            .where(
+                Generation.id == generation_id,
+                Generation.plan == plan,
+                (Generation.status == GenerationStatus.queued)
+                | (
+                    (Generation.status == GenerationStatus.running)
+                    & ((Generation.lease_expires_at.is_(None)) | (Generation.lease_expires_at < now))
+                ),
+            )
+            .values(
+                status=GenerationStatus.running,
+                attempts=Generation.attempts + 1,
+                lease_owner=owner,
+                lease_expires_at=now + lease,
+            )
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def release_generation(db: Database, generation_id: str, owner: str) -> None:
+    """Give a claim back without finishing (a retry will claim it again)."""
+    async with db.transaction() as session:
+        await session.execute(
+            update(Generation)
+            .where(Generation.id == generation_id, Generation.lease_owner == owner)
+            .values(lease_owner=None, lease_expires_at=None)
+        )
+
+
+async def move_to_plan_b(db: Database, generation_id: str) -> bool:
+    """Hand a Plan A generation that could not be enqueued to Plan B, unless a worker already took it."""
+    async with db.transaction() as session:
+        result = await session.execute(
+            update(Generation)
+            .where(
+                Generation.id == generation_id,
+                Generation.plan == Plan.A,
+                Generation.status == GenerationStatus.queued,
+            )
+            .values(plan=Plan.B)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,51 @@
+"""Users of a bot: registered at first contact, with a language and (once) a welcome bonus."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from generation import ledger
+from generation.store import User
+
+
+async def ensure_user(
+    session: AsyncSession,
+    bot_name: str,
+    telegram_id: int,
+    *,
+    username: str | None,
+    language: str,
+    new_user_bonus: int = 0,
+) -> tuple[User, bool]:
+    """The user of this bot, created on first contact; answers (user, created). Concurrent first
+    contacts create one user: the loser of the unique-key race reads the winner's row."""
+    user = await find_user(session, bot_name, telegram_id)
+    if user is not None:
+        if username and user.username != username:
+            user.username = username
+        return user, False
+    try:
+        async with session.begin_nested():
+            user = User(
+                bot_name=bot_name, telegram_id=telegram_id, username=username, language=language, balance=0
+            )
+            session.add(user)
+            await session.flush()
+    except IntegrityError:
+        existing = await find_user(session, bot_name, telegram_id)
+        assert existing is not None
+        return existing, False
+    if new_user_bonus > 0:
+        await ledger.credit(
+            session, user.id, new_user_bonus, f"grant:welcome:{user.id}", note="welcome bonus"
+        )
+        await session.refresh(user)
+    return user, True
+
+
+async def find_user(session: AsyncSession, bot_name: str, telegram_id: int) -> User | None:
+    return await session.scalar(
+        select(User).where(User.bot_name == bot_name, User.telegram_id == telegram_id)
+    )

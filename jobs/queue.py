@@ -1,0 +1,56 @@
+"""Plan A's transport: an arq pool that enqueues a generation id as a job with that id."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+from arq.connections import ArqRedis, RedisSettings, create_pool
+
+JOB_FUNCTION = "run_generation"
+
+
+def serialize(value: Any) -> bytes:
+    # arq pickles job payloads by default; jobs carry only ids, so msgpack suffices and is safe.
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def deserialize(raw: bytes) -> Any:
+    return msgpack.unpackb(raw, raw=False)
+
+
+def redis_settings(redis_url: str, connect_timeout: float) -> RedisSettings:
+    settings = RedisSettings.from_dsn(redis_url)
+    # Fail fast: a dead Redis must not hold a request (the dispatcher falls back to Plan B).
+    settings.conn_timeout = max(1, int(connect_timeout))
+    settings.conn_retries = 0
+    return settings
+
+
+async def connect(redis_url: str, connect_timeout: float) -> ArqRedis:
+    pool: ArqRedis = await create_pool(
+        redis_settings(redis_url, connect_timeout),
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+    )
+    await pool.ping()
+    return pool
+
+
+class ArqQueue:
+    def __init__(self, pool: ArqRedis) -> None:
+        self.pool = pool
+
+    async def enqueue(self, generation_id: str) -> None:
+        # The job id is the generation id: arq refuses a second job with the same id, so a repeated
+        # enqueue (a retried submit, the reconciler) never makes a second job.
+        await self.pool.enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.pool.ping())
+        except Exception:
+            return False
+
+    async def close(self) -> None:
+        await self.pool.aclose()

@@ -1,0 +1,116 @@
+"""Plan A: the arq worker. `arq jobs.worker.WorkerSettings` or `aibot worker` runs it alone; `aibot run`
+embeds one when Redis answers.
+
+The job carries only the generation id. Retries are decided by generation/execution.py: arq retries
+only on `Retry`, and a plain exception or a job timeout would be final in arq, so every try ends either
+in a settled generation or in `Retry(defer=...)`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from arq import Retry
+from arq.worker import Worker, func
+from loguru import logger
+
+from generation.execution import RetryLater, RetryPolicy, execute
+from generation.services import Services
+from generation.store import Plan
+from jobs.queue import JOB_FUNCTION, deserialize, serialize
+from jobs.queue import redis_settings as arq_redis_settings
+from settings import Settings, get_settings
+
+# A try must end (settle or ask for a retry) before arq's job timeout cancels it: keep a margin.
+TIMEOUT_MARGIN = 20.0
+
+
+async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
+    services: Services = ctx["services"]
+    settings = services.settings
+    job_try: int = ctx.get("job_try", 1)
+    try:
+        result = await execute(
+            services,
+            generation_id,
+            Plan.A,
+            owner=f"{ctx['worker_id']}:{job_try}",
+            final_attempt=job_try >= settings.job_max_tries,
+            # Shorter than arq's in-progress key (job timeout + 10 s): when a worker dies, its lease has
+            # expired by the time arq hands the job to another worker.
+            lease=settings.job_timeout + 5,
+            wait_budget=max(1.0, settings.job_timeout - TIMEOUT_MARGIN),
+            retry_policy=RetryPolicy(),
+        )
+    except RetryLater as retry:
+        raise Retry(defer=retry.delay) from retry.cause
+    return result.value
+
+
+def worker_functions(settings: Settings) -> list[Any]:
+    # arq's own limit is a backstop above ours, so a try we meant as final always runs.
+    return [
+        func(
+            run_generation,
+            name=JOB_FUNCTION,
+            max_tries=settings.job_max_tries + 3,
+            timeout=settings.job_timeout,
+        )
+    ]
+
+
+async def _startup(ctx: dict[str, Any]) -> None:
+    """For a standalone worker: build this process's services (database, providers, bots to deliver)."""
+    if "services" in ctx:
+        return
+    from container import build_services
+
+    ctx["services"] = await build_services(get_settings(), with_bots=True)
+    ctx["owns_services"] = True
+    ctx.setdefault("worker_id", f"worker-{uuid.uuid4().hex[:8]}")
+    logger.info("arq worker started")
+
+
+async def _shutdown(ctx: dict[str, Any]) -> None:
+    if ctx.get("owns_services"):
+        from container import close_services
+
+        await close_services(ctx["services"])
+
+
+def build_worker(
+    settings: Settings, services: Services | None = None, *, handle_signals: bool = True
+) -> Worker:
+    ctx: dict[str, Any] = {"worker_id": f"worker-{uuid.uuid4().hex[:8]}"}
+    if services is not None:
+        ctx["services"] = services
+    return Worker(
+        functions=worker_functions(settings),
+        redis_settings=arq_redis_settings(settings.redis_url, settings.redis_timeout),
+        on_startup=_startup,
+        on_shutdown=_shutdown,
+        ctx=ctx,
+        handle_signals=handle_signals,
+        max_jobs=settings.worker_max_jobs,
+        job_timeout=settings.job_timeout,
+        poll_delay=settings.worker_poll_delay,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        keep_result=3600,
+    )
+
+
+class WorkerSettings:
+    """For `arq jobs.worker.WorkerSettings`: settings as a plain class, read from the environment."""
+
+    _settings = get_settings()
+    functions = worker_functions(_settings)
+    redis_settings = arq_redis_settings(_settings.redis_url, _settings.redis_timeout)
+    on_startup = _startup
+    on_shutdown = _shutdown
+    max_jobs = _settings.worker_max_jobs
+    job_timeout = _settings.job_timeout
+    poll_delay = _settings.worker_poll_delay
+    job_serializer = staticmethod(serialize)
+    job_deserializer = staticmethod(deserialize)

@@ -1,0 +1,196 @@
+"""Replicate behind one small interface: create a prediction, read its state, wait for it, fetch outputs.
+
+Talks through the official `replicate` SDK (its async methods) and maps every failure to the typed
+errors of providers/errors.py. The SDK retries idempotent GETs on 429/503/504 itself; creates are
+never retried here: the runner decides, after journaling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from replicate.client import Client as ReplicateClient
+from replicate.exceptions import ReplicateError
+
+from providers.errors import (
+    ProviderFailed,
+    ProviderMisconfigured,
+    ProviderQuotaExceeded,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderUnavailable,
+    StepError,
+)
+
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+@dataclass(frozen=True)
+class PredictionState:
+    id: str
+    status: str
+    output: Any
+    error: str | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "status": self.status, "output": self.output, "error": self.error}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PredictionState:
+        return cls(id=data["id"], status=data["status"], output=data.get("output"), error=data.get("error"))
+
+
+def output_urls(output: Any) -> list[str]:
+    """Image models answer a list of URLs, some a single URL: always give a list."""
+    if output is None:
+        return []
+    if isinstance(output, str):
+        return [output]
+    if isinstance(output, list):
+        return [item for item in output if isinstance(item, str)]
+    raise ProviderFailed(f"unexpected output shape: {type(output).__name__}")
+
+
+class ReplicateProvider:
+    name = "replicate"
+
+    def __init__(self, api_token: str | None, base_url: str, poll_interval: float = 1.0) -> None:
+        self._api_token = api_token
+        self.poll_interval = poll_interval
+        self._retry_after: dict[int, float] = {}
+        self.client = ReplicateClient(
+            api_token=api_token or "",
+            base_url=base_url,
+            timeout=httpx.Timeout(10.0, read=30.0, write=30.0, connect=5.0, pool=10.0),
+            event_hooks={"response": [self._remember_retry_after]},
+        )
+        self._downloads = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True)
+
+    async def _remember_retry_after(self, response: httpx.Response) -> None:
+        # ReplicateError keeps no headers; a 429's Retry-After is read here and attached when mapping.
+        if response.status_code == 429:
+            self._retry_after[id(asyncio.current_task())] = _parse_retry_after(response.headers)
+
+    async def create_prediction(self, ref: str, input: dict[str, Any], webhook: str | None = None) -> str:
+        """Start a prediction; answers its id. `ref` is "owner/name" or "owner/name:version"."""
+        self._require_token()
+        params: dict[str, Any] = {"input": input}
+        if webhook:
+            params["webhook"] = webhook
+            params["webhook_events_filter"] = ["completed"]
+        async with self._mapped_errors("create"):
+            if ":" in ref:
+                prediction = await self.client.predictions.async_create(
+                    version=ref.split(":", 1)[1], **params
+                )
+            else:
+                prediction = await self.client.models.predictions.async_create(model=ref, **params)
+        return str(prediction.id)
+
+    async def get_prediction(self, prediction_id: str) -> PredictionState:
+        async with self._mapped_errors("get"):
+            prediction = await self.client.predictions.async_get(prediction_id)
+        return PredictionState(
+            id=prediction.id,
+            status=prediction.status,
+            output=prediction.output,
+            error=_error_text(prediction.error),
+        )
+
+    async def wait(self, prediction_id: str, timeout: float) -> PredictionState:
+        """Poll until the prediction ends. A timeout raises ProviderUnavailable (retryable: the
+        prediction id is journaled, so the next try waits on the same prediction)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = await self.get_prediction(prediction_id)
+            if state.is_terminal:
+                return state
+            if time.monotonic() >= deadline:
+                raise ProviderUnavailable(
+                    f"prediction {prediction_id} still {state.status} after {timeout:.0f}s"
+                )
+            await asyncio.sleep(self.poll_interval)
+
+    async def cancel(self, prediction_id: str) -> None:
+        async with self._mapped_errors("cancel"):
+            await self.client.predictions.async_cancel(prediction_id)
+
+    async def download(self, url: str) -> bytes:
+        try:
+            response = await self._downloads.get(url)
+        except httpx.HTTPError as error:
+            raise ProviderUnavailable(f"downloading an output failed: {type(error).__name__}") from None
+        if response.status_code >= 500 or response.status_code == 429:
+            raise ProviderUnavailable(f"downloading an output answered {response.status_code}")
+        if response.status_code >= 400:
+            raise ProviderFailed(f"an output is gone ({response.status_code})")
+        return response.content
+
+    async def close(self) -> None:
+        await self._downloads.aclose()
+
+    def _require_token(self) -> None:
+        if not self._api_token:
+            raise ProviderMisconfigured("REPLICATE_API_TOKEN is not set")
+
+    def _mapped_errors(self, action: str) -> _ErrorMapper:
+        return _ErrorMapper(self, action)
+
+
+class _ErrorMapper:
+    """Turns the SDK's and httpx's exceptions into typed provider errors."""
+
+    def __init__(self, provider: ReplicateProvider, action: str) -> None:
+        self.provider = provider
+        self.action = action
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _tb: Any
+    ) -> bool:
+        retry_after = self.provider._retry_after.pop(id(asyncio.current_task()), None)
+        if error is None or isinstance(error, StepError):
+            return False
+        if isinstance(error, ReplicateError):
+            raise map_replicate_error(error, self.action, retry_after) from None
+        if isinstance(error, httpx.TimeoutException | httpx.TransportError):
+            raise ProviderUnavailable(f"replicate {self.action}: {type(error).__name__}") from None
+        return False
+
+
+def map_replicate_error(error: ReplicateError, action: str, retry_after: float | None = None) -> StepError:
+    status = error.status or 0
+    detail = f"replicate {action} answered {status}: {error.title or ''} {error.detail or ''}".strip()
+    if status == 429:
+        return ProviderRateLimited(detail, retry_after=retry_after)
+    if status in (401, 403):
+        return ProviderMisconfigured(detail)
+    if status == 402:
+        return ProviderQuotaExceeded(detail)
+    if status in (400, 404, 409, 413, 422):
+        return ProviderRejected(detail)
+    return ProviderUnavailable(detail, retry_after=retry_after)
+
+
+def _parse_retry_after(headers: httpx.Headers) -> float:
+    raw = (headers.get("Retry-After") or "").strip()
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return 1.0
+
+
+def _error_text(error: Any) -> str | None:
+    if error is None:
+        return None
+    return str(error)[:500]

@@ -1,0 +1,175 @@
+"""The one place configuration is read: environment variables and `.env` (SPEC §3).
+
+Every value is validated at start; a bad one stops the process with a message that names the variable
+and says what is wrong, never echoing a secret back.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from functools import lru_cache
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# A Telegram bot token: "<bot id>:<35 url-safe characters>"; tests use shorter secrets, so accept 20+.
+BOT_TOKEN_SHAPE = re.compile(r"^\d{3,20}:[A-Za-z0-9_-]{20,}$")
+BOT_NAME_SHAPE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class BotMode(StrEnum):
+    polling = "polling"
+    webhook = "webhook"
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    bot_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
+    telegram_api_url: str = "https://api.telegram.org"
+    bot_mode: BotMode = BotMode.polling
+    webhook_base_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    admin_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+
+    database_url: str = "sqlite+aiosqlite:///./aibot.db"
+    redis_url: str = "redis://localhost:6379/0"
+    use_queue: bool = True
+    fallback_mode: bool = False
+
+    replicate_api_token: SecretStr | None = None
+    replicate_base_url: str = "https://api.replicate.com"
+    replicate_webhook_secret: SecretStr | None = None
+    replicate_poll_interval: float = Field(default=1.0, gt=0, le=60)
+
+    elevenlabs_api_key: SecretStr | None = None
+    elevenlabs_base_url: str = "https://api.elevenlabs.io"
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    api_token: SecretStr | None = None
+
+    new_user_bonus: int = Field(default=0, ge=0)
+    log_format: LogFormat = LogFormat.text
+    log_level: str = "INFO"
+
+    # Plan A tuning (beyond SPEC §3).
+    redis_timeout: float = Field(default=1.0, gt=0, le=30, description="seconds an enqueue may take")
+    breaker_cooldown: float = Field(default=10.0, gt=0, description="seconds on Plan B before a probe")
+    job_timeout: int = Field(default=300, ge=10, description="seconds one run of a job may take")
+    job_max_tries: int = Field(default=5, ge=1, le=50)
+    worker_max_jobs: int = Field(default=50, ge=1)
+    worker_poll_delay: float = Field(default=0.05, gt=0, le=5)
+    # Longest a generation may wait on the provider before it is failed and refunded.
+    generation_deadline: float = Field(default=900.0, gt=0)
+
+    @field_validator("bot_tokens", mode="before")
+    @classmethod
+    def _parse_bot_tokens(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = _json_value("BOT_TOKENS", value, 'a JSON object {"bot_name": "token"}')
+        if not isinstance(value, dict):
+            raise ValueError('must be a JSON object {"bot_name": "token", ...}')
+        for name, token in value.items():
+            if not BOT_NAME_SHAPE.match(str(name)):
+                raise ValueError(f"bot name {name!r} must be 1-64 letters, digits, '_' or '-'")
+            raw = token.get_secret_value() if isinstance(token, SecretStr) else token
+            if not isinstance(raw, str) or not BOT_TOKEN_SHAPE.match(raw):
+                # The token itself is a secret: name the bot, never print the value.
+                raise ValueError(f"the token of bot {name!r} is not of the shape '<digits>:<secret>'")
+        return value
+
+    @field_validator("admin_ids", mode="before")
+    @classmethod
+    def _parse_admin_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = _json_value("ADMIN_IDS", value, "a JSON list of Telegram user ids, e.g. [123, 456]")
+        if not isinstance(value, list) or not all(isinstance(item, int) for item in value):
+            raise ValueError("must be a JSON list of integer Telegram user ids, e.g. [123, 456]")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not (value.startswith("sqlite+aiosqlite://") or value.startswith("postgresql+asyncpg://")):
+            raise ValueError("must be an async SQLAlchemy URL: sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("telegram_api_url", "replicate_base_url", "elevenlabs_base_url", "webhook_base_url")
+    @classmethod
+    def _check_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+    @model_validator(mode="after")
+    def _check_webhook_mode(self) -> Settings:
+        if self.bot_mode is BotMode.webhook and self.bot_tokens:
+            if not self.webhook_base_url:
+                raise ValueError("BOT_MODE=webhook needs WEBHOOK_BASE_URL (the public base of the server)")
+            if not self.webhook_secret:
+                raise ValueError("BOT_MODE=webhook needs WEBHOOK_SECRET (checked on every update)")
+        return self
+
+    @property
+    def default_bot_name(self) -> str | None:
+        return next(iter(self.bot_tokens), None)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _json_value(variable: str, raw: str, expected: str) -> Any:
+    import json
+
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"is not valid JSON ({error.msg} at character {error.pos}); expected {expected}"
+        ) from None
+
+
+class SettingsError(Exception):
+    """Configuration is invalid; the message lists each bad variable, without secret values."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            variable = "_".join(str(part) for part in item["loc"][:1]).upper() or "settings"
+            problems.append(f"{variable}: {item['msg'].removeprefix('Value error, ')}")
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
