@@ -38,10 +38,10 @@ def build_bot_dispatcher(
     dispatcher.message.outer_middleware(middleware)
     dispatcher.callback_query.outer_middleware(middleware)
     dispatcher.include_routers(
-        start.router,
-        image.router,
+        start.build_router(),
+        image.build_router(),
         build_admin_router(services.settings.admin_ids),
-        unknown.router,
+        unknown.build_router(),
     )
     return dispatcher
 

@@ -26,7 +26,6 @@ def parse_image_arguments(arguments: str | None) -> tuple[int, str]:
     return 1, (arguments or "").strip()
 
 
-@router.message(Command("image"))
 async def image(
     message: Message,
     command: CommandObject,
@@ -53,7 +52,6 @@ async def image(
     )
 
 
-@router.message(Command("model"))
 async def choose_model(message: Message, user: User, lang: str, services: Services) -> None:
     models = services.catalog.for_kind(Kind.text_to_image)
     default = services.catalog.default_for(Kind.text_to_image)
@@ -75,7 +73,6 @@ async def choose_model(message: Message, user: User, lang: str, services: Servic
     )
 
 
-@router.callback_query(F.data.startswith(MODEL_CALLBACK))
 async def model_chosen(query: CallbackQuery, user: User, lang: str, services: Services) -> None:
     model_id = (query.data or "").removeprefix(MODEL_CALLBACK)
     model = services.catalog.get(model_id)
@@ -89,3 +86,12 @@ async def model_chosen(query: CallbackQuery, user: User, lang: str, services: Se
     await query.answer(text("model_chosen", lang, title=model.title))
     if query.message is not None and isinstance(query.message, Message):
         await query.message.edit_text(text("model_chosen", lang, title=model.title))
+
+
+def build_router() -> Router:
+    """A new router each time: aiogram attaches a router to one dispatcher only."""
+    router = Router(name="image")
+    router.message.register(image, Command("image"))
+    router.message.register(choose_model, Command("model"))
+    router.callback_query.register(model_chosen, F.data.startswith(MODEL_CALLBACK))
+    return router

@@ -12,15 +12,12 @@ from generation.services import Services
 from generation.store import User
 from generation.texts import text
 
-router = Router(name="start")
-
 
 def commands_text(services: Services, lang: str) -> str:
     default = services.catalog.default_for(Kind.text_to_image)
     return text("commands", lang, image_price=default.price if default else 0)
 
 
-@router.message(CommandStart())
 async def start(message: Message, user: User, lang: str, services: Services) -> None:
     name = message.from_user.first_name if message.from_user else ""
     await message.answer(
@@ -28,7 +25,6 @@ async def start(message: Message, user: User, lang: str, services: Services) -> 
     )
 
 
-@router.message(Command("help"))
 async def help_command(message: Message, lang: str, services: Services) -> None:
     models = "\n".join(
         text("model_line", lang, title=model.title, price=model.price)
@@ -37,7 +33,6 @@ async def help_command(message: Message, lang: str, services: Services) -> None:
     await message.answer(text("help", lang, commands=commands_text(services, lang), models=models))
 
 
-@router.message(Command("balance"))
 async def balance(message: Message, user: User, lang: str, services: Services) -> None:
     async with services.db.sessions() as session:
         current = await ledger.balance_of(session, user.id)
@@ -52,7 +47,6 @@ async def balance(message: Message, user: User, lang: str, services: Services) -
     await message.answer("\n".join(lines))
 
 
-@router.message(Command("lang"), F.from_user)
 async def switch_language(message: Message, user: User, services: Services) -> None:
     new_language = "en" if user.language == "ru" else "ru"
     async with services.db.transaction() as session:
@@ -60,3 +54,13 @@ async def switch_language(message: Message, user: User, services: Services) -> N
         assert stored is not None
         stored.language = new_language
     await message.answer(text("lang_switched", new_language))
+
+
+def build_router() -> Router:
+    """A new router each time: aiogram attaches a router to one dispatcher only."""
+    router = Router(name="start")
+    router.message.register(start, CommandStart())
+    router.message.register(help_command, Command("help"))
+    router.message.register(balance, Command("balance"))
+    router.message.register(switch_language, Command("lang"), F.from_user)
+    return router

@@ -7,9 +7,13 @@ from aiogram.types import Message
 
 from generation.texts import text
 
-router = Router(name="unknown")
 
-
-@router.message(F.text.startswith("/"))
 async def unknown_command(message: Message, lang: str) -> None:
     await message.answer(text("unknown_command", lang))
+
+
+def build_router() -> Router:
+    """A new router each time: aiogram attaches a router to one dispatcher only."""
+    router = Router(name="unknown")
+    router.message.register(unknown_command, F.text.startswith("/"))
+    return router

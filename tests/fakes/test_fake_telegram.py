@@ -1,0 +1,492 @@
+"""Self-tests of the fake Telegram Bot API, driven by the real aiogram Bot and Dispatcher."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiogram import Bot, Dispatcher, F
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import (
+    TelegramBadRequest,
+    TelegramConflictError,
+    TelegramForbiddenError,
+    TelegramRetryAfter,
+    TelegramUnauthorizedError,
+)
+from aiogram.filters import CommandStart
+from aiogram.types import (
+    BotCommand,
+    BufferedInputFile,
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputMediaPhoto,
+    Message,
+)
+
+from tests.fakes.telegram import Call, FakeTelegram
+
+TOKEN1 = "123456:ABC-def-first"
+TOKEN2 = "654321:XYZ-ghi-second"
+
+
+def png(width: int, height: int) -> bytes:
+    """Enough of a PNG for Telegram-like size sniffing."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + header + b"\0\0\0\0" + b"pixels"
+
+
+def make_bot(fake: FakeTelegram, token: str) -> Bot:
+    return Bot(token, session=AiohttpSession(api=TelegramAPIServer.from_base(fake.url)))
+
+
+def keyboard(*data: str) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        inline_keyboard=[[InlineKeyboardButton(text=item.title(), callback_data=item) for item in data]]
+    )
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTelegram]:
+    fake = FakeTelegram()
+    await fake.start()
+    fake.add_bot(TOKEN1, "first_bot")
+    fake.add_bot(TOKEN2, "second_bot")
+    yield fake
+    await fake.stop()
+    assert fake.internal_errors == []
+
+
+@pytest.fixture
+async def bot(fake: FakeTelegram) -> AsyncIterator[Bot]:
+    bot = make_bot(fake, TOKEN1)
+    yield bot
+    await bot.session.close()
+
+
+async def test_get_me(fake: FakeTelegram, bot: Bot) -> None:
+    me = await bot.get_me()
+
+    assert me.id == 123456
+    assert me.is_bot is True
+    assert me.username == "first_bot"
+    assert fake.calls[-1].method == "getMe"
+    assert fake.calls[-1].token == TOKEN1
+
+
+async def test_unknown_token_is_unauthorized(fake: FakeTelegram) -> None:
+    stranger = make_bot(fake, "999:unknown")
+    try:
+        with pytest.raises(TelegramUnauthorizedError):
+            await stranger.get_me()
+    finally:
+        await stranger.session.close()
+    assert fake.calls[-1].error == {"ok": False, "error_code": 401, "description": "Unauthorized"}
+
+
+async def test_send_message_roundtrip(fake: FakeTelegram, bot: Bot) -> None:
+    fake.user_message(TOKEN1, user_id=42, text="/start", first_name="Ann")
+
+    first = await bot.send_message(42, "hello", reply_markup=keyboard("buy"))
+    second = await bot.send_message(42, "again")
+
+    assert first.text == "hello"
+    assert first.chat.id == 42
+    assert first.chat.type == "private"
+    assert first.chat.first_name == "Ann"
+    assert first.from_user is not None and first.from_user.id == 123456 and first.from_user.is_bot
+    assert first.message_id == 2  # the user's /start was message 1 of this chat
+    assert second.message_id == 3
+    assert first.reply_markup is not None
+    assert first.reply_markup.model_dump() == keyboard("buy").model_dump()
+    calls = fake.sent(TOKEN1, chat_id=42)
+    assert [call.params["text"] for call in calls] == ["hello", "again"]
+    assert calls[0].params["chat_id"] == 42
+    assert calls[0].params["reply_markup"] == {"inline_keyboard": [[{"text": "Buy", "callback_data": "buy"}]]}
+    assert calls[0].result["message_id"] == 2
+    assert fake.sent(TOKEN2) == []
+    assert [message["message_id"] for message in fake.chat_messages(TOKEN1, 42)] == [1, 2, 3]
+
+
+async def test_send_photo_uploads_bytes(fake: FakeTelegram, bot: Bot) -> None:
+    image = png(640, 480)
+
+    message = await bot.send_photo(7, BufferedInputFile(image, "cat.png"), caption="a cat")
+
+    call = fake.sent(TOKEN1, methods=["sendPhoto"])[-1]
+    assert call.upload("photo") == image
+    assert list(call.files.values()) == [image]
+    assert str(call.params["photo"]).startswith("attach://")
+    assert message.caption == "a cat"
+    assert message.photo is not None
+    assert (message.photo[-1].width, message.photo[-1].height) == (640, 480)
+    assert message.photo[-1].file_size == len(image)
+    assert [size.width for size in message.photo] == [90, 320, 640]
+    downloaded = await bot.download(message.photo[-1].file_id)
+    assert downloaded is not None and downloaded.read() == image
+
+
+async def test_send_media_group_of_three_photos(fake: FakeTelegram, bot: Bot) -> None:
+    images = [png(100 + i, 100) for i in range(3)]
+    media = [
+        InputMediaPhoto(media=BufferedInputFile(image, f"{i}.png"), caption=f"#{i}")
+        for i, image in enumerate(images)
+    ]
+
+    messages = await bot.send_media_group(9, media=media)  # type: ignore[arg-type]
+
+    assert len(messages) == 3
+    assert len({message.media_group_id for message in messages}) == 1
+    assert messages[0].media_group_id is not None
+    assert [message.caption for message in messages] == ["#0", "#1", "#2"]
+    assert [message.message_id for message in messages] == [1, 2, 3]
+    call = fake.sent(TOKEN1, methods=["sendMediaGroup"])[-1]
+    items = call.params["media"]
+    assert [item["type"] for item in items] == ["photo"] * 3
+    assert all(item["media"].startswith("attach://") for item in items)
+    assert [call.files[item["media"].removeprefix("attach://")] for item in items] == images
+    assert isinstance(call.result, list) and len(call.result) == 3
+
+
+async def test_send_media_group_validates_size(fake: FakeTelegram, bot: Bot) -> None:
+    one = [InputMediaPhoto(media=BufferedInputFile(png(10, 10), "a.png"))]
+    eleven = [InputMediaPhoto(media=BufferedInputFile(png(10, 10), f"{i}.png")) for i in range(11)]
+
+    with pytest.raises(TelegramBadRequest, match="2-10 items"):
+        await bot.send_media_group(9, media=one)  # type: ignore[arg-type]
+    with pytest.raises(TelegramBadRequest, match="too many messages to send as an album"):
+        await bot.send_media_group(9, media=eleven)  # type: ignore[arg-type]
+    assert fake.sent(TOKEN1) == []
+    assert len(fake.sent(TOKEN1, include_failed=True)) == 2
+
+
+async def test_fail_next_429_raises_retry_after(fake: FakeTelegram, bot: Bot) -> None:
+    fake.fail_next(
+        "sendMessage", error_code=429, description="Too Many Requests: retry after 5", retry_after=5
+    )
+
+    with pytest.raises(TelegramRetryAfter) as raised:
+        await bot.send_message(1, "first")
+    second = await bot.send_message(1, "second")
+
+    assert raised.value.retry_after == 5
+    failed = fake.sent(TOKEN1, include_failed=True)[0]
+    assert failed.result is None
+    assert failed.error == {
+        "ok": False,
+        "error_code": 429,
+        "description": "Too Many Requests: retry after 5",
+        "parameters": {"retry_after": 5},
+    }
+    assert second.text == "second"
+    assert [call.params["text"] for call in fake.sent(TOKEN1)] == ["second"]
+
+
+async def test_forbidden_raises_for_that_chat_only(fake: FakeTelegram, bot: Bot) -> None:
+    fake.fail_next(
+        "sendMessage", error_code=403, description="Forbidden: bot was blocked by the user", chat_id=7
+    )
+
+    delivered = await bot.send_message(8, "to someone else")
+    with pytest.raises(TelegramForbiddenError, match="bot was blocked by the user"):
+        await bot.send_message(7, "to the blocker")
+    await bot.send_message(7, "once is enough")
+
+    fake.block_user(TOKEN1, 11)
+    with pytest.raises(TelegramForbiddenError):
+        await bot.send_photo(11, BufferedInputFile(png(5, 5), "x.png"))
+    assert delivered.chat.id == 8
+    assert [call.params["text"] for call in fake.sent(TOKEN1)] == ["to someone else", "once is enough"]
+
+
+async def test_dispatcher_polls_two_bots(fake: FakeTelegram) -> None:
+    dp = Dispatcher()
+
+    @dp.message(CommandStart())
+    async def start(message: Message, bot: Bot) -> None:
+        assert message.from_user is not None
+        await message.answer(f"welcome {message.from_user.first_name}")
+
+    bot1, bot2 = make_bot(fake, TOKEN1), make_bot(fake, TOKEN2)
+    update1 = fake.user_message(TOKEN1, user_id=101, text="/start", first_name="Ann")
+    update2 = fake.user_message(TOKEN2, user_id=202, text="/start", first_name="Bob")
+    assert update1["message"]["entities"] == [{"type": "bot_command", "offset": 0, "length": 6}]
+
+    polling = asyncio.create_task(dp.start_polling(bot1, bot2, handle_signals=False, polling_timeout=1))
+    try:
+        reply1 = await fake.wait_for(lambda c: c.method == "sendMessage" and c.token == TOKEN1)
+        reply2 = await fake.wait_for(lambda c: c.method == "sendMessage" and c.token == TOKEN2)
+        confirmed = await fake.wait_for(
+            lambda c: (
+                c.method == "getUpdates"
+                and c.token == TOKEN1
+                and c.params.get("offset") == update1["update_id"] + 1
+            )
+        )
+    finally:
+        await dp.stop_polling()
+        await polling
+
+    assert (reply1.params["chat_id"], reply1.params["text"]) == (101, "welcome Ann")
+    assert (reply2.params["chat_id"], reply2.params["text"]) == (202, "welcome Bob")
+    assert confirmed.result == []
+    assert fake.pending_updates(TOKEN1) == []
+    assert len(fake.sent()) == 2
+
+
+async def test_same_update_pushed_twice_is_delivered_twice(fake: FakeTelegram, bot: Bot) -> None:
+    update = fake.user_message(TOKEN1, user_id=5, text="hi")
+    fake.push_update(TOKEN1, update)
+
+    first = await bot.get_updates(timeout=0)
+    confirmed = await bot.get_updates(offset=update["update_id"] + 1, timeout=0)
+    fake.push_update(TOKEN1, update)
+    redelivered = await bot.get_updates(offset=update["update_id"] + 1, timeout=0)
+
+    assert [u.update_id for u in first] == [update["update_id"]] * 2
+    assert confirmed == []
+    assert [u.update_id for u in redelivered] == [update["update_id"]]
+    assert redelivered[0].message is not None and redelivered[0].message.text == "hi"
+
+
+async def test_duplicate_update_reaches_dispatcher_twice(fake: FakeTelegram) -> None:
+    dp = Dispatcher()
+
+    @dp.message()
+    async def echo(message: Message) -> None:
+        await message.answer(f"echo {message.text}")
+
+    bot = make_bot(fake, TOKEN1)
+    update = fake.user_message(TOKEN1, user_id=5, text="once")
+    polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False, polling_timeout=1))
+    try:
+        await fake.wait_for(lambda c: c.method == "sendMessage")
+        fake.push_update(TOKEN1, update)
+        await fake.wait_for(lambda c: len(fake.sent(TOKEN1)) == 2)
+    finally:
+        await dp.stop_polling()
+        await polling
+
+    assert [call.params["text"] for call in fake.sent(TOKEN1)] == ["echo once", "echo once"]
+
+
+async def test_long_poll_answers_as_soon_as_an_update_arrives(fake: FakeTelegram, bot: Bot) -> None:
+    waiting = asyncio.create_task(bot.get_updates(timeout=30))
+    await fake.wait_polling(TOKEN1)
+    assert not waiting.done()
+
+    update = fake.user_message(TOKEN1, user_id=3, text="ping")
+    updates = await asyncio.wait_for(waiting, timeout=5)
+
+    assert [u.update_id for u in updates] == [update["update_id"]]
+    assert await bot.get_updates(offset=update["update_id"] + 1, timeout=1) == []
+
+
+async def test_get_file_and_download(fake: FakeTelegram, bot: Bot) -> None:
+    content = png(1024, 768)
+    file_id = fake.add_file(TOKEN1, content, "photos/file_1.jpg")
+    update = fake.user_message(TOKEN1, user_id=4, photo_file_id=file_id, caption="look")
+
+    photo = update["message"]["photo"]
+    file = await bot.get_file(file_id)
+    downloaded = await bot.download(file_id)
+
+    assert photo[-1]["file_id"] == file_id
+    assert (photo[-1]["width"], photo[-1]["height"]) == (1024, 768)
+    assert update["message"]["caption"] == "look"
+    assert file.file_path == "photos/file_1.jpg"
+    assert file.file_size == len(content)
+    assert downloaded is not None and downloaded.read() == content
+    assert fake.add_file(TOKEN1, b"other", "photos/file_1.jpg") != file_id
+    other = make_bot(fake, TOKEN2)
+    try:
+        with pytest.raises(TelegramBadRequest, match="wrong file identifier"):
+            await other.get_file(file_id)
+    finally:
+        await other.session.close()
+
+
+async def test_file_ids_are_per_bot(fake: FakeTelegram, bot: Bot) -> None:
+    sent = await bot.send_photo(1, BufferedInputFile(png(50, 50), "p.png"))
+    assert sent.photo is not None
+    file_id = sent.photo[-1].file_id
+
+    again = await bot.send_photo(2, file_id)
+    other = make_bot(fake, TOKEN2)
+    try:
+        with pytest.raises(TelegramBadRequest, match="wrong file identifier"):
+            await other.send_photo(2, file_id)
+    finally:
+        await other.session.close()
+
+    assert again.photo is not None and again.photo[-1].file_id == file_id
+    with pytest.raises(TelegramBadRequest, match="can't use file of type Photo as Document"):
+        await bot.send_document(2, file_id)
+
+
+async def test_button_press_through_dispatcher(fake: FakeTelegram) -> None:
+    dp = Dispatcher()
+
+    @dp.callback_query(F.data == "buy")
+    async def on_buy(query: CallbackQuery) -> None:
+        await query.answer("done")
+        assert isinstance(query.message, Message)
+        await query.message.edit_text("bought")
+
+    bot = make_bot(fake, TOKEN1)
+    await bot.send_message(55, "Pick one", reply_markup=keyboard("buy", "skip"))
+    shown = fake.sent(TOKEN1)[-1].result
+    with pytest.raises(AssertionError, match="no button"):
+        fake.press_button(TOKEN1, user_id=55, message=shown, data="nope")
+    update = fake.press_button(TOKEN1, user_id=55, message=shown, data="buy")
+
+    polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False, polling_timeout=1))
+    try:
+        edit = await fake.wait_for(lambda c: c.method == "editMessageText")
+    finally:
+        await dp.stop_polling()
+        await polling
+
+    answer = next(call for call in fake.calls if call.method == "answerCallbackQuery")
+    assert answer.params["callback_query_id"] == update["callback_query"]["id"]
+    assert answer.result is True
+    assert edit.params["message_id"] == shown["message_id"]
+    assert edit.result["text"] == "bought"
+    assert "reply_markup" not in edit.result  # editing without reply_markup drops the keyboard
+    assert [message.get("text") for message in fake.chat_messages(TOKEN1, 55)] == ["bought"]
+    with pytest.raises(AssertionError, match="no button"):
+        fake.press_button(TOKEN1, user_id=55, message=shown, data="buy")
+
+
+async def test_telegram_validation_errors(fake: FakeTelegram, bot: Bot) -> None:
+    with pytest.raises(TelegramBadRequest, match="message text is empty"):
+        await bot.send_message(1, "")
+    with pytest.raises(TelegramBadRequest, match="message text is empty"):
+        await bot.send_message(1, "   \n ")
+    with pytest.raises(TelegramBadRequest, match="message is too long"):
+        await bot.send_message(1, "x" * 4097)
+    with pytest.raises(TelegramBadRequest, match="message caption is too long"):
+        await bot.send_photo(1, BufferedInputFile(png(5, 5), "a.png"), caption="c" * 1025)
+    with pytest.raises(TelegramBadRequest, match="message to edit not found"):
+        await bot.edit_message_text(text="new", chat_id=1, message_id=999)
+    with pytest.raises(TelegramBadRequest, match="BUTTON_DATA_INVALID"):
+        await bot.send_message(1, "x", reply_markup=keyboard("d" * 65))
+
+    message = await bot.send_message(1, "x" * 4096)
+    with pytest.raises(TelegramBadRequest, match="message is not modified"):
+        await bot.edit_message_text(text="x" * 4096, chat_id=1, message_id=message.message_id)
+    photo = await bot.send_photo(1, BufferedInputFile(png(5, 5), "a.png"))
+    with pytest.raises(TelegramBadRequest, match="there is no text in the message to edit"):
+        await bot.edit_message_text(text="y", chat_id=1, message_id=photo.message_id)
+    with pytest.raises(TelegramBadRequest, match="there is no caption in the message to edit"):
+        await bot.edit_message_caption(caption="y", chat_id=1, message_id=message.message_id)
+    edited = await bot.edit_message_caption(caption="now", chat_id=1, message_id=photo.message_id)
+    assert isinstance(edited, Message) and edited.caption == "now"
+    assert await bot.delete_message(1, message.message_id) is True
+    with pytest.raises(TelegramBadRequest, match="message to delete not found"):
+        await bot.delete_message(1, message.message_id)
+    with pytest.raises(TelegramBadRequest, match="message to be replied not found"):
+        await bot.send_message(1, "reply", reply_to_message_id=12345)
+
+
+async def test_parse_modes(fake: FakeTelegram, bot: Bot) -> None:
+    html = await bot.send_message(
+        1, "<b>Hi</b> &amp; <a href='https://example.com'>link</a> 👍 <i>x</i>", parse_mode="HTML"
+    )
+    assert html.text == "Hi & link 👍 x"
+    assert html.entities is not None
+    assert [(e.type, e.offset, e.length, e.url) for e in html.entities] == [
+        ("bold", 0, 2, None),
+        ("text_link", 5, 4, "https://example.com"),
+        ("italic", 13, 1, None),  # the emoji counts as two UTF-16 units
+    ]
+    with pytest.raises(TelegramBadRequest, match='Unsupported start tag "br"'):
+        await bot.send_message(1, "a<br>b", parse_mode="HTML")
+    with pytest.raises(TelegramBadRequest, match="Can't find end tag corresponding to start tag"):
+        await bot.send_message(1, "<b>open", parse_mode="HTML")
+    with pytest.raises(TelegramBadRequest, match="Character '.' is reserved"):
+        await bot.send_message(1, "Price: 5.00", parse_mode="MarkdownV2")
+    markdown = await bot.send_message(1, r"*Price* 5\.00 [site](https://e.com)", parse_mode="MarkdownV2")
+    assert markdown.text == "Price 5.00 site"
+    assert markdown.entities is not None
+    assert [(e.type, e.offset, e.length) for e in markdown.entities] == [("bold", 0, 5), ("text_link", 11, 4)]
+
+
+async def test_webhook_commands_chat_and_actions(fake: FakeTelegram, bot: Bot) -> None:
+    assert fake.webhook_of(TOKEN1) is None
+    with pytest.raises(TelegramBadRequest, match="HTTPS URL must be provided"):
+        await bot.set_webhook("http://example.com/hook")
+    with pytest.raises(TelegramBadRequest, match="secret token contains unallowed characters"):
+        await bot.set_webhook("https://example.com/hook", secret_token="a+b=")
+
+    assert await bot.set_webhook("https://example.com/hook", secret_token="s3cret_-")
+    webhook = fake.webhook_of(TOKEN1)
+    assert webhook is not None
+    assert (webhook["url"], webhook["secret_token"]) == ("https://example.com/hook", "s3cret_-")
+    assert (await bot.get_webhook_info()).url == "https://example.com/hook"
+    with pytest.raises(TelegramConflictError, match="webhook is active"):
+        await bot.get_updates(timeout=0)
+    assert await bot.delete_webhook(drop_pending_updates=True)
+    assert fake.webhook_of(TOKEN1) is None
+    assert (await bot.get_webhook_info()).url == ""
+
+    await bot.set_my_commands([BotCommand(command="start", description="Start")])
+    assert fake.commands_of(TOKEN1) == [{"command": "start", "description": "Start"}]
+    assert [c.command for c in await bot.get_my_commands()] == ["start"]
+    await bot.delete_my_commands()
+    assert fake.commands_of(TOKEN1) is None
+    with pytest.raises(TelegramBadRequest, match="BOT_COMMAND_INVALID"):
+        await bot.set_my_commands([BotCommand(command="Bad Command", description="x")])
+
+    fake.user_message(TOKEN1, user_id=77, text="hi", first_name="Zoe", username="zoe")
+    chat = await bot.get_chat(77)
+    assert (chat.id, chat.type, chat.first_name, chat.username) == (77, "private", "Zoe", "zoe")
+    assert await bot.send_chat_action(77, "typing") is True
+    with pytest.raises(TelegramBadRequest, match="wrong parameter action"):
+        await bot.send_chat_action(77, "dancing")
+    with pytest.raises(TelegramForbiddenError, match="bots"):
+        await bot.send_message(654321, "hello other bot")
+
+
+async def test_raw_http_wire_format(fake: FakeTelegram) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{fake.url}/bot{TOKEN1}/getme?x=1") as resp:
+            me = await resp.json()
+        async with http.post(f"{fake.url}/bot{TOKEN1}/sendMessage", json={"text": "no chat"}) as resp:
+            missing = (resp.status, await resp.json())
+        async with http.post(
+            f"{fake.url}/bot{TOKEN1}/sendMessage",
+            json={"chat_id": "12", "text": "42", "reply_markup": '{"inline_keyboard": []}'},
+        ) as resp:
+            sent = await resp.json()
+        async with http.post(f"{fake.url}/bot{TOKEN1}/sendMessage?chat_id=13", data={"text": "form"}) as resp:
+            form = await resp.json()
+        async with http.post(f"{fake.url}/bot{TOKEN1}/noSuchMethod") as resp:
+            unknown = (resp.status, await resp.json())
+        async with http.post(f"{fake.url}/bot1:bad/getMe") as resp:
+            unauthorized = (resp.status, await resp.json())
+
+    assert me == {"ok": True, "result": me["result"]}
+    assert me["result"]["username"] == "first_bot"
+    assert missing == (400, {"ok": False, "error_code": 400, "description": "Bad Request: chat_id is empty"})
+    assert sent["ok"] is True and sent["result"]["text"] == "42"
+    json_call = fake.sent(TOKEN1)[0]
+    assert json_call.params == {"chat_id": 12, "text": "42", "reply_markup": {"inline_keyboard": []}}
+    assert form["result"]["chat"]["id"] == 13
+    assert unknown == (404, {"ok": False, "error_code": 404, "description": "Not Found: method not found"})
+    assert unauthorized == (401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+
+
+async def test_wait_for_times_out_with_a_summary(fake: FakeTelegram, bot: Bot) -> None:
+    await bot.send_message(1, "only this")
+
+    with pytest.raises(AssertionError, match="only this"):
+        await fake.wait_for(lambda c: c.method == "sendVoice", timeout=0.2)
+
+    found: Call = await fake.wait_for(lambda c: c.method == "sendMessage", timeout=0.2)
+    assert found.params["text"] == "only this"
