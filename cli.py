@@ -47,22 +47,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 async def run_worker(settings: Settings) -> None:
-    """A standalone worker that outlives Redis outages: arq's worker exits when its connection is
-    lost, so it is built anew after a pause instead of the process dying."""
-    from jobs.worker import build_worker
+    from jobs.worker import run_supervised
 
-    while True:
-        worker = build_worker(settings, handle_signals=False)
-        try:
-            await worker.async_run()
-        except asyncio.CancelledError:
-            await worker.close()
-            raise
-        except Exception as error:
-            logger.warning("worker stopped ({}); reconnecting in 2 s", type(error).__name__)
-            with contextlib.suppress(Exception):
-                await worker.close()
-            await asyncio.sleep(2)
+    await run_supervised(settings)
 
 
 def _run_until_signal(start: Callable[[], Awaitable[None]]) -> None:

@@ -20,7 +20,7 @@ from generation.dispatcher import Dispatcher
 from generation.services import Services
 from generation.texts import text
 from jobs.queue import ArqQueue, connect
-from jobs.worker import build_worker
+from jobs.worker import run_supervised
 from migrations.runner import upgrade
 from settings import BotMode, Settings
 
@@ -37,7 +37,6 @@ class App:
         self.web_runner: web.AppRunner | None = None
         self.http_port: int | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._worker: Any = None
 
     async def start(self) -> None:
         settings = self.settings
@@ -50,8 +49,9 @@ class App:
             settings, services.db, self.inline, self.queue, on_plan_change=self._report_plan_change
         )
         if self.queue is not None:
-            self._worker = build_worker(settings, services, handle_signals=False)
-            self._tasks.append(asyncio.create_task(self._worker.async_run(), name="embedded-worker"))
+            self._tasks.append(
+                asyncio.create_task(run_supervised(settings, services), name="embedded-worker")
+            )
             logger.info("embedded arq worker started")
         await self._start_bots()
         await self._start_http()
@@ -140,8 +140,6 @@ class App:
                 await self.bot_dispatcher.stop_polling()
         if self.web_runner is not None:
             await self.web_runner.cleanup()
-        if self._worker is not None:
-            await self._worker.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -8,6 +8,8 @@ in a settled generation or in `Retry(defer=...)`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from typing import Any
 
@@ -99,6 +101,27 @@ def build_worker(
         job_deserializer=deserialize,
         keep_result=3600,
     )
+
+
+async def run_supervised(
+    settings: Settings, services: Services | None = None, restart_delay: float = 2.0
+) -> None:
+    """Run a worker until cancelled, building it anew whenever it stops: arq's worker exits when its
+    Redis connection is lost, and a Redis restart must not end Plan A for good."""
+    while True:
+        worker = build_worker(settings, services, handle_signals=False)
+        try:
+            await worker.async_run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            logger.warning(
+                "arq worker stopped ({}); starting it again in {:.0f}s", type(error).__name__, restart_delay
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(worker.close(), timeout=restart_delay)
+        await asyncio.sleep(restart_delay)
 
 
 class WorkerSettings:

@@ -216,6 +216,7 @@ async def test_dispatcher_polls_two_bots(fake: FakeTelegram) -> None:
     update1 = fake.user_message(TOKEN1, user_id=101, text="/start", first_name="Ann")
     update2 = fake.user_message(TOKEN2, user_id=202, text="/start", first_name="Bob")
     assert update1["message"]["entities"] == [{"type": "bot_command", "offset": 0, "length": 6}]
+    assert update2["update_id"] == update1["update_id"]  # per-bot sequences: ids collide across bots
 
     polling = asyncio.create_task(dp.start_polling(bot1, bot2, handle_signals=False, polling_timeout=1))
     try:
@@ -409,7 +410,7 @@ async def test_parse_modes(fake: FakeTelegram, bot: Bot) -> None:
         await bot.send_message(1, "a<br>b", parse_mode="HTML")
     with pytest.raises(TelegramBadRequest, match="Can't find end tag corresponding to start tag"):
         await bot.send_message(1, "<b>open", parse_mode="HTML")
-    with pytest.raises(TelegramBadRequest, match="Character '.' is reserved"):
+    with pytest.raises(TelegramBadRequest, match=r"Character '\.' is reserved"):
         await bot.send_message(1, "Price: 5.00", parse_mode="MarkdownV2")
     markdown = await bot.send_message(1, r"*Price* 5\.00 [site](https://e.com)", parse_mode="MarkdownV2")
     assert markdown.text == "Price 5.00 site"
@@ -490,3 +491,42 @@ async def test_wait_for_times_out_with_a_summary(fake: FakeTelegram, bot: Bot) -
 
     found: Call = await fake.wait_for(lambda c: c.method == "sendMessage", timeout=0.2)
     assert found.params["text"] == "only this"
+
+
+async def test_other_media_kinds(fake: FakeTelegram, bot: Bot) -> None:
+    video = await bot.send_video(3, BufferedInputFile(b"mp4", "v.mp4"), duration=4, width=640, height=360)
+    voice = await bot.send_voice(3, BufferedInputFile(b"ogg", "v.ogg"), duration=2)
+    audio = await bot.send_audio(3, BufferedInputFile(b"mp3", "song.mp3"), title="Song", performer="Me")
+    document = await bot.send_document(3, BufferedInputFile(b"%PDF", "report.pdf"), caption="report")
+    animation = await bot.send_animation(3, BufferedInputFile(b"gif", "a.mp4"))
+    by_url = await bot.send_photo(3, "https://example.com/cat.jpg")
+
+    assert video.video is not None and (video.video.duration, video.video.width) == (4, 640)
+    assert voice.voice is not None and voice.voice.duration == 2
+    assert audio.audio is not None and (audio.audio.title, audio.audio.performer) == ("Song", "Me")
+    assert document.document is not None
+    assert (document.document.file_name, document.document.mime_type) == ("report.pdf", "application/pdf")
+    assert document.caption == "report"
+    assert animation.animation is not None and animation.document is not None
+    assert by_url.photo is not None
+    assert fake.sent(TOKEN1)[-1].params["photo"] == "https://example.com/cat.jpg"
+    assert [call.method for call in fake.sent(TOKEN1, chat_id=3)] == [
+        "sendVideo",
+        "sendVoice",
+        "sendAudio",
+        "sendDocument",
+        "sendAnimation",
+        "sendPhoto",
+    ]
+    assert (await bot.download(document.document.file_id)).read() == b"%PDF"  # type: ignore[union-attr]
+
+
+async def test_newer_get_updates_terminates_the_pending_one(fake: FakeTelegram, bot: Bot) -> None:
+    first = asyncio.create_task(bot.get_updates(timeout=30))
+    await fake.wait_polling(TOKEN1)
+    second = asyncio.create_task(bot.get_updates(timeout=30))
+
+    with pytest.raises(TelegramConflictError, match="terminated by other getUpdates request"):
+        await asyncio.wait_for(first, timeout=5)
+    update = fake.user_message(TOKEN1, user_id=1, text="x")
+    assert [u.update_id for u in await asyncio.wait_for(second, timeout=5)] == [update["update_id"]]
