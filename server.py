@@ -48,7 +48,7 @@ class App:
         self.generations = Dispatcher(
             settings, services.db, self.inline, self.queue, on_plan_change=self._report_plan_change
         )
-        if self.queue is not None:
+        if self.queue is not None and settings.embedded_worker:
             self._tasks.append(
                 asyncio.create_task(run_supervised(settings, services), name="embedded-worker")
             )
@@ -134,7 +134,9 @@ class App:
                     bot_name, admin_id, text("plan_changed_notice", "en", old=old, new=new, reason=reason)
                 )
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking work, give Plan B runs `grace` seconds to finish (the rest resume at the next
+        start), then close everything."""
         if self.bot_dispatcher is not None and self.settings.bot_mode is BotMode.polling:
             with contextlib.suppress(RuntimeError):
                 await self.bot_dispatcher.stop_polling()
@@ -144,7 +146,7 @@ class App:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.inline is not None:
-            await self.inline.close()
+            await self.inline.close(grace)
         if self.queue is not None:
             await self.queue.close()
         if self.services is not None:

@@ -50,7 +50,7 @@ async def run_replicate_prediction(ctx: PipelineContext, input: dict[str, Any]) 
     """Create the prediction once (id journaled), then wait for it; a rerun waits on the same id."""
     replicate = ctx.services.replicate
     prediction_id: str = await ctx.steps.run(
-        "create_prediction", lambda: replicate.create_prediction(ctx.model.ref, input)
+        "create_prediction", lambda: replicate.create_prediction(ctx.model.ref, input), shielded=True
     )
     state_json: dict[str, Any] = await ctx.steps.run(
         "prediction_result",

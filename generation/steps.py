@@ -7,6 +7,7 @@ Results must be JSON: ids, URLs, small dicts. Never bytes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -40,11 +41,25 @@ class StepJournal:
     async def is_done(self, name: str) -> bool:
         return name in await self.load()
 
-    async def run(self, name: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def run(self, name: str, fn: Callable[[], Awaitable[T]], *, shielded: bool = False) -> T:
+        """`shielded` for paid calls: a cancellation (a stopping process) waits until the call's
+        result is journaled, so the next run finds it instead of paying again."""
         done = await self.load()
         if name in done:
             return done[name]  # type: ignore[no-any-return]
-        await self.record(name, await fn())
+
+        async def call_and_record() -> None:
+            await self.record(name, await fn())
+
+        if shielded:
+            task = asyncio.ensure_future(call_and_record())
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                await task  # finish journaling the paid call, then stop
+                raise
+        else:
+            await call_and_record()
         return done[name]  # type: ignore[no-any-return]
 
     async def record(self, name: str, result: Any) -> None:

@@ -43,7 +43,9 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
             # expired by the time arq hands the job to another worker.
             lease=settings.job_timeout + 5,
             wait_budget=max(1.0, settings.job_timeout - TIMEOUT_MARGIN),
-            retry_policy=RetryPolicy(),
+            retry_policy=RetryPolicy(
+                base=settings.retry_backoff_base, cap=settings.retry_backoff_cap, jitter=settings.retry_jitter
+            ),
         )
     except RetryLater as retry:
         raise Retry(defer=retry.delay) from retry.cause
