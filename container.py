@@ -16,6 +16,7 @@ from generation.catalog import load_catalog
 from generation.delivery import ChatDelivery, NoDelivery
 from generation.services import Services
 from generation.store import Database
+from providers.elevenlabs import ElevenLabsProvider
 from providers.replicate import ReplicateProvider
 from settings import Settings
 
@@ -50,12 +51,17 @@ async def build_services(
             base_url=settings.replicate_base_url,
             poll_interval=settings.replicate_poll_interval,
         ),
+        elevenlabs=ElevenLabsProvider(
+            api_key=settings.elevenlabs_api_key.get_secret_value() if settings.elevenlabs_api_key else None,
+            base_url=settings.elevenlabs_base_url,
+        ),
         delivery=delivery,
     )
 
 
 async def close_services(services: Services) -> None:
     await services.replicate.close()
+    await services.elevenlabs.close()
     if isinstance(services.delivery, TelegramDelivery):
         for bot in services.delivery.bots.values():
             await bot.session.close()

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     worker_poll_delay: float = Field(default=0.05, gt=0, le=5)
     # Longest a generation may wait on the provider before it is failed and refunded.
     generation_deadline: float = Field(default=900.0, gt=0)
+    training_deadline: float = Field(default=4 * 3600.0, gt=0)
+    # Plan A waits on a provider inside a job this long, then frees the worker slot and looks again
+    # after `long_wait_poll` seconds (sooner when a webhook arrives).
+    job_wait_budget: float = Field(default=30.0, gt=0)
+    long_wait_poll: float = Field(default=15.0, gt=0)
 
     @field_validator("bot_tokens", mode="before")
     @classmethod

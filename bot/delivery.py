@@ -21,7 +21,14 @@ from aiogram.exceptions import (
 )
 from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup, InputMediaPhoto
 
-from generation.delivery import Button, DeliveryRefused, DeliveryRetryLater, Media
+from generation.delivery import (
+    DOWNLOAD_LIMIT,
+    Button,
+    DeliveryRefused,
+    DeliveryRetryLater,
+    InputTooLarge,
+    Media,
+)
 
 
 class TelegramDelivery:
@@ -57,6 +64,43 @@ class TelegramDelivery:
             messages = await bot.send_media_group(chat_id, [InputMediaPhoto(media=file) for file in files])
         return [message.message_id for message in messages]
 
+    async def send_video(self, bot_name: str, chat_id: int, video: Media, caption: str | None = None) -> int:
+        async with _mapped_errors():
+            message = await self._bot(bot_name).send_video(chat_id, _file(video), caption=caption)
+        return message.message_id
+
+    async def send_voice(self, bot_name: str, chat_id: int, voice: Media, caption: str | None = None) -> int:
+        async with _mapped_errors():
+            message = await self._bot(bot_name).send_voice(chat_id, _file(voice), caption=caption)
+        return message.message_id
+
+    async def send_audio(self, bot_name: str, chat_id: int, audio: Media, caption: str | None = None) -> int:
+        async with _mapped_errors():
+            message = await self._bot(bot_name).send_audio(chat_id, _file(audio), caption=caption)
+        return message.message_id
+
+    async def send_document(
+        self, bot_name: str, chat_id: int, document: Media, caption: str | None = None
+    ) -> int:
+        async with _mapped_errors():
+            message = await self._bot(bot_name).send_document(chat_id, _file(document), caption=caption)
+        return message.message_id
+
+    async def download_file(self, bot_name: str, file_id: str, max_bytes: int = DOWNLOAD_LIMIT) -> bytes:
+        bot = self._bot(bot_name)
+        async with _mapped_errors():
+            file = await bot.get_file(file_id)
+            if file.file_size is not None and file.file_size > max_bytes:
+                raise InputTooLarge(f"the file is {file.file_size} bytes, over {max_bytes}")
+            if file.file_path is None:
+                raise DeliveryRefused("Telegram gave no path for the file")
+            buffer = await bot.download_file(file.file_path)
+        assert buffer is not None
+        content = buffer.read()
+        if len(content) > max_bytes:
+            raise InputTooLarge(f"the file is {len(content)} bytes, over {max_bytes}")
+        return content
+
     async def delete_message(self, bot_name: str, chat_id: int, message_id: int) -> None:
         try:
             async with _mapped_errors():
@@ -73,6 +117,10 @@ class TelegramDelivery:
         if bot is None:
             raise DeliveryRefused(f"no bot {bot_name!r} in this process")
         return bot
+
+
+def _file(media: Media) -> BufferedInputFile:
+    return BufferedInputFile(media.content, filename=media.filename)
 
 
 @asynccontextmanager

@@ -50,6 +50,9 @@ async def submit_from_message(
         return None
     try:
         submission = await generations.submit(valid, telegram_request_key(bot_name, message), bot_name)
+    except InvalidRequest as invalid:
+        await message.answer("\n".join(problem.message(lang) for problem in invalid.problems))
+        return None
     except InsufficientBalance as error:
         await message.answer(text("insufficient_balance", lang, needed=error.needed, balance=error.balance))
         return None

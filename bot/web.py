@@ -14,13 +14,15 @@ from aiogram.types import Update
 from aiohttp import web
 from loguru import logger
 
+from generation.callbacks import take_job_result
 from generation.catalog import Kind
 from generation.dispatcher import Dispatcher
 from generation.ledger import InsufficientBalance
-from generation.pipelines import PIPELINES
+from generation.registry import PIPELINES
 from generation.requests import InvalidRequest, Problem, validate_request
 from generation.services import Services
 from generation.store import Generation, get_generation
+from providers.replicate import verify_webhook
 
 SERVICES = web.AppKey("services", Services)
 GENERATIONS = web.AppKey("generations", Dispatcher)
@@ -49,6 +51,7 @@ def build_web_app(
     app.router.add_post("/api/generation/{kind}", create_generation)
     app.router.add_get("/api/generations/{id}", read_generation)
     app.router.add_post("/webhooks/telegram/{bot_name}", telegram_webhook)
+    app.router.add_post("/webhooks/replicate", replicate_webhook)
     app.router.add_get("/healthz", health)
     return app
 
@@ -103,6 +106,8 @@ async def create_generation(request: web.Request) -> web.Response:
     request_key = f"http:{bot_name}:{valid.request.telegram_id}:{key or uuid.uuid4().hex}"
     try:
         submission = await request.app[GENERATIONS].submit(valid, request_key, bot_name)
+    except InvalidRequest as invalid:
+        return _problems(invalid.problems)
     except InsufficientBalance as error:
         return _error(402, "insufficient balance", needed=error.needed, balance=error.balance)
     generation = submission.generation
@@ -157,6 +162,37 @@ async def telegram_webhook(request: web.Request) -> web.Response:
     tasks = request.app[WEBHOOK_TASKS]
     tasks.add(task)
     task.add_done_callback(tasks.discard)
+    return web.json_response({"ok": True})
+
+
+async def replicate_webhook(request: web.Request) -> web.Response:
+    """A prediction's or training's final state, signed by Replicate; verified before anything is read."""
+    services = request.app[SERVICES]
+    secret = services.settings.replicate_webhook_secret
+    if secret is None:
+        return _error(404, "Replicate webhooks are not configured (REPLICATE_WEBHOOK_SECRET)")
+    body = await request.text()
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    if not verify_webhook(headers, body, secret.get_secret_value()):
+        logger.warning("Replicate webhook with a bad or missing signature refused")
+        return _error(401, "bad signature")
+    try:
+        payload = json.loads(body)
+    except json.JSONDecodeError:
+        return _error(400, "not JSON")
+    generation_id = request.query.get("generation", "")
+    step = request.query.get("step", "")
+    if not isinstance(payload, dict) or not generation_id or not step:
+        return _error(400, "a callback names its generation and step")
+    generation = await take_job_result(services.db, headers["webhook-id"], generation_id, step, payload)
+    if generation is not None:
+        logger.bind(generation=generation.id, plan=generation.plan).info("{} result arrived by webhook", step)
+        queue = request.app[GENERATIONS].queue
+        if generation.plan == "A" and queue is not None:
+            try:
+                await asyncio.wait_for(queue.wake(generation.id), timeout=services.settings.redis_timeout)
+            except Exception as error:  # the deferred retry comes anyway; the result is journaled
+                logger.warning("could not wake the job: {!r}", error)
     return web.json_response({"ok": True})
 
 

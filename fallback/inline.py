@@ -48,9 +48,11 @@ class InlineRunner:
                 generation_id,
                 Plan.B,
                 self.owner,
-                final_attempt=True,
+                max_tries=1,
                 lease=LEASE_SECONDS,
-                wait_budget=self.services.settings.generation_deadline,
+                # Plan B waits inline for as long as the job may take (its deadline ends it sooner).
+                wait_budget=self.services.settings.training_deadline,
+                can_defer=False,
             )
         except Exception:
             logger.bind(generation=generation_id, plan="B").exception("Plan B run crashed")

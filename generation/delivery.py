@@ -27,6 +27,15 @@ class Media:
     filename: str
 
 
+# Telegram's Bot API takes uploads up to 50 MB (and lets bots download files up to 20 MB).
+UPLOAD_LIMIT = 50 * 1024 * 1024
+DOWNLOAD_LIMIT = 20 * 1024 * 1024
+
+
+class InputTooLarge(StepError):
+    reason = "failed_generic"
+
+
 @dataclass(frozen=True)
 class Button:
     text: str
@@ -41,6 +50,27 @@ class ChatDelivery(Protocol):
     ) -> int: ...
 
     async def send_images(self, bot_name: str, chat_id: int, images: list[Media]) -> list[int]: ...
+
+    async def send_video(
+        self, bot_name: str, chat_id: int, video: Media, caption: str | None = None
+    ) -> int: ...
+
+    async def send_voice(
+        self, bot_name: str, chat_id: int, voice: Media, caption: str | None = None
+    ) -> int: ...
+
+    async def send_audio(
+        self, bot_name: str, chat_id: int, audio: Media, caption: str | None = None
+    ) -> int: ...
+
+    async def send_document(
+        self, bot_name: str, chat_id: int, document: Media, caption: str | None = None
+    ) -> int: ...
+
+    async def download_file(self, bot_name: str, file_id: str, max_bytes: int = DOWNLOAD_LIMIT) -> bytes:
+        """A file a user sent, fetched through the bot. The file's URL carries the bot token: it is
+        used here and never stored, logged or passed to a provider."""
+        ...
 
     async def delete_message(self, bot_name: str, chat_id: int, message_id: int) -> None: ...
 
@@ -60,6 +90,23 @@ class NoDelivery:
 
     async def send_images(self, bot_name: str, chat_id: int, images: list[Media]) -> list[int]:
         raise DeliveryRefused(f"no bot {bot_name!r} in this process")
+
+    async def send_video(self, bot_name: str, chat_id: int, video: Media, caption: str | None = None) -> int:
+        raise DeliveryRefused(f"no bot {bot_name!r} in this process")
+
+    async def send_voice(self, bot_name: str, chat_id: int, voice: Media, caption: str | None = None) -> int:
+        raise DeliveryRefused(f"no bot {bot_name!r} in this process")
+
+    async def send_audio(self, bot_name: str, chat_id: int, audio: Media, caption: str | None = None) -> int:
+        raise DeliveryRefused(f"no bot {bot_name!r} in this process")
+
+    async def send_document(
+        self, bot_name: str, chat_id: int, document: Media, caption: str | None = None
+    ) -> int:
+        raise DeliveryRefused(f"no bot {bot_name!r} in this process")
+
+    async def download_file(self, bot_name: str, file_id: str, max_bytes: int = DOWNLOAD_LIMIT) -> bytes:
+        raise DeliveryRefused(f"no bot {bot_name!r} in this process to fetch a file")
 
     async def delete_message(self, bot_name: str, chat_id: int, message_id: int) -> None:
         return None

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from generation import ledger
 from generation.plan import CircuitBreaker, PlanMode, mode_from_environment, plan_for, store_mode, stored_mode
+from generation.registry import PREPARERS
 from generation.requests import ValidRequest
 from generation.store import Database, Generation, GenerationStatus, Plan, move_to_plan_b
 from generation.users import ensure_user
@@ -31,6 +32,10 @@ class JobQueue(Protocol):
     async def enqueue(self, generation_id: str) -> None: ...
 
     async def ping(self) -> bool: ...
+
+    async def wake(self, generation_id: str) -> None:
+        """Run a job that waits for a deferred retry now (a webhook brought its result)."""
+        ...
 
 
 class InlineRunner(Protocol):
@@ -139,6 +144,11 @@ class Dispatcher:
                     language=request.language,
                     new_user_bonus=self.settings.new_user_bonus,
                 )
+                prepared = request.model_dump(mode="json")
+                preparer = PREPARERS.get(valid.kind)
+                if preparer is not None:
+                    # Raises InvalidRequest (e.g. no trained model yet): the transaction rolls back.
+                    prepared.update(await preparer(session, user, prepared))
                 generation = Generation(
                     request_key=request_key,
                     kind=valid.kind.value,
@@ -146,7 +156,7 @@ class Dispatcher:
                     bot_name=bot_name,
                     chat_id=request.target_chat,
                     model=valid.model.id,
-                    request=request.model_dump(mode="json"),
+                    request=prepared,
                     plan=plan.value,
                     status=GenerationStatus.queued,
                     units=request.units(),

@@ -19,7 +19,8 @@ from sqlalchemy import func, update
 
 from generation import ledger
 from generation.catalog import Kind
-from generation.pipelines import PIPELINES, Delivered, PipelineContext
+from generation.pipelines import Delivered, PipelineContext, StillWaiting
+from generation.registry import PIPELINES
 from generation.services import Services
 from generation.steps import StepJournal
 from generation.store import (
@@ -69,13 +70,16 @@ async def execute(
     plan: Plan,
     owner: str,
     *,
-    final_attempt: bool,
+    max_tries: int,
     lease: float,
     wait_budget: float,
+    can_defer: bool,
     retry_policy: RetryPolicy | None = None,
 ) -> Result:
-    """Run one try of a generation. `wait_budget` bounds how long this try waits on the provider (a
-    job must end before its timeout; the journaled prediction is awaited again on the next try)."""
+    """Run one try of a generation. A try that fails in a way that may pass raises RetryLater until
+    `max_tries` tries have failed; then, or on a permanent error, the generation fails and is refunded.
+    `wait_budget` bounds how long this try waits on the provider; with `can_defer` (Plan A) a longer
+    wait ends the try with RetryLater without counting as a failure."""
     db = services.db
     if not await claim_generation(db, generation_id, plan, owner, lease):
         return Result.not_claimed
@@ -103,18 +107,24 @@ async def execute(
             steps=steps,
             language=user.language,
             wait_budget=wait_budget,
+            can_defer=can_defer,
         )
         await _show_working(context)
         log.info("running, attempt {}", generation.attempts)
         delivered = await PIPELINES[Kind(generation.kind)](context)
+    except StillWaiting as waiting:
+        log.debug("provider still working; back in {:.0f}s", waiting.delay)
+        await release_generation(db, generation.id, owner)
+        raise RetryLater(waiting.delay, waiting) from waiting
     except Exception as error:
         retryable = (isinstance(error, StepError) and error.retryable) or not isinstance(error, StepError)
-        if retryable and not final_attempt:
+        failures = generation.failures + 1
+        if retryable and failures < max_tries:
             delay = (retry_policy or RetryPolicy()).delay(
-                generation.attempts, error.retry_after if isinstance(error, StepError) else None
+                failures, error.retry_after if isinstance(error, StepError) else None
             )
-            log.warning("attempt {} failed, retrying in {:.1f}s: {}", generation.attempts, delay, error)
-            await release_generation(db, generation.id, owner)
+            log.warning("try failed ({} of {}), retrying in {:.1f}s: {}", failures, max_tries, delay, error)
+            await release_generation(db, generation.id, owner, failed=True)
             raise RetryLater(delay, error) from error
         if isinstance(error, StepError):
             log.warning("failed for good: {}", error)

@@ -1,22 +1,38 @@
-"""Each kind's steps, shared by both plans: create the prediction (its id journaled before it is
-awaited), await it, fetch the output, deliver it to the chat. Settling (charge what was delivered,
-refund the rest) is done by generation/execution.py around every pipeline alike.
+"""The steps every kind's pipeline is made of, shared by both plans: fetch the user's input, create the
+provider's job (its id journaled before it is awaited), await it (polling, or woken by a webhook),
+fetch the output, deliver it to the chat. Each kind composes these in generation/kinds/.
+
+Settling (charge what was delivered, refund the rest) is done by generation/execution.py around every
+pipeline alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from generation.catalog import CatalogModel, Kind
-from generation.delivery import Media
+import httpx
+
+from generation.catalog import CatalogModel
+from generation.delivery import DOWNLOAD_LIMIT, UPLOAD_LIMIT, InputTooLarge, Media
 from generation.services import Services
 from generation.steps import StepJournal
 from generation.store import Generation
-from providers.errors import ProviderFailed, ProviderRejected
+from generation.texts import text
+from providers.errors import ProviderFailed, ProviderRejected, ProviderUnavailable
 from providers.replicate import PredictionState, output_urls
+
+
+class StillWaiting(Exception):
+    """The provider is still working. Plan A ends the try and comes back after `delay` (or when a
+    webhook wakes it) without holding a worker slot and without counting a failure."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"still waiting; look again in {delay:.0f}s")
+        self.delay = delay
 
 
 @dataclass
@@ -26,13 +42,30 @@ class PipelineContext:
     model: CatalogModel
     steps: StepJournal
     language: str
-    wait_budget: float
+    wait_budget: float  # how long this try may wait on the provider before StillWaiting (Plan A)
+    can_defer: bool = False  # Plan A can end a try and come back; Plan B waits inline
+
+    @property
+    def request(self) -> dict[str, Any]:
+        return self.generation.request
 
     @property
     def can_deliver(self) -> bool:
         return self.generation.chat_id is not None and self.services.delivery.can_deliver(
             self.generation.bot_name
         )
+
+    @property
+    def chat_id(self) -> int:
+        assert self.generation.chat_id is not None
+        return self.generation.chat_id
+
+    def webhook_url(self, step: str) -> str | None:
+        """Where Replicate should call back for this step, when callbacks can reach and be verified."""
+        settings = self.services.settings
+        if not settings.webhook_base_url or settings.replicate_webhook_secret is None:
+            return None
+        return f"{settings.webhook_base_url}/webhooks/replicate?generation={self.generation.id}&step={step}"
 
 
 @dataclass
@@ -46,35 +79,141 @@ class Delivered:
 Pipeline = Callable[[PipelineContext], Awaitable[Delivered]]
 
 
-async def run_replicate_prediction(ctx: PipelineContext, input: dict[str, Any]) -> PredictionState:
-    """Create the prediction once (id journaled), then wait for it; a rerun waits on the same id."""
+# --- awaiting a provider's job --------------------------------------------------------------------
+
+
+async def await_provider_job(
+    ctx: PipelineContext,
+    step: str,
+    fetch: Callable[[str], Awaitable[PredictionState]],
+    cancel: Callable[[str], Awaitable[None]],
+    deadline: float,
+) -> PredictionState:
+    """Wait for the job whose id is journaled as `<step>:id` to end; its final state is journaled as
+    `<step>:result` (by this poll, or by the provider's webhook, whichever comes first).
+
+    A job that outlives `deadline` seconds is cancelled at the provider and fails (refund)."""
+    job_id: str = await ctx.steps.saved(f"{step}:id")
+    give_up_at: float = await ctx.steps.run(f"{step}:deadline", _after(deadline))
+    poll_interval = ctx.services.settings.replicate_poll_interval
+    try_ends_at = time.monotonic() + ctx.wait_budget
+    while True:
+        journaled = await ctx.steps.refresh(f"{step}:result")
+        if journaled is not None:
+            return PredictionState.from_json(journaled)
+        state = await fetch(job_id)
+        if state.is_terminal:
+            await ctx.steps.record(f"{step}:result", state.as_json())
+            return PredictionState.from_json(await ctx.steps.saved(f"{step}:result"))
+        if time.time() >= give_up_at:
+            await _cancel_quietly(cancel, job_id)
+            raise ProviderFailed(f"{step} {job_id} did not finish in {deadline:.0f}s; cancelled")
+        if time.monotonic() >= try_ends_at:
+            if ctx.can_defer:
+                raise StillWaiting(delay=ctx.services.settings.long_wait_poll)
+            raise ProviderUnavailable(f"{step} {job_id} still {state.status} after {ctx.wait_budget:.0f}s")
+        await asyncio.sleep(poll_interval)
+
+
+def _after(seconds: float) -> Callable[[], Awaitable[float]]:
+    async def deadline() -> float:
+        return time.time() + seconds
+
+    return deadline
+
+
+async def _cancel_quietly(cancel: Callable[[str], Awaitable[None]], job_id: str) -> None:
+    try:
+        await cancel(job_id)
+    except Exception:  # the job may have ended meanwhile; the refund does not depend on it
+        return
+
+
+async def run_replicate_prediction(
+    ctx: PipelineContext, input: dict[str, Any], *, version: str | None = None, step: str = "prediction"
+) -> PredictionState:
+    """Create the prediction once (id journaled, even when the process is stopping), then wait for it;
+    a rerun waits on the same id. `version` overrides the model's ref (a user's trained LoRA)."""
     replicate = ctx.services.replicate
-    prediction_id: str = await ctx.steps.run(
-        "create_prediction", lambda: replicate.create_prediction(ctx.model.ref, input), shielded=True
+    ref = version or ctx.model.ref
+    await ctx.steps.run(
+        f"{step}:id",
+        lambda: replicate.create_prediction(ref, input, webhook=ctx.webhook_url(step)),
+        shielded=True,
     )
-    state_json: dict[str, Any] = await ctx.steps.run(
-        "prediction_result",
-        lambda: _wait_json(ctx, prediction_id),
+    state = await await_provider_job(
+        ctx, step, replicate.get_prediction, replicate.cancel, ctx.services.settings.generation_deadline
     )
-    state = PredictionState.from_json(state_json)
-    if state.status == "failed":
-        raise _failure_of(state)
-    if state.status == "canceled":
-        raise ProviderFailed(f"prediction {state.id} was canceled at the provider")
+    raise_if_unsuccessful(state)
     return state
 
 
-async def _wait_json(ctx: PipelineContext, prediction_id: str) -> dict[str, Any]:
-    state = await ctx.services.replicate.wait(prediction_id, timeout=ctx.wait_budget)
-    return state.as_json()
-
-
-def _failure_of(state: PredictionState) -> Exception:
+def raise_if_unsuccessful(state: PredictionState) -> None:
+    if state.status == "succeeded":
+        return
+    if state.status == "canceled":
+        raise ProviderFailed(f"{state.id} was canceled at the provider")
     error = (state.error or "").lower()
     # Safety filters answer a failed prediction whose error names NSFW content: the input is at fault.
     if "nsfw" in error or "safety" in error or "sensitive" in error:
-        return ProviderRejected(f"prediction {state.id} rejected: {state.error}")
-    return ProviderFailed(f"prediction {state.id} failed: {state.error}")
+        raise ProviderRejected(f"{state.id} rejected: {state.error}")
+    raise ProviderFailed(f"{state.id} failed: {state.error}")
+
+
+# --- the user's input files -----------------------------------------------------------------------
+
+
+async def input_bytes(ctx: PipelineContext, name: str, max_bytes: int = DOWNLOAD_LIMIT) -> bytes:
+    """The file a request names by `<name>_file_id` (sent in Telegram, fetched through the bot) or by
+    `<name>_url` (an HTTP client's URL). Not journaled: bytes are fetched again on a rerun."""
+    file_id = ctx.request.get(f"{name}_file_id")
+    if file_id:
+        return await ctx.services.delivery.download_file(ctx.generation.bot_name, file_id, max_bytes)
+    url = ctx.request.get(f"{name}_url")
+    if not url:
+        raise ProviderRejected(f"the request has no {name}")
+    return await fetch_url(url, max_bytes)
+
+
+async def fetch_url(url: str, max_bytes: int) -> bytes:
+    if not url.startswith(("http://", "https://")):
+        raise ProviderRejected("only http(s) URLs can be fetched")
+    try:
+        async with (
+            httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code >= 400:
+                failure = ProviderUnavailable if response.status_code >= 500 else ProviderRejected
+                raise failure(f"fetching the input answered {response.status_code}")
+            content = bytearray()
+            async for chunk in response.aiter_bytes():
+                content += chunk
+                if len(content) > max_bytes:
+                    raise InputTooLarge(f"the input is over {max_bytes} bytes")
+            return bytes(content)
+    except httpx.HTTPError as error:
+        raise ProviderUnavailable(f"fetching the input failed: {type(error).__name__}") from None
+
+
+async def replicate_input_url(
+    ctx: PipelineContext, name: str, filename: str, content_type: str, max_bytes: int = DOWNLOAD_LIMIT
+) -> str:
+    """A URL Replicate can read for the user's file: a Telegram file is fetched here and uploaded to
+    Replicate's files API (its URL carries the bot token and must never leave the server); an HTTP
+    client's URL is passed as it is. Journaled as `<name>:url`."""
+
+    async def upload() -> str:
+        if not ctx.request.get(f"{name}_file_id") and ctx.request.get(f"{name}_url"):
+            return str(ctx.request[f"{name}_url"])
+        content = await input_bytes(ctx, name, max_bytes)
+        return await ctx.services.replicate.upload_file(content, filename, content_type)
+
+    url: str = await ctx.steps.run(f"{name}:url", upload)
+    return url
+
+
+# --- delivering outputs ---------------------------------------------------------------------------
 
 
 async def deliver_images(ctx: PipelineContext, urls: list[str]) -> Delivered:
@@ -84,15 +223,11 @@ async def deliver_images(ctx: PipelineContext, urls: list[str]) -> Delivered:
     if not ctx.can_deliver:
         return Delivered(units=len(urls), result={"urls": urls})
     generation = ctx.generation
-    assert generation.chat_id is not None
 
     async def send() -> list[int]:
         images = await asyncio.gather(*(ctx.services.replicate.download(url) for url in urls))
-        media = [
-            Media(content=image, filename=f"{generation.id}-{index}.png")
-            for index, image in enumerate(images)
-        ]
-        return await ctx.services.delivery.send_images(generation.bot_name, generation.chat_id or 0, media)
+        media = [Media(content=image, filename=f"{generation.id}-{i}.png") for i, image in enumerate(images)]
+        return await ctx.services.delivery.send_images(generation.bot_name, ctx.chat_id, media)
 
     message_ids: list[int] = await ctx.steps.run("deliver", send)
     return Delivered(
@@ -100,12 +235,24 @@ async def deliver_images(ctx: PipelineContext, urls: list[str]) -> Delivered:
     )
 
 
-async def text_to_image(ctx: PipelineContext) -> Delivered:
-    input = ctx.model.build_input(ctx.generation.request)
-    state = await run_replicate_prediction(ctx, input)
-    return await deliver_images(ctx, output_urls(state.output))
+async def deliver_video(ctx: PipelineContext, output: Any) -> Delivered:
+    """Send the video; one over Telegram's upload limit is sent as a link instead of being dropped."""
+    urls = output_urls(output)
+    if not urls:
+        raise ProviderFailed("the prediction succeeded with no video")
+    url = urls[0]
+    if not ctx.can_deliver:
+        return Delivered(units=1, result={"urls": [url]})
+    generation = ctx.generation
 
+    async def send() -> list[int]:
+        content = await ctx.services.replicate.download(url)
+        delivery = ctx.services.delivery
+        if len(content) > UPLOAD_LIMIT:
+            link = text("video_as_link", ctx.language, url=url)
+            return [await delivery.send_text(generation.bot_name, ctx.chat_id, link)]
+        video = Media(content=content, filename=f"{generation.id}.mp4")
+        return [await delivery.send_video(generation.bot_name, ctx.chat_id, video)]
 
-PIPELINES: dict[Kind, Pipeline] = {
-    Kind.text_to_image: text_to_image,
-}
+    message_ids: list[int] = await ctx.steps.run("deliver", send)
+    return Delivered(units=1, result={"urls": [url], "message_ids": message_ids})

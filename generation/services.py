@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from generation.catalog import Catalog
 from generation.delivery import ChatDelivery
 from generation.store import Database
+from providers.elevenlabs import ElevenLabsProvider
 from providers.replicate import ReplicateProvider
 from settings import Settings
 
@@ -17,4 +18,5 @@ class Services:
     db: Database
     catalog: Catalog
     replicate: ReplicateProvider
+    elevenlabs: ElevenLabsProvider
     delivery: ChatDelivery

@@ -38,6 +38,20 @@ class StepJournal:
         """The saved result of a step, or None when it has not run."""
         return (await self.load()).get(name)
 
+    async def refresh(self, name: str) -> Any:
+        """Read a step from the database again: another process (a webhook) may have journaled it."""
+        done = await self.load()
+        if name in done:
+            return done[name]
+        async with self.db.sessions() as session:
+            row = await session.scalar(
+                select(Step).where(Step.generation_id == self.generation_id, Step.name == name)
+            )
+        if row is None:
+            return None
+        done[name] = row.result
+        return row.result
+
     async def is_done(self, name: str) -> bool:
         return name in await self.load()
 

@@ -66,6 +66,11 @@ class User(Base):
     # UPDATE can refuse a charge that would make it negative.
     balance: Mapped[int] = mapped_column(BigInteger, default=0)
     image_model: Mapped[str | None] = mapped_column(String(128))
+    # The user's cloned voice at ElevenLabs (voice_avatar); replaced, and the old one deleted, on re-cloning.
+    voice_id: Mapped[str | None] = mapped_column(String(64))
+    # The user's trained LoRA (model_training): "owner/name:version" and the word that triggers it.
+    lora_version: Mapped[str | None] = mapped_column(String(200))
+    lora_trigger_word: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
@@ -98,7 +103,8 @@ class Generation(Base):
     request: Mapped[dict[str, Any]] = mapped_column(JSON)
     plan: Mapped[str] = mapped_column(String(1))
     status: Mapped[str] = mapped_column(String(16), default=GenerationStatus.queued)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # tries started (claims)
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # tries that failed
     units: Mapped[int] = mapped_column(Integer, default=1)
     unit_price: Mapped[int] = mapped_column(Integer, default=0)
     price: Mapped[int] = mapped_column(Integer, default=0)
@@ -125,6 +131,15 @@ class Step(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     result: Mapped[Any] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class WebhookEvent(Base):
+    """Provider callbacks already taken, by their webhook-id: a redelivered callback changes nothing."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class RuntimeFlag(Base):
@@ -230,13 +245,17 @@ async def claim_generation(db: Database, generation_id: str, plan: Plan, owner: 
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def release_generation(db: Database, generation_id: str, owner: str) -> None:
-    """Give a claim back without finishing (a retry will claim it again)."""
+async def release_generation(db: Database, generation_id: str, owner: str, *, failed: bool = False) -> None:
+    """Give a claim back without finishing (a retry will claim it again); `failed` counts the try."""
     async with db.transaction() as session:
         await session.execute(
             update(Generation)
             .where(Generation.id == generation_id, Generation.lease_owner == owner)
-            .values(lease_owner=None, lease_expires_at=None)
+            .values(
+                lease_owner=None,
+                lease_expires_at=None,
+                failures=Generation.failures + (1 if failed else 0),
+            )
         )
 
 

@@ -1,4 +1,4 @@
-"""User-visible texts in English and Russian (generation/texts.toml)."""
+"""User-visible texts in English and Russian: every generation/texts/*.toml file, one per feature."""
 
 from __future__ import annotations
 
@@ -7,13 +7,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-TEXTS_PATH = Path(__file__).with_name("texts.toml")
+TEXTS_DIR = Path(__file__).with_name("texts")
 LANGUAGES = ("en", "ru")
 
 
 @lru_cache(maxsize=1)
 def _texts() -> dict[str, dict[str, str]]:
-    return tomllib.loads(TEXTS_PATH.read_text(encoding="utf-8"))
+    merged: dict[str, dict[str, str]] = {}
+    for path in sorted(TEXTS_DIR.glob("*.toml")):
+        for key, entry in tomllib.loads(path.read_text(encoding="utf-8")).items():
+            if key in merged:
+                raise ValueError(f"text {key!r} is defined twice (again in {path.name})")
+            merged[key] = entry
+    return merged
 
 
 def text(key: str, language: str, /, **fields: Any) -> str:

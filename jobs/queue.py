@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgpack
@@ -45,6 +46,11 @@ class ArqQueue:
         # The job id is the generation id: arq refuses a second job with the same id, so a repeated
         # enqueue (a retried submit, the reconciler) never makes a second job.
         await self.pool.enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)
+
+    async def wake(self, generation_id: str) -> None:
+        # arq keeps a deferred job in its queue, a sorted set scored by when it may run: moving the
+        # score to now runs it at the next poll. XX: only a job still queued (never re-add one).
+        await self.pool.zadd(self.pool.default_queue_name, {generation_id: int(time.time() * 1000)}, xx=True)
 
     async def ping(self) -> bool:
         try:

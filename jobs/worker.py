@@ -38,11 +38,12 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
             generation_id,
             Plan.A,
             owner=f"{ctx['worker_id']}:{job_try}",
-            final_attempt=job_try >= settings.job_max_tries,
+            max_tries=settings.job_max_tries,
             # Shorter than arq's in-progress key (job timeout + 10 s): when a worker dies, its lease has
             # expired by the time arq hands the job to another worker.
             lease=settings.job_timeout + 5,
-            wait_budget=max(1.0, settings.job_timeout - TIMEOUT_MARGIN),
+            wait_budget=min(settings.job_wait_budget, max(1.0, settings.job_timeout - TIMEOUT_MARGIN)),
+            can_defer=True,
             retry_policy=RetryPolicy(
                 base=settings.retry_backoff_base, cap=settings.retry_backoff_cap, jitter=settings.retry_jitter
             ),

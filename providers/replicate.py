@@ -8,6 +8,7 @@ never retried here: the runner decides, after journaling.
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -123,6 +124,72 @@ class ReplicateProvider:
         async with self._mapped_errors("cancel"):
             await self.client.predictions.async_cancel(prediction_id)
 
+    # --- files: inputs the user sent, so a Telegram file URL (it carries the bot token) never leaves ---
+
+    async def upload_file(self, content: bytes, filename: str, content_type: str) -> str:
+        """Upload bytes to Replicate's files API; answers the URL a prediction's input can name."""
+        self._require_token()
+        async with self._mapped_errors("upload"):
+            file = await self.client.files.async_create(
+                io.BytesIO(content),
+                metadata={"filename": filename},
+                filename=filename,
+                content_type=content_type,
+            )
+        return str(file.urls["get"])
+
+    # --- models and trainings (LoRA) ----------------------------------------------------------------
+
+    async def account_username(self) -> str:
+        async with self._mapped_errors("account"):
+            response = await self.client._async_request("GET", "/v1/account")
+        return str(response.json()["username"])
+
+    async def latest_version(self, model: str) -> str:
+        """The latest version id of "owner/name", looked up now (trainers publish new versions)."""
+        async with self._mapped_errors("model"):
+            found = await self.client.models.async_get(model)
+        if found.latest_version is None:
+            raise ProviderFailed(f"model {model} has no version")
+        return str(found.latest_version.id)
+
+    async def ensure_model(self, owner: str, name: str, hardware: str = "gpu-t4") -> str:
+        """Create the destination model for a training unless it exists; answers "owner/name"."""
+        try:
+            async with self._mapped_errors("create model"):
+                await self.client.models.async_create(
+                    owner=owner, name=name, visibility="private", hardware=hardware
+                )
+        except ProviderRejected as error:
+            if "409" not in str(error):
+                raise
+        return f"{owner}/{name}"
+
+    async def create_training(
+        self, trainer: str, version: str, destination: str, input: dict[str, Any], webhook: str | None = None
+    ) -> str:
+        self._require_token()
+        params: dict[str, Any] = {"destination": destination}
+        if webhook:
+            params["webhook"] = webhook
+            params["webhook_events_filter"] = ["completed"]
+        async with self._mapped_errors("create training"):
+            training = await self.client.trainings.async_create(
+                model=trainer, version=version, input=input, **params
+            )
+        return str(training.id)
+
+    async def get_training(self, training_id: str) -> PredictionState:
+        async with self._mapped_errors("get training"):
+            training = await self.client.trainings.async_get(training_id)
+        return PredictionState(
+            id=training.id, status=training.status, output=training.output, error=_error_text(training.error)
+        )
+
+    async def cancel_training(self, training_id: str) -> None:
+        async with self._mapped_errors("cancel training"):
+            await self.client.trainings.async_cancel(training_id)
+
     async def download(self, url: str) -> bytes:
         try:
             response = await self._downloads.get(url)
@@ -180,6 +247,19 @@ def map_replicate_error(error: ReplicateError, action: str, retry_after: float |
     if status in (400, 404, 409, 413, 422):
         return ProviderRejected(detail)
     return ProviderUnavailable(detail, retry_after=retry_after)
+
+
+def verify_webhook(headers: dict[str, str], body: str, secret: str, tolerance: int = 300) -> bool:
+    """Replicate signs callbacks per Standard Webhooks; answers whether this one is genuine and fresh."""
+    from replicate.webhook import Webhooks, WebhookSigningSecret
+
+    try:
+        Webhooks.validate(
+            headers=headers, body=body, secret=WebhookSigningSecret(key=secret), tolerance=tolerance
+        )
+    except Exception:
+        return False
+    return True
 
 
 def _parse_retry_after(headers: httpx.Headers) -> float:

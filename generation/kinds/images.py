@@ -1,0 +1,21 @@
+"""text_to_image: a Flux prediction on Replicate, delivered as an album (or one photo)."""
+
+from __future__ import annotations
+
+from generation.catalog import Kind
+from generation.pipelines import (
+    Delivered,
+    Pipeline,
+    PipelineContext,
+    deliver_images,
+    run_replicate_prediction,
+)
+from providers.replicate import output_urls
+
+
+async def text_to_image(ctx: PipelineContext) -> Delivered:
+    state = await run_replicate_prediction(ctx, ctx.model.build_input(ctx.request))
+    return await deliver_images(ctx, output_urls(state.output))
+
+
+PIPELINES: dict[Kind, Pipeline] = {Kind.text_to_image: text_to_image}
