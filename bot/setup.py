@@ -6,7 +6,7 @@ from aiogram import Bot, Dispatcher
 from aiogram.types import BotCommand
 
 from bot.middlewares import UserMiddleware
-from bot.routers import image, start, unknown
+from bot.routers import image, lora, speech, start, unknown, video
 from bot.routers.admin import build_admin_router
 from generation.dispatcher import Dispatcher as GenerationDispatcher
 from generation.services import Services
@@ -40,6 +40,9 @@ def build_bot_dispatcher(
     dispatcher.include_routers(
         start.build_router(),
         image.build_router(),
+        video.build_router(),
+        speech.build_router(),
+        lora.build_router(),
         build_admin_router(services.settings.admin_ids),
         unknown.build_router(),
     )

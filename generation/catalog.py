@@ -48,6 +48,7 @@ class CatalogModel:
     input: dict[str, Any]
     max_prompt: int = MAX_PROMPT
     max_images: int = 1
+    max_text: int = 5000
     default: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -85,7 +86,18 @@ class Catalog:
     def from_toml(cls, text: str) -> Catalog:
         data = tomllib.loads(text)
         models = []
-        known = {"kind", "provider", "title", "ref", "price", "input", "max_prompt", "max_images", "default"}
+        known = {
+            "kind",
+            "provider",
+            "title",
+            "ref",
+            "price",
+            "input",
+            "max_prompt",
+            "max_images",
+            "max_text",
+            "default",
+        }
         for model_id, entry in data.get("models", {}).items():
             try:
                 kind = Kind(entry["kind"])
@@ -106,6 +118,7 @@ class Catalog:
                     input=dict(entry.get("input", {})),
                     max_prompt=max_prompt,
                     max_images=int(entry.get("max_images", 1)),
+                    max_text=int(entry.get("max_text", 5000)),
                     default=bool(entry.get("default", False)),
                     extra={key: value for key, value in entry.items() if key not in known},
                 )

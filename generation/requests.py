@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from generation.catalog import MAX_PROMPT, Catalog, CatalogModel, Kind
 from generation.texts import text
@@ -61,23 +61,53 @@ class TextToVideoRequest(PromptRequest):
     duration: int | None = Field(default=None, ge=1, le=60)
 
 
+URL = Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^https?://")]
+FILE_ID = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+def _exactly_one(request: BaseModel, name: str) -> None:
+    """A file comes as `<name>_url` (HTTP clients) or `<name>_file_id` (sent in Telegram), not both."""
+    given = [field for field in (f"{name}_url", f"{name}_file_id") if getattr(request, field)]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {name}_url or {name}_file_id")
+
+
 class ImageToVideoRequest(PromptRequest):
-    image_url: str = Field(min_length=1, max_length=2048)
+    image_url: URL | None = None
+    image_file_id: FILE_ID | None = None
     duration: int | None = Field(default=None, ge=1, le=60)
+
+    @model_validator(mode="after")
+    def _one_image(self) -> ImageToVideoRequest:
+        _exactly_one(self, "image")
+        return self
 
 
 class TextToSpeechRequest(GenerationRequest):
     text: str = Field(max_length=50_000)
-    voice_id: str | None = Field(default=None, max_length=64)
+    voice_id: str | None = Field(default=None, max_length=64, pattern=r"^[A-Za-z0-9]+$")
 
 
 class VoiceAvatarRequest(GenerationRequest):
-    audio_url: str = Field(min_length=1, max_length=2048)
+    audio_url: URL | None = None
+    audio_file_id: FILE_ID | None = None
+    audio_mime_type: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="after")
+    def _one_audio(self) -> VoiceAvatarRequest:
+        _exactly_one(self, "audio")
+        return self
 
 
 class ModelTrainingRequest(GenerationRequest):
-    zip_url: str = Field(min_length=1, max_length=2048)
+    zip_url: URL | None = None
+    zip_file_id: FILE_ID | None = None
     trigger_word: str = Field(min_length=2, max_length=32, pattern=r"^[A-Za-z0-9_]+$")
+
+    @model_validator(mode="after")
+    def _one_zip(self) -> ModelTrainingRequest:
+        _exactly_one(self, "zip")
+        return self
 
 
 REQUEST_TYPES: dict[Kind, type[GenerationRequest]] = {
@@ -151,6 +181,14 @@ def validate_request(
             problems.append(
                 Problem("prompt", "prompt_too_long", {"limit": model.max_prompt, "length": len(prompt)})
             )
+    spoken = getattr(request, "text", None)
+    if spoken is not None:
+        if not spoken:
+            problems.append(Problem("text", "text_empty"))
+        elif len(spoken) > model.max_text:
+            problems.append(
+                Problem("text", "text_too_long", {"limit": model.max_text, "length": len(spoken)})
+            )
     if isinstance(request, TextToImageRequest):
         if not 1 <= request.num_images <= MAX_IMAGES:
             problems.append(Problem("num_images", "num_images", {"max": MAX_IMAGES}))
@@ -167,6 +205,8 @@ def _problem_from_pydantic(item: Any) -> Problem:
     location = ".".join(str(part) for part in item["loc"]) or "body"
     if item["type"] == "missing":
         return Problem(location, "missing")
+    if item["type"] == "value_error":
+        return Problem(location, "invalid", {"detail": str(item["msg"]).removeprefix("Value error, ")})
     if location == "prompt" and item["type"] == "string_too_long":
         return Problem("prompt", "prompt_too_long", {"limit": MAX_PROMPT, "length": len(item["input"])})
     return Problem(location, "invalid", {"detail": item["msg"]})

@@ -156,6 +156,7 @@ def make_settings(
     database_url: str,
     telegram: FakeTelegram,
     replicate: FakeReplicate,
+    elevenlabs: FakeElevenLabs | None = None,
     **overrides: Any,
 ) -> Settings:
     values: dict[str, Any] = {
@@ -167,12 +168,16 @@ def make_settings(
         "replicate_api_token": replicate.token,
         "replicate_base_url": replicate.url,
         "replicate_poll_interval": 0.02,
+        "replicate_webhook_secret": replicate.webhook_secret,
         "http_port": 0,
         "api_token": API_TOKEN,
         "new_user_bonus": 10,
         "redis_timeout": 1.0,
         "worker_poll_delay": 0.02,
     }
+    if elevenlabs is not None:
+        values["elevenlabs_api_key"] = elevenlabs.api_key
+        values["elevenlabs_base_url"] = elevenlabs.url
     values.update(overrides)
     return load_settings(_env_file=None, **values)
 
@@ -182,14 +187,14 @@ AppFactory = Callable[..., Awaitable[App]]
 
 @pytest.fixture
 async def make_app(
-    telegram: FakeTelegram, replicate: FakeReplicate, sqlite_url: str
+    telegram: FakeTelegram, replicate: FakeReplicate, elevenlabs: FakeElevenLabs, sqlite_url: str
 ) -> AsyncIterator[AppFactory]:
     """Start the whole app in-process; keyword arguments override settings. Stopped after the test."""
     apps: list[App] = []
 
     async def factory(**overrides: Any) -> App:
         overrides.setdefault("database_url", sqlite_url)
-        settings = make_settings(telegram=telegram, replicate=replicate, **overrides)
+        settings = make_settings(telegram=telegram, replicate=replicate, elevenlabs=elevenlabs, **overrides)
         app = App(settings)
         await app.start()
         apps.append(app)
