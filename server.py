@@ -58,6 +58,7 @@ class App:
         resumed = await self.inline.resume_interrupted()
         if resumed:
             logger.info("resumed {} interrupted Plan B generation(s)", len(resumed))
+        self._tasks.append(asyncio.create_task(self._resume_plan_b_orphans(), name="plan-b-reconciler"))
         mode, source = await self.generations.mode()
         logger.info("aibot running: plan mode {} (from {}), {} bot(s)", mode.value, source, len(self.bots))
 
@@ -121,6 +122,17 @@ class App:
         sockets = getattr(server, "sockets", None) or []
         self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
         logger.info("HTTP server on http://{}:{}", self.settings.http_host, self.http_port)
+
+    async def _resume_plan_b_orphans(self) -> None:
+        """Plan B's reconciler: another `aibot run` process that died leaves generations whose leases
+        expire; any live process picks them up."""
+        assert self.inline is not None
+        while True:
+            await asyncio.sleep(self.settings.reconcile_every)
+            try:
+                await self.inline.resume_interrupted()
+            except Exception as error:
+                logger.warning("could not look for interrupted Plan B generations: {!r}", error)
 
     async def _report_plan_change(self, old: str, new: str, reason: str) -> None:
         """Tell every admin, through the default bot (SPEC §5: every switch is reported)."""

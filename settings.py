@@ -63,11 +63,12 @@ class Settings(BaseSettings):
     # Plan A tuning (beyond SPEC §3).
     redis_timeout: float = Field(default=1.0, gt=0, le=30, description="seconds an enqueue may take")
     breaker_cooldown: float = Field(default=10.0, gt=0, description="seconds on Plan B before a probe")
-    job_timeout: int = Field(default=300, ge=10, description="seconds one run of a job may take")
+    job_timeout: int = Field(default=300, ge=2, description="seconds one run of a job may take")
     job_max_tries: int = Field(default=5, ge=1, le=50)
     retry_backoff_base: float = Field(default=1.0, gt=0, description="seconds before the 2nd try")
     retry_backoff_cap: float = Field(default=60.0, gt=0, description="longest pause between tries")
     retry_jitter: float = Field(default=0.2, ge=0, le=1, description="± share of the pause, at random")
+    reconcile_every: int = Field(default=30, description="seconds between reconciler runs", ge=1, le=60)
     embedded_worker: bool = Field(default=True, description="`aibot run` runs an arq worker inside")
     worker_max_jobs: int = Field(default=50, ge=1)
     worker_poll_delay: float = Field(default=0.05, gt=0, le=5)

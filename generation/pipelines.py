@@ -9,18 +9,21 @@ pipeline alike.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from loguru import logger
+from sqlalchemy import String, cast, select
 
 from generation.catalog import CatalogModel
 from generation.delivery import DOWNLOAD_LIMIT, UPLOAD_LIMIT, InputTooLarge, Media
 from generation.services import Services
 from generation.steps import StepJournal
-from generation.store import Generation
+from generation.store import Generation, Step
 from generation.texts import text
 from providers.errors import ProviderFailed, ProviderRejected, ProviderUnavailable
 from providers.replicate import PredictionState, output_urls
@@ -136,16 +139,68 @@ async def run_replicate_prediction(
     a rerun waits on the same id. `version` overrides the model's ref (a user's trained LoRA)."""
     replicate = ctx.services.replicate
     ref = version or ctx.model.ref
-    await ctx.steps.run(
-        f"{step}:id",
-        lambda: replicate.create_prediction(ref, input, webhook=ctx.webhook_url(step)),
-        shielded=True,
-    )
+
+    async def create() -> str:
+        return await replicate.create_prediction(ref, input, webhook=ctx.webhook_url(step))
+
+    async def find_lost(since: float) -> str | None:
+        return await replicate.find_prediction(ref, input, since, lambda job_id: job_taken(ctx, step, job_id))
+
+    await create_once(ctx, step, create, find_lost)
     state = await await_provider_job(
         ctx, step, replicate.get_prediction, replicate.cancel, ctx.services.settings.generation_deadline
     )
     raise_if_unsuccessful(state)
     return state
+
+
+# A provider's clock and ours differ; a lost job is looked for from a little before our intent.
+CLOCK_SKEW = 120.0
+
+
+async def create_once(
+    ctx: PipelineContext,
+    step: str,
+    create: Callable[[], Awaitable[str]],
+    find_lost: Callable[[float], Awaitable[str | None]],
+) -> str:
+    """Start a paid provider job at most once and journal its id as `<step>:id`.
+
+    The intent is journaled before the call. A process killed after the provider accepted the job but
+    before its id was journaled leaves the intent alone: the next run then looks for that job
+    (`find_lost`) before paying for a new one."""
+    saved = await ctx.steps.saved(f"{step}:id")
+    if saved is not None:
+        return str(saved)
+    intent = await ctx.steps.saved(f"{step}:intent")
+
+    async def adopt_or_create() -> str:
+        if intent is not None:
+            lost = await find_lost(float(intent) - CLOCK_SKEW)
+            if lost is not None:
+                logger.bind(generation=ctx.generation.id).warning(
+                    "found the {} lost in a crash: {}", step, lost
+                )
+                return lost
+        return await create()
+
+    if intent is None:
+        await ctx.steps.record(f"{step}:intent", time.time())
+    job_id: str = await ctx.steps.run(f"{step}:id", adopt_or_create, shielded=True)
+    return job_id
+
+
+async def job_taken(ctx: PipelineContext, step: str, job_id: str) -> bool:
+    """Whether another generation journaled this provider job as its own."""
+    async with ctx.services.db.sessions() as session:
+        owner = await session.scalar(
+            select(Step.generation_id).where(
+                Step.name == f"{step}:id",
+                cast(Step.result, String) == json.dumps(job_id),
+                Step.generation_id != ctx.generation.id,
+            )
+        )
+    return owner is not None
 
 
 def raise_if_unsuccessful(state: PredictionState) -> None:

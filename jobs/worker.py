@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 from arq import Retry
+from arq.cron import cron
 from arq.worker import Worker, func
 from loguru import logger
 
@@ -22,6 +23,7 @@ from generation.services import Services
 from generation.store import Plan
 from jobs.queue import JOB_FUNCTION, deserialize, serialize
 from jobs.queue import redis_settings as arq_redis_settings
+from jobs.reconciler import reconcile_job
 from settings import Settings, get_settings
 
 # A try must end (settle or ask for a retry) before arq's job timeout cancels it: keep a margin.
@@ -53,16 +55,18 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     return result.value
 
 
+# arq counts every run of a job as a try, waits included (a training is looked at every few seconds
+# for hours); failures are counted in the database instead, so arq's own limit only has to be out of reach.
+ARQ_MAX_TRIES = 100_000
+
+
 def worker_functions(settings: Settings) -> list[Any]:
-    # arq's own limit is a backstop above ours, so a try we meant as final always runs.
-    return [
-        func(
-            run_generation,
-            name=JOB_FUNCTION,
-            max_tries=settings.job_max_tries + 3,
-            timeout=settings.job_timeout,
-        )
-    ]
+    return [func(run_generation, name=JOB_FUNCTION, max_tries=ARQ_MAX_TRIES, timeout=settings.job_timeout)]
+
+
+def cron_jobs(settings: Settings) -> list[Any]:
+    seconds = set(range(0, 60, settings.reconcile_every))
+    return [cron(reconcile_job, name="reconcile", second=seconds, run_at_startup=True, timeout=60)]
 
 
 async def _startup(ctx: dict[str, Any]) -> None:
@@ -92,6 +96,7 @@ def build_worker(
         ctx["services"] = services
     return Worker(
         functions=worker_functions(settings),
+        cron_jobs=cron_jobs(settings),
         redis_settings=arq_redis_settings(settings.redis_url, settings.redis_timeout),
         on_startup=_startup,
         on_shutdown=_shutdown,
@@ -132,6 +137,7 @@ class WorkerSettings:
 
     _settings = get_settings()
     functions = worker_functions(_settings)
+    cron_jobs = cron_jobs(_settings)
     redis_settings = arq_redis_settings(_settings.redis_url, _settings.redis_timeout)
     on_startup = _startup
     on_shutdown = _shutdown

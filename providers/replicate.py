@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -96,6 +98,28 @@ class ReplicateProvider:
                 prediction = await self.client.models.predictions.async_create(model=ref, **params)
         return str(prediction.id)
 
+    async def find_prediction(
+        self, ref: str, input: dict[str, Any], since: float, taken: Callable[[str], Awaitable[bool]]
+    ) -> str | None:
+        """The newest prediction of `ref` with exactly this input, created after `since` (epoch
+        seconds) and not `taken` by another generation: a create whose answer was lost (the process
+        died mid-call) is found here instead of being paid for twice. Looks at a few pages at most."""
+        model, _, version = ref.partition(":")
+        async with self._mapped_errors("list"):
+            page = await self.client.predictions.async_list()
+            for _ in range(5):
+                for prediction in page.results:
+                    created = _epoch(prediction.created_at)
+                    if created is not None and created < since:
+                        return None  # newest first: everything after is older still
+                    same_target = prediction.version == version if version else prediction.model == model
+                    if same_target and prediction.input == input and not await taken(prediction.id):
+                        return str(prediction.id)
+                if not page.next:
+                    return None
+                page = await self.client.predictions.async_list(page.next)
+        return None
+
     async def get_prediction(self, prediction_id: str) -> PredictionState:
         async with self._mapped_errors("get"):
             prediction = await self.client.predictions.async_get(prediction_id)
@@ -141,9 +165,11 @@ class ReplicateProvider:
     # --- models and trainings (LoRA) ----------------------------------------------------------------
 
     async def account_username(self) -> str:
+        """The account the token belongs to: the owner of the models trainings push to."""
+        self._require_token()
         async with self._mapped_errors("account"):
-            response = await self.client._async_request("GET", "/v1/account")
-        return str(response.json()["username"])
+            account = await self.client.accounts.async_current()
+        return str(account.username)
 
     async def latest_version(self, model: str) -> str:
         """The latest version id of "owner/name", looked up now (trainers publish new versions)."""
@@ -154,16 +180,27 @@ class ReplicateProvider:
         return str(found.latest_version.id)
 
     async def ensure_model(self, owner: str, name: str, hardware: str = "gpu-t4") -> str:
-        """Create the destination model for a training unless it exists; answers "owner/name"."""
+        """Create the (private) destination model for a training unless it exists; answers
+        "owner/name". A refused create is fine when the model is there: the user trained before, or
+        a concurrent training created it (Replicate's answer to a taken name is not relied on)."""
+        self._require_token()
         try:
             async with self._mapped_errors("create model"):
                 await self.client.models.async_create(
                     owner=owner, name=name, visibility="private", hardware=hardware
                 )
-        except ProviderRejected as error:
-            if "409" not in str(error):
-                raise
+        except ProviderRejected as refused:
+            if not await self._model_exists(f"{owner}/{name}"):
+                raise refused from None
         return f"{owner}/{name}"
+
+    async def _model_exists(self, model: str) -> bool:
+        try:
+            async with self._mapped_errors("model"):
+                await self.client.models.async_get(model)
+        except ProviderRejected:
+            return False
+        return True
 
     async def create_training(
         self, trainer: str, version: str, destination: str, input: dict[str, Any], webhook: str | None = None
@@ -268,6 +305,15 @@ def _parse_retry_after(headers: httpx.Headers) -> float:
         return max(0.0, float(raw))
     except ValueError:
         return 1.0
+
+
+def _epoch(timestamp: str | None) -> float | None:
+    if not timestamp:
+        return None
+    try:
+        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _error_text(error: Any) -> str | None:

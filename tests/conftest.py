@@ -23,15 +23,13 @@ from tests.fakes.elevenlabs import FakeElevenLabs
 from tests.fakes.replicate import FakeReplicate
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.fakes.telegram import FakeTelegram
+from tests.processes import Spawn, start_process
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 POSTGRES_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
 
-BOT_TOKEN = "100001:AAbbCCddEEffGGhhIIjjKKllMMnnOOppQQr"
-OTHER_BOT_TOKEN = "100002:ZZyyXXwwVVuuTTssRRqqPPooNNmmLLkkJJi"
-ADMIN_ID = 777
-API_TOKEN = "test-api-token-123"
+from tests.constants import ADMIN_ID, API_TOKEN, BOT_TOKEN, OTHER_BOT_TOKEN  # noqa: E402 - re-exported
 
 
 def _unavailable(what: str) -> None:
@@ -212,3 +210,20 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def spawn(tmp_path: Path) -> AsyncIterator[Spawn]:
+    """Start `aibot <command>` processes; any still running after the test is killed."""
+    processes: list[asyncio.subprocess.Process] = []
+
+    async def start(command: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+        process = await start_process(command, env, tmp_path)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -171,6 +171,12 @@ class FakeReplicate:
         self.predictions: dict[str, JSON] = {}
         self.cancels: list[str] = []
         self.downloads: list[str] = []
+        # Chaos: while set and not yet fired, an accepted create (the prediction exists) is answered
+        # only when the event fires, and output downloads wait likewise: a client killed meanwhile
+        # never hears of them. `download_started` fires when a held download arrives.
+        self.hold_create_answers: asyncio.Event | None = None
+        self.hold_downloads: asyncio.Event | None = None
+        self.download_started = asyncio.Event()
         self.webhooks_sent: list[JSON] = []
         self.models: dict[str, JSON] = {}
         self.versions: dict[str, dict[str, JSON]] = {}  # "owner/name" -> version id -> version
@@ -180,6 +186,13 @@ class FakeReplicate:
         self.training_cancels: list[str] = []
         self.files: dict[str, bytes] = {}
         self.file_objects: dict[str, JSON] = {}
+        # GET /v1/account: the account the token belongs to (owner of models it creates).
+        self.account: JSON = {
+            "type": "user",
+            "username": "aibot-owner",
+            "name": "Aibot Owner",
+            "github_url": None,
+        }
 
         self._scripts: dict[str, collections.deque[Outcome | HttpError]] = {}
         self._training_script: collections.deque[Outcome | HttpError] = collections.deque()
@@ -208,6 +221,7 @@ class FakeReplicate:
         r.add_get("/v1/predictions/{id}", self._get_prediction)
         r.add_post("/v1/predictions/{id}/cancel", self._cancel_prediction)
         r.add_get("/v1/webhooks/default/secret", self._webhook_secret)
+        r.add_get("/v1/account", self._get_account)
         r.add_post("/v1/models", self._create_model)
         r.add_get("/v1/models/{owner}/{name}", self._get_model)
         r.add_get("/v1/models/{owner}/{name}/versions", self._list_versions)
@@ -457,6 +471,8 @@ class FakeReplicate:
             if 200 <= response.status < 300:
                 async with self._create_cond:
                     self._create_cond.notify_all()
+                if self.hold_create_answers is not None:
+                    await self.hold_create_answers.wait()
             return response
 
         if not self._authorized(request):
@@ -727,6 +743,13 @@ class FakeReplicate:
         if not self._authorized(request):
             return self._unauthenticated()
         return web.json_response({"key": self.webhook_secret})
+
+    # ----------------------------------------------------------------- account
+
+    async def _get_account(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorized(request):
+            return self._unauthenticated()
+        return web.json_response(self.account)
 
     # ----------------------------------------------------------------- models
 
@@ -1003,6 +1026,9 @@ class FakeReplicate:
         stem, _, ext = filename.partition(".")
         if not stem.startswith("out-") or not stem[4:].isdigit():
             return web.Response(status=404, text="Not Found")
+        if self.hold_downloads is not None:
+            self.download_started.set()
+            await self.hold_downloads.wait()
         self.downloads.append(request.path)
         content_type = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}.get(
             ext, "application/octet-stream"

@@ -211,6 +211,12 @@ _KIND_BY_DIRECTORY: Final[dict[str, str]] = {kind.directory: name for name, kind
 
 
 @dataclass
+class Hold:
+    arrived: asyncio.Event
+    release: asyncio.Event
+
+
+@dataclass
 class Call:
     """One request the fake received."""
 
@@ -959,6 +965,7 @@ class FakeTelegram:
         self._bots: dict[str, _Bot] = {}
         self._file_owner: dict[str, str] = {}
         self._failures: list[_Failure] = []
+        self._holds: dict[str, Hold] = {}
         self._changed = asyncio.Event()
         self._closing = False
         self._runner: web.AppRunner | None = None
@@ -1243,6 +1250,14 @@ class FakeTelegram:
             except TimeoutError:
                 raise AssertionError(f"bot {bot.username} did not poll within {timeout}s") from None
 
+    def hold(self, method: str) -> Hold:
+        """Chaos: calls of `method` wait (unanswered) until `release` is set; `arrived` fires when one
+        is waiting. A client that dies meanwhile never learns the answer; the call still takes effect
+        once released, as on the real server."""
+        name = self._canonical.get(method.lower(), method)
+        hold = self._holds[name] = Hold(arrived=asyncio.Event(), release=asyncio.Event())
+        return hold
+
     def fail_next(
         self,
         method: str,
@@ -1295,6 +1310,10 @@ class FakeTelegram:
             if handler is None:
                 raise _ApiError(404, "Not Found: method not found")
             self._check_failures(method, params)
+            hold = self._holds.get(method)
+            if hold is not None and not hold.release.is_set():
+                hold.arrived.set()
+                await hold.release.wait()
             result = await handler(bot, _Req(params, files, filenames))
         except _ApiError as error:
             body = call.error = error.body()

@@ -1,0 +1,70 @@
+"""Running `aibot` commands as real processes in tests (the console script an operator runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+
+from tests.constants import ADMIN_ID, API_TOKEN, BOT_TOKEN, OTHER_BOT_TOKEN
+from tests.fakes.replicate import FakeReplicate
+from tests.fakes.telegram import FakeTelegram
+
+AIBOT = str(Path(sys.executable).with_name("aibot"))
+
+
+def environment(telegram: FakeTelegram, replicate: FakeReplicate, **extra: str) -> dict[str, str]:
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("BOT_", "REDIS_", "DATABASE_"))
+    }
+    env.update(
+        {
+            "BOT_TOKENS": json.dumps({"image_bot": BOT_TOKEN, "other_bot": OTHER_BOT_TOKEN}),
+            "TELEGRAM_API_URL": telegram.url,
+            "ADMIN_IDS": json.dumps([ADMIN_ID]),
+            "REPLICATE_API_TOKEN": replicate.token,
+            "REPLICATE_BASE_URL": replicate.url,
+            "REPLICATE_POLL_INTERVAL": "0.05",
+            "API_TOKEN": API_TOKEN,
+            "NEW_USER_BONUS": "10",
+            "WORKER_POLL_DELAY": "0.05",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
+
+
+async def start_process(command: str, env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        AIBOT, command, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+
+
+async def stop(process: asyncio.subprocess.Process) -> str:
+    """SIGTERM, then the process must exit cleanly on its own; answers everything it logged."""
+    process.send_signal(signal.SIGTERM)
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, output.decode()
+    return output.decode()
+
+
+async def wait_healthy(port: int, process: asyncio.subprocess.Process) -> dict[str, object]:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(600):  # the process imports aiogram and friends first: allow it time
+            if process.returncode is not None:
+                raise AssertionError("aibot exited before it served HTTP")
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    return dict(await response.json())
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+    raise AssertionError("aibot did not serve /healthz in time")
