@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     retry_backoff_cap: float = Field(default=60.0, gt=0, description="longest pause between tries")
     retry_jitter: float = Field(default=0.2, ge=0, le=1, description="± share of the pause, at random")
     reconcile_every: int = Field(default=30, description="seconds between reconciler runs", ge=1, le=60)
+    # Plan A concurrency limits: generations in flight (waits included) per user, per provider and
+    # overall, and provider creates per minute (Replicate allows 600). Over a limit a generation waits
+    # its turn without failing and without holding a worker.
+    limit_per_user: int = Field(default=2, ge=1)
+    limit_overall: int = Field(default=200, ge=1)
+    limit_replicate: int = Field(default=50, ge=1)
+    limit_elevenlabs: int = Field(default=10, ge=1)
+    replicate_creates_per_minute: int = Field(default=600, ge=1)
     embedded_worker: bool = Field(default=True, description="`aibot run` runs an arq worker inside")
     worker_max_jobs: int = Field(default=50, ge=1)
     worker_poll_delay: float = Field(default=0.05, gt=0, le=5)

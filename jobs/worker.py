@@ -20,7 +20,8 @@ from loguru import logger
 
 from generation.execution import RetryLater, RetryPolicy, execute
 from generation.services import Services
-from generation.store import Plan
+from generation.store import GenerationStatus, Plan, get_generation
+from jobs.limits import ConcurrencyLimiter, Limits
 from jobs.queue import JOB_FUNCTION, deserialize, serialize
 from jobs.queue import redis_settings as arq_redis_settings
 from jobs.reconciler import reconcile_job
@@ -34,6 +35,17 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     services: Services = ctx["services"]
     settings = services.settings
     job_try: int = ctx.get("job_try", 1)
+    generation = await get_generation(services.db, generation_id)
+    if generation is None:
+        return "unknown generation"
+    model = services.catalog.get(generation.model)
+    provider = model.provider if model is not None else "unknown"
+    limiter = _limiter(ctx, settings)
+    if not GenerationStatus(generation.status).is_final:
+        refusal = await limiter.acquire(generation.id, generation.user_id, provider)
+        if refusal is not None:
+            logger.bind(generation=generation.id, plan="A").debug("waits its turn: {} is full", refusal.limit)
+            raise Retry(defer=refusal.retry_in)
     try:
         result = await execute(
             services,
@@ -51,8 +63,27 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
             ),
         )
     except RetryLater as retry:
-        raise Retry(defer=retry.delay) from retry.cause
+        raise Retry(defer=retry.delay) from retry.cause  # still in flight: it keeps its slots
+    settled = await get_generation(services.db, generation_id)
+    if settled is not None and GenerationStatus(settled.status).is_final:
+        await limiter.release(generation.id, generation.user_id, provider)
     return result.value
+
+
+def _limiter(ctx: dict[str, Any], settings: Settings) -> ConcurrencyLimiter:
+    """One per worker run, on the worker's own Redis pool (arq puts it in ctx["redis"])."""
+    limiter: ConcurrencyLimiter | None = ctx.get("limiter")
+    if limiter is None:
+        limits = Limits(
+            per_user=settings.limit_per_user,
+            per_provider={"replicate": settings.limit_replicate, "elevenlabs": settings.limit_elevenlabs},
+            overall=settings.limit_overall,
+            creates_per_minute={"replicate": settings.replicate_creates_per_minute},
+        )
+        # Long enough to outlast a deferred retry or a wait between looks at the provider.
+        slot_ttl = settings.job_timeout + settings.retry_backoff_cap + settings.long_wait_poll + 30
+        limiter = ctx["limiter"] = ConcurrencyLimiter(ctx["redis"], limits, slot_ttl)
+    return limiter
 
 
 # arq counts every run of a job as a try, waits included (a training is looked at every few seconds

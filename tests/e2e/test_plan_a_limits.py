@@ -1,0 +1,51 @@
+"""Plan A's concurrency: long waits hold no worker; limits make generations wait their turn."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.conftest import AppFactory
+from tests.e2e.helpers import Chat, all_settled
+from tests.fakes.replicate import FakeReplicate, Outcome
+from tests.fakes.telegram import FakeTelegram
+
+FLUX = "black-forest-labs/flux-schnell"
+
+
+async def test_one_worker_slot_keeps_many_generations_in_flight(
+    make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate, redis_url: str
+) -> None:
+    """With a single worker slot, eight slow predictions are all created and awaited together: a
+    generation waiting on the provider gives its slot back (deferred retry) instead of holding it."""
+    await make_app(redis_url=redis_url, worker_max_jobs=1, job_wait_budget=0.1, long_wait_poll=0.2)
+    hold = asyncio.Event()
+    replicate.script(FLUX, *[Outcome(hold=hold) for _ in range(8)])
+    chats = [Chat(telegram, user_id=5000 + index) for index in range(8)]
+    for chat in chats:
+        chat.send("/image patience")
+    await replicate.wait_for_create(8, timeout=20)  # all in flight at once, through one slot
+    hold.set()
+    for chat in chats:
+        await chat.reply("Charged 1 ⭐", timeout=20)
+    assert replicate.create_count() == 8
+
+
+async def test_a_user_over_the_limit_waits_without_failing(
+    make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate, redis_url: str
+) -> None:
+    app = await make_app(redis_url=redis_url, limit_per_user=2, job_wait_budget=0.1, long_wait_poll=0.2)
+    hold = asyncio.Event()
+    replicate.script(FLUX, Outcome(hold=hold), Outcome(hold=hold))  # later creates finish at once
+    chat = Chat(telegram)
+    for index in range(3):
+        chat.send(f"/image number {index}")
+    await replicate.wait_for_create(2, timeout=20)
+    other = Chat(telegram, user_id=6001)  # another user is not held up by the first one's limit
+    other.send("/image someone else")
+    await other.reply("Charged 1 ⭐", timeout=20)
+    assert replicate.create_count(FLUX) == 3  # 2 of the first user + the other user's
+    hold.set()  # the first two finish, the third gets its turn
+    await replicate.wait_for_create(4, timeout=20)
+    generations = await all_settled(app, 4, timeout=30)
+    assert [g.status for g in generations] == ["done"] * 4
+    assert all(g.failures == 0 for g in generations)
