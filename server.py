@@ -46,7 +46,7 @@ class App:
         self.queue = await self._connect_queue()
         self.inline = InlineRunner(services)
         self.generations = Dispatcher(
-            settings, services.db, self.inline, self.queue, on_plan_change=self._report_plan_change
+            services, self.inline, self.queue, on_plan_change=self._report_plan_change
         )
         if self.queue is not None and settings.embedded_worker:
             self._tasks.append(

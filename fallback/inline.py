@@ -41,6 +41,12 @@ class InlineRunner:
             self._heartbeat = asyncio.create_task(self._renew_leases(), name="plan-b-heartbeat")
         return task
 
+    def stop(self, generation_id: str) -> None:
+        """Interrupt a cancelled generation's run (its status is already final)."""
+        task = self.tasks.get(generation_id)
+        if task is not None:
+            task.cancel()
+
     async def run(self, generation_id: str) -> object:
         try:
             return await execute(

@@ -18,12 +18,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from generation import ledger
+from generation.cancellation import Canceled, cancel_generation
 from generation.plan import CircuitBreaker, PlanMode, mode_from_environment, plan_for, store_mode, stored_mode
 from generation.registry import PREPARERS
 from generation.requests import ValidRequest
-from generation.store import Database, Generation, GenerationStatus, Plan, move_to_plan_b
+from generation.services import Services
+from generation.store import Generation, GenerationStatus, Plan, move_to_plan_b
 from generation.users import ensure_user
-from settings import Settings
 
 
 class JobQueue(Protocol):
@@ -37,11 +38,17 @@ class JobQueue(Protocol):
         """Run a job that waits for a deferred retry now (a webhook brought its result)."""
         ...
 
+    async def stop(self, generation_id: str) -> None:
+        """Abort the job of a cancelled generation (running: interrupted; waiting: run at once, to end)."""
+        ...
+
 
 class InlineRunner(Protocol):
     """Plan B (fallback/inline.py): run a generation in this process, one attempt."""
 
     def start(self, generation_id: str) -> asyncio.Task[object]: ...
+
+    def stop(self, generation_id: str) -> None: ...
 
 
 PlanChangeListener = Callable[[str, str, str], Awaitable[None]]
@@ -58,14 +65,14 @@ class Submission:
 class Dispatcher:
     def __init__(
         self,
-        settings: Settings,
-        db: Database,
+        services: Services,
         inline: InlineRunner,
         queue: JobQueue | None,
         on_plan_change: PlanChangeListener | None = None,
     ) -> None:
-        self.settings = settings
-        self.db = db
+        self.services = services
+        self.settings = settings = services.settings
+        self.db = services.db
         self.inline = inline
         self.queue = queue
         self.breaker = CircuitBreaker(cooldown=settings.breaker_cooldown)
@@ -179,6 +186,20 @@ class Dispatcher:
             if existing is None:
                 raise
             return existing, False
+
+    async def cancel(self, generation_id: str) -> Canceled | None:
+        """Cancel and refund (generation/cancellation.py), then stop whichever plan runs it."""
+        canceled = await cancel_generation(self.services, generation_id)
+        if canceled is None:
+            return None
+        if canceled.generation.plan == Plan.B:
+            self.inline.stop(generation_id)
+        elif self.queue is not None:
+            try:
+                await asyncio.wait_for(self.queue.stop(generation_id), timeout=self.settings.redis_timeout)
+            except Exception as error:  # the job finds the status final whenever it next runs
+                logger.bind(generation=generation_id).warning("could not abort the job: {!r}", error)
+        return canceled
 
     async def _enqueue(self, generation_id: str) -> bool:
         assert self.queue is not None

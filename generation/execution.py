@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from loguru import logger
-from sqlalchemy import func, update
+from sqlalchemy import func, select, update
 
 from generation import ledger
 from generation.catalog import Kind
+from generation.delivery import Button
 from generation.pipelines import Delivered, PipelineContext, StillWaiting
 from generation.registry import PIPELINES
 from generation.services import Services
@@ -34,6 +35,9 @@ from generation.store import (
 )
 from generation.texts import text
 from providers.errors import StepError
+
+# The Cancel button on the status message; bot/routers/cancel.py answers it.
+CANCEL_CALLBACK = "cancel:"
 
 
 class RetryLater(Exception):
@@ -144,9 +148,12 @@ async def _show_working(context: PipelineContext) -> None:
     generation = context.generation
     delivery = context.services.delivery
     chat_id = generation.chat_id or 0
+    cancel = Button(text("cancel_button", context.language), CANCEL_CALLBACK + generation.id)
     await context.steps.run(
         "status_message",
-        lambda: delivery.send_text(generation.bot_name, chat_id, text("working", context.language)),
+        lambda: delivery.send_text(
+            generation.bot_name, chat_id, text("working", context.language), buttons=[cancel]
+        ),
     )
     # A chat action is a courtesy; the delivery itself reports real trouble.
     with contextlib.suppress(StepError):
@@ -156,6 +163,8 @@ async def _show_working(context: PipelineContext) -> None:
 async def settle_success(
     services: Services, generation: Generation, user: User, steps: StepJournal, delivered: Delivered
 ) -> None:
+    if await _canceled(services, generation.id):
+        return  # the cancellation refunded and told the user
     delivered_price = min(generation.price, delivered.units * generation.unit_price)
     refund = generation.price - delivered_price
     balance = await _refund(services, generation, refund)
@@ -178,6 +187,8 @@ async def settle_success(
 async def settle_failure(
     services: Services, generation: Generation, user: User, steps: StepJournal, error: BaseException
 ) -> None:
+    if await _canceled(services, generation.id):
+        return
     delivered_message_ids = await steps.saved("deliver")
     delivered_units = len(delivered_message_ids) if isinstance(delivered_message_ids, list) else 0
     refund = generation.price - min(generation.price, delivered_units * generation.unit_price)
@@ -186,6 +197,12 @@ async def settle_failure(
     message = text(reason, user.language, refund=refund, balance=balance)
     await _tell_user(services, generation, steps, "notify_failed", message)
     await _finish(services, generation, GenerationStatus.failed, refund, error=_public_error(error))
+
+
+async def _canceled(services: Services, generation_id: str) -> bool:
+    async with services.db.sessions() as session:
+        status = await session.scalar(select(Generation.status).where(Generation.id == generation_id))
+    return status == GenerationStatus.canceled
 
 
 async def _refund(services: Services, generation: Generation, amount: int) -> int:
@@ -228,7 +245,8 @@ async def _finish(
     async with services.db.transaction() as session:
         await session.execute(
             update(Generation)
-            .where(Generation.id == generation.id)
+            # Only from running: a cancellation that came meanwhile keeps its final status.
+            .where(Generation.id == generation.id, Generation.status == GenerationStatus.running)
             .values(
                 status=status,
                 refunded=refunded,

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgpack
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import abort_jobs_ss, in_progress_key_prefix
 
 JOB_FUNCTION = "run_generation"
 
@@ -51,6 +52,15 @@ class ArqQueue:
         # arq keeps a deferred job in its queue, a sorted set scored by when it may run: moving the
         # score to now runs it at the next poll. XX: only a job still queued (never re-add one).
         await self.pool.zadd(self.pool.default_queue_name, {generation_id: int(time.time() * 1000)}, xx=True)
+
+    async def stop(self, generation_id: str) -> None:
+        if await self.pool.exists(in_progress_key_prefix + generation_id):
+            # Running: arq cancels it at its next look at the abort set (workers allow aborts).
+            await self.pool.zadd(abort_jobs_ss, {generation_id: int(time.time() * 1000)})
+        else:
+            # Waiting for a deferred retry: run it now; it finds the generation final and ends,
+            # giving back its concurrency slots.
+            await self.wake(generation_id)
 
     async def ping(self) -> bool:
         try:

@@ -139,6 +139,7 @@ def build_worker(
         job_serializer=serialize,
         job_deserializer=deserialize,
         keep_result=3600,
+        allow_abort_jobs=True,  # /cancel interrupts a running job
     )
 
 
@@ -177,3 +178,4 @@ class WorkerSettings:
     poll_delay = _settings.worker_poll_delay
     job_serializer = staticmethod(serialize)
     job_deserializer = staticmethod(deserialize)
+    allow_abort_jobs = True

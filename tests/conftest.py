@@ -29,7 +29,10 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 POSTGRES_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_TEST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
 
-from tests.constants import ADMIN_ID, API_TOKEN, BOT_TOKEN, OTHER_BOT_TOKEN  # noqa: E402 - re-exported
+from tests.constants import ADMIN_ID as ADMIN_ID  # noqa: E402 - re-exported for the tests
+from tests.constants import API_TOKEN as API_TOKEN  # noqa: E402
+from tests.constants import BOT_TOKEN as BOT_TOKEN  # noqa: E402
+from tests.constants import OTHER_BOT_TOKEN as OTHER_BOT_TOKEN  # noqa: E402
 
 
 def _unavailable(what: str) -> None:
