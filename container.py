@@ -50,6 +50,7 @@ async def build_services(
             else None,
             base_url=settings.replicate_base_url,
             poll_interval=settings.replicate_poll_interval,
+            timeout=settings.provider_timeout,
         ),
         elevenlabs=ElevenLabsProvider(
             api_key=settings.elevenlabs_api_key.get_secret_value() if settings.elevenlabs_api_key else None,

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     replicate_base_url: str = "https://api.replicate.com"
     replicate_webhook_secret: SecretStr | None = None
     replicate_poll_interval: float = Field(default=1.0, gt=0, le=60)
+    # Seconds a provider API call may take; a create that times out is looked for before a new one.
+    provider_timeout: float = Field(default=30.0, gt=0, le=300)
 
     elevenlabs_api_key: SecretStr | None = None
     elevenlabs_base_url: str = "https://api.elevenlabs.io"
@@ -68,7 +70,11 @@ class Settings(BaseSettings):
     retry_backoff_base: float = Field(default=1.0, gt=0, description="seconds before the 2nd try")
     retry_backoff_cap: float = Field(default=60.0, gt=0, description="longest pause between tries")
     retry_jitter: float = Field(default=0.2, ge=0, le=1, description="± share of the pause, at random")
+    # A runner renews its claim on a generation every third of this; one that died is taken over after it.
+    lease_seconds: float = Field(default=30.0, ge=0.5, le=600)
     reconcile_every: int = Field(default=30, description="seconds between reconciler runs", ge=1, le=60)
+    # A generation this fresh may still be on its way into Redis: the reconciler leaves it alone.
+    reconcile_grace: float = Field(default=10.0, ge=0)
     # Plan A concurrency limits: generations in flight (waits included) per user, per provider and
     # overall, and provider creates per minute (Replicate allows 600). Over a limit a generation waits
     # its turn without failing and without holding a worker.

@@ -1,7 +1,8 @@
 """Plan B: run a generation in this process, one attempt; failure refunds and tells the user.
 
-Runs hold a lease that a heartbeat renews; a process that dies leaves leases that expire, and the next
-process to start resumes those generations from their step journal (`resume_interrupted`).
+Runs hold a lease that a heartbeat renews (generation/execution.py); a process that dies leaves
+leases that expire, and a live process resumes those generations from their step journal
+(`resume_interrupted`, at start and periodically).
 """
 
 from __future__ import annotations
@@ -11,14 +12,11 @@ import time
 import uuid
 
 from loguru import logger
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from generation.execution import execute
 from generation.services import Services
 from generation.store import Generation, GenerationStatus, Plan, release_generation
-
-LEASE_SECONDS = 60.0
-HEARTBEAT_SECONDS = 20.0
 
 
 class InlineRunner:
@@ -26,7 +24,6 @@ class InlineRunner:
         self.services = services
         self.owner = f"inline-{uuid.uuid4().hex[:12]}"
         self.tasks: dict[str, asyncio.Task[object]] = {}
-        self._heartbeat: asyncio.Task[None] | None = None
 
     def start(self, generation_id: str) -> asyncio.Task[object]:
         running = self.tasks.get(generation_id)
@@ -37,8 +34,6 @@ class InlineRunner:
         )
         self.tasks[generation_id] = task
         task.add_done_callback(lambda _: self.tasks.pop(generation_id, None))
-        if self._heartbeat is None or self._heartbeat.done():
-            self._heartbeat = asyncio.create_task(self._renew_leases(), name="plan-b-heartbeat")
         return task
 
     def stop(self, generation_id: str) -> None:
@@ -55,7 +50,7 @@ class InlineRunner:
                 Plan.B,
                 self.owner,
                 max_tries=1,
-                lease=LEASE_SECONDS,
+                lease=self.services.settings.lease_seconds,
                 # Plan B waits inline for as long as the job may take (its deadline ends it sooner).
                 wait_budget=self.services.settings.training_deadline,
                 can_defer=False,
@@ -82,21 +77,6 @@ class InlineRunner:
             self.start(generation_id)
         return ids
 
-    async def _renew_leases(self) -> None:
-        while self.tasks:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
-            if not self.tasks:
-                break
-            try:
-                async with self.services.db.transaction() as session:
-                    await session.execute(
-                        update(Generation)
-                        .where(Generation.lease_owner == self.owner, Generation.id.in_(list(self.tasks)))
-                        .values(lease_expires_at=time.time() + LEASE_SECONDS)
-                    )
-            except Exception:
-                logger.exception("could not renew Plan B leases")
-
     async def close(self, grace: float = 10.0) -> None:
         """Let running generations finish for `grace` seconds; the rest resume at the next start."""
         tasks = list(self.tasks.values())
@@ -109,6 +89,3 @@ class InlineRunner:
             # Give their leases back so the next start resumes them at once.
             for generation_id in unfinished:
                 await release_generation(self.services.db, generation_id, self.owner)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            await asyncio.gather(self._heartbeat, return_exceptions=True)

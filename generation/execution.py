@@ -9,8 +9,11 @@ twice: refund (keyed, once), then the user's message (journaled, once), then the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -25,6 +28,7 @@ from generation.registry import PIPELINES
 from generation.services import Services
 from generation.steps import StepJournal
 from generation.store import (
+    Database,
     Generation,
     GenerationStatus,
     Plan,
@@ -32,6 +36,7 @@ from generation.store import (
     claim_generation,
     get_generation,
     release_generation,
+    renew_lease,
 )
 from generation.texts import text
 from providers.errors import StepError
@@ -87,6 +92,44 @@ async def execute(
     db = services.db
     if not await claim_generation(db, generation_id, plan, owner, lease):
         return Result.not_claimed
+    async with _heartbeat(db, generation_id, owner, lease):
+        return await _run_claimed(
+            services, generation_id, plan, owner, max_tries, wait_budget, can_defer, retry_policy
+        )
+
+
+@asynccontextmanager
+async def _heartbeat(db: Database, generation_id: str, owner: str, lease: float) -> AsyncIterator[None]:
+    """Renew the lease while this runner lives: a runner that dies (SIGKILL, a lost Redis connection
+    cancelling its job) stops renewing, and within one lease others may take the generation over."""
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                await renew_lease(db, generation_id, owner, lease)
+            except Exception as error:  # the next beat tries again; the lease has slack for it
+                logger.bind(generation=generation_id).warning("could not renew the lease: {!r}", error)
+
+    task = asyncio.create_task(renew(), name=f"lease-{generation_id}")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _run_claimed(
+    services: Services,
+    generation_id: str,
+    plan: Plan,
+    owner: str,
+    max_tries: int,
+    wait_budget: float,
+    can_defer: bool,
+    retry_policy: RetryPolicy | None,
+) -> Result:
+    db = services.db
     generation = await get_generation(db, generation_id)
     assert generation is not None
     async with db.sessions() as session:

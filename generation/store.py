@@ -259,6 +259,15 @@ async def release_generation(db: Database, generation_id: str, owner: str, *, fa
         )
 
 
+async def renew_lease(db: Database, generation_id: str, owner: str, lease: float) -> None:
+    async with db.transaction() as session:
+        await session.execute(
+            update(Generation)
+            .where(Generation.id == generation_id, Generation.lease_owner == owner)
+            .values(lease_expires_at=time.time() + lease)
+        )
+
+
 async def move_to_plan_b(db: Database, generation_id: str) -> bool:
     """Hand a Plan A generation that could not be enqueued to Plan B, unless a worker already took it."""
     async with db.transaction() as session:

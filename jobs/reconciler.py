@@ -2,8 +2,10 @@
 
 A Plan A generation that is not finished, that no worker holds (its lease expired or was released)
 and that Redis has no job for — Redis lost its data, or the process died between commit and enqueue —
-is enqueued again under its own id. The rerun resumes from its step journal: it waits on the
-journaled prediction (asking the provider where it stands) rather than creating a new one.
+is enqueued again under its own id; one whose worker died (its lease expired) is handed to another
+worker at once rather than after arq's in-progress timeout. The rerun resumes from its step journal:
+it waits on the journaled prediction (asking the provider where it stands) rather than creating a
+new one.
 """
 
 from __future__ import annotations
@@ -21,27 +23,25 @@ from generation.services import Services
 from generation.store import Generation, GenerationStatus, Plan
 from jobs.queue import ArqQueue
 
-# A generation this fresh may still be on its way into Redis (the dispatcher enqueues right after
-# the commit): leave it to the dispatcher.
-GRACE_SECONDS = 10.0
 
-
-async def orphaned_plan_a(services: Services) -> list[str]:
+async def orphaned_plan_a(services: Services) -> list[tuple[str, bool]]:
+    """Plan A generations that no live runner holds: (id, whether a runner died holding it)."""
     now = time.time()
     async with services.db.sessions() as session:
         rows = await session.execute(
-            select(Generation.id, Generation.created_at).where(
+            select(Generation.id, Generation.created_at, Generation.lease_expires_at).where(
                 Generation.plan == Plan.A,
                 Generation.status.in_([GenerationStatus.queued, GenerationStatus.running]),
                 (Generation.lease_expires_at.is_(None)) | (Generation.lease_expires_at < now),
             )
         )
-        return [generation_id for generation_id, created in rows if _age(created, now) > GRACE_SECONDS]
+        grace = services.settings.reconcile_grace
+        return [(id_, lease is not None) for id_, created, lease in rows if _age(created, now) > grace]
 
 
 def _age(created: datetime | None, now: float) -> float:
     if created is None:
-        return GRACE_SECONDS + 1
+        return float("inf")
     # SQLite gives naive datetimes (the server's UTC clock): read them as UTC.
     aware = created if created.tzinfo is not None else created.replace(tzinfo=UTC)
     return now - aware.timestamp()
@@ -50,9 +50,12 @@ def _age(created: datetime | None, now: float) -> float:
 async def reconcile(services: Services, pool: ArqRedis) -> list[str]:
     """Enqueue every Plan A generation Redis does not know; answers their ids."""
     requeued = []
-    for generation_id in await orphaned_plan_a(services):
-        known = await pool.exists(job_key_prefix + generation_id, in_progress_key_prefix + generation_id)
-        if known:
+    for generation_id, runner_died in await orphaned_plan_a(services):
+        if runner_died and await pool.delete(in_progress_key_prefix + generation_id):
+            # Its runner stopped renewing its lease (killed, or its job cancelled with a lost Redis
+            # connection); arq would keep the job marked in progress until its own timeout.
+            logger.bind(generation=generation_id, plan="A").warning("its worker died: handed to another")
+        if await pool.exists(job_key_prefix + generation_id, in_progress_key_prefix + generation_id):
             continue
         # A kept result of an earlier run (it ended without settling) would make arq refuse the id.
         await pool.delete(result_key_prefix + generation_id)

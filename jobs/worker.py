@@ -53,9 +53,7 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
             Plan.A,
             owner=f"{ctx['worker_id']}:{job_try}",
             max_tries=settings.job_max_tries,
-            # Shorter than arq's in-progress key (job timeout + 10 s): when a worker dies, its lease has
-            # expired by the time arq hands the job to another worker.
-            lease=settings.job_timeout + 5,
+            lease=settings.lease_seconds,
             wait_budget=min(settings.job_wait_budget, max(1.0, settings.job_timeout - TIMEOUT_MARGIN)),
             can_defer=True,
             retry_policy=RetryPolicy(

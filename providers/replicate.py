@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -65,14 +66,17 @@ def output_urls(output: Any) -> list[str]:
 class ReplicateProvider:
     name = "replicate"
 
-    def __init__(self, api_token: str | None, base_url: str, poll_interval: float = 1.0) -> None:
+    def __init__(
+        self, api_token: str | None, base_url: str, poll_interval: float = 1.0, timeout: float = 30.0
+    ) -> None:
         self._api_token = api_token
         self.poll_interval = poll_interval
+        self.timeout = timeout
         self._retry_after: dict[int, float] = {}
         self.client = ReplicateClient(
             api_token=api_token or "",
             base_url=base_url,
-            timeout=httpx.Timeout(10.0, read=30.0, write=30.0, connect=5.0, pool=10.0),
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             event_hooks={"response": [self._remember_retry_after]},
         )
         self._downloads = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True)
@@ -216,6 +220,30 @@ class ReplicateProvider:
             )
         return str(training.id)
 
+    async def find_training(
+        self, version: str, input: dict[str, Any], since: float, taken: Callable[[str], Awaitable[bool]]
+    ) -> str | None:
+        """The newest training of the trainer `version` with exactly this input, created after `since`
+        and not `taken` by another generation: like find_prediction, for a training whose create
+        answer was lost. The input names the uploaded archive, so it tells one user's training from
+        another's."""
+        async with self._mapped_errors("list trainings"):
+            page = await self.client.trainings.async_list()
+            for _ in range(5):
+                for training in page.results:
+                    created = _epoch(training.created_at)
+                    if created is not None and created < since:
+                        return None  # newest first: everything after is older still
+                    trained_from = (
+                        training.version if isinstance(training.version, str) else training.version.id
+                    )
+                    if trained_from == version and training.input == input and not await taken(training.id):
+                        return str(training.id)
+                if not page.next:
+                    return None
+                page = await self.client.trainings.async_list(page.next)
+        return None
+
     async def get_training(self, training_id: str) -> PredictionState:
         async with self._mapped_errors("get training"):
             training = await self.client.trainings.async_get(training_id)
@@ -245,31 +273,24 @@ class ReplicateProvider:
         if not self._api_token:
             raise ProviderMisconfigured("REPLICATE_API_TOKEN is not set")
 
-    def _mapped_errors(self, action: str) -> _ErrorMapper:
-        return _ErrorMapper(self, action)
+    @asynccontextmanager
+    async def _mapped_errors(self, action: str) -> AsyncIterator[None]:
+        """Bound the call in time and turn the SDK's and httpx's exceptions into typed errors.
 
-
-class _ErrorMapper:
-    """Turns the SDK's and httpx's exceptions into typed provider errors."""
-
-    def __init__(self, provider: ReplicateProvider, action: str) -> None:
-        self.provider = provider
-        self.action = action
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, _tb: Any
-    ) -> bool:
-        retry_after = self.provider._retry_after.pop(id(asyncio.current_task()), None)
-        if error is None or isinstance(error, StepError):
-            return False
-        if isinstance(error, ReplicateError):
-            raise map_replicate_error(error, self.action, retry_after) from None
-        if isinstance(error, httpx.TimeoutException | httpx.TransportError):
-            raise ProviderUnavailable(f"replicate {self.action}: {type(error).__name__}") from None
-        return False
+        The SDK sends creates with no timeout at all (httpx's `timeout=None` per request), so a
+        provider that accepts the connection and never answers would hold the caller forever."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                yield
+        except StepError:
+            raise
+        except ReplicateError as error:
+            retry_after = self._retry_after.pop(id(asyncio.current_task()), None)
+            raise map_replicate_error(error, action, retry_after) from None
+        except (TimeoutError, httpx.TimeoutException, httpx.TransportError) as error:
+            raise ProviderUnavailable(f"replicate {action}: {type(error).__name__}") from None
+        finally:
+            self._retry_after.pop(id(asyncio.current_task()), None)
 
 
 def map_replicate_error(error: ReplicateError, action: str, retry_after: float | None = None) -> StepError:

@@ -51,7 +51,9 @@ async def test_a_worker_killed_at_any_point_leaves_one_prediction_one_charge_one
         REDIS_URL=redis_url,
         JOB_TIMEOUT=JOB_TIMEOUT,
         LONG_WAIT_POLL="0.2",
-        RECONCILE_EVERY="2",
+        RECONCILE_EVERY="1",
+        RECONCILE_GRACE="0.5",
+        LEASE_SECONDS="1.5",  # a killed worker's generation is taken over 1.5 s after it died
     )
     release = asyncio.Event()
     status_hold = None
