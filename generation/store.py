@@ -216,6 +216,11 @@ async def get_generation(db: Database, generation_id: str) -> Generation | None:
         return await session.get(Generation, generation_id)
 
 
+async def find_by_request_key(db: Database, request_key: str) -> Generation | None:
+    async with db.sessions() as session:
+        return await session.scalar(select(Generation).where(Generation.request_key == request_key))
+
+
 async def claim_generation(db: Database, generation_id: str, plan: Plan, owner: str, lease: float) -> bool:
     """Take the right to run a generation, atomically: only on its own plan, only if nobody holds it.
 
