@@ -18,10 +18,10 @@ from generation.callbacks import take_job_result
 from generation.catalog import Kind
 from generation.dispatcher import Dispatcher
 from generation.ledger import InsufficientBalance
-from generation.registry import PIPELINES
+from generation.registry import CHECKERS, PIPELINES
 from generation.requests import InvalidRequest, Problem, validate_request
 from generation.services import Services
-from generation.store import Generation, get_generation
+from generation.store import Generation, find_by_request_key, get_generation
 from providers.replicate import verify_webhook
 
 SERVICES = web.AppKey("services", Services)
@@ -104,7 +104,12 @@ async def create_generation(request: web.Request) -> web.Response:
         return _problems([Problem("Idempotency-Key", "invalid", {"detail": "at most 120 characters"})])
     # Scoped to the bot and user: two users' keys never collide. Without a key every request is new.
     request_key = f"http:{bot_name}:{valid.request.telegram_id}:{key or uuid.uuid4().hex}"
+    checker = CHECKERS.get(kind)
     try:
+        # Inputs that must be fetched to be judged (a training's ZIP); a repeat of a request already
+        # recorded is answered from the record, without fetching anything again.
+        if checker is not None and await find_by_request_key(services.db, request_key) is None:
+            await checker(services, bot_name, valid.request.model_dump(mode="json"))
         submission = await request.app[GENERATIONS].submit(valid, request_key, bot_name)
     except InvalidRequest as invalid:
         return _problems(invalid.problems)
@@ -138,6 +143,7 @@ def describe(generation: Generation) -> dict[str, Any]:
         "charged": generation.price,
         "refunded": generation.refunded,
         "urls": result.get("urls", []),
+        "result": result,  # the kind's own outcome too (e.g. a cloned voice_id)
         "error": generation.error,
         "created_at": generation.created_at.isoformat() if generation.created_at else None,
         "finished_at": generation.finished_at.isoformat() if generation.finished_at else None,

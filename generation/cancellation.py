@@ -14,10 +14,20 @@ from loguru import logger
 from sqlalchemy import func, select, update
 
 from generation import ledger
+from generation.kinds.speech import STORED_STEP
 from generation.services import Services
 from generation.store import Generation, GenerationStatus, Step
 
 ACTIVE = (GenerationStatus.queued, GenerationStatus.running)
+# The steps that name a provider job still worth stopping (or, for a clone, undoing).
+PROVIDER_STEPS = [
+    "prediction:id",
+    "prediction:result",
+    "training:id",
+    "training:result",
+    "clone:id",
+    STORED_STEP,
+]
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,7 @@ async def _cancel_at_provider(services: Services, generation_id: str) -> None:
         rows = await session.execute(
             select(Step.name, Step.result).where(
                 Step.generation_id == generation_id,
-                Step.name.in_(["prediction:id", "prediction:result", "training:id", "training:result"]),
+                Step.name.in_(PROVIDER_STEPS),
             )
         )
         jobs: dict[str, object] = {name: result for name, result in rows}
@@ -82,6 +92,9 @@ async def _cancel_at_provider(services: Services, generation_id: str) -> None:
             await services.replicate.cancel(str(jobs["prediction:id"]))
         if "training:id" in jobs and "training:result" not in jobs:
             await services.replicate.cancel_training(str(jobs["training:id"]))
+        if "clone:id" in jobs and STORED_STEP not in jobs:
+            # A voice cloned for a generation that will not keep it: free the voice slot.
+            await services.elevenlabs.delete_voice(str(jobs["clone:id"]))
     except Exception as error:
         logger.bind(generation=generation_id).warning("could not cancel at the provider: {!r}", error)
 

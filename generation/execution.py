@@ -41,6 +41,15 @@ from generation.store import (
 from generation.texts import text
 from providers.errors import StepError
 
+# What the chat shows while a kind works ("sending a photo...").
+CHAT_ACTIONS = {
+    Kind.text_to_image: "upload_photo",
+    Kind.neuro_photo: "upload_photo",
+    Kind.text_to_video: "upload_video",
+    Kind.image_to_video: "upload_video",
+    Kind.text_to_speech: "record_voice",
+}
+
 # The Cancel button on the status message; bot/routers/cancel.py answers it.
 CANCEL_CALLBACK = "cancel:"
 
@@ -200,7 +209,9 @@ async def _show_working(context: PipelineContext) -> None:
     )
     # A chat action is a courtesy; the delivery itself reports real trouble.
     with contextlib.suppress(StepError):
-        await delivery.chat_action(generation.bot_name, chat_id, "upload_photo")
+        await delivery.chat_action(
+            generation.bot_name, chat_id, CHAT_ACTIONS.get(Kind(generation.kind), "typing")
+        )
 
 
 async def settle_success(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from generation.catalog import Kind
 from generation.kinds import images, lora, speech, video
 from generation.pipelines import Pipeline
-from generation.registry_types import Preparer
+from generation.registry_types import Checker, Preparer
 
 PIPELINES: dict[Kind, Pipeline] = {
     **images.PIPELINES,
@@ -14,3 +14,4 @@ PIPELINES: dict[Kind, Pipeline] = {
     **lora.PIPELINES,
 }
 PREPARERS: dict[Kind, Preparer] = {**video.PREPARERS, **speech.PREPARERS, **lora.PREPARERS}
+CHECKERS: dict[Kind, Checker] = {**lora.CHECKERS}

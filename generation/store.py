@@ -154,20 +154,19 @@ class RuntimeFlag(Base):
     )
 
 
-def create_engine(database_url: str) -> AsyncEngine:
+def create_engine(database_url: str, *, for_writes: bool = True) -> AsyncEngine:
     if not database_url.startswith("sqlite"):
         return create_async_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=10)
     engine = create_async_engine(database_url, connect_args={"timeout": 30})
-    _serialize_sqlite_writers(engine)
+    _configure_sqlite(engine, begin="BEGIN IMMEDIATE" if for_writes else "BEGIN")
     return engine
 
 
-def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
-    """SQLite allows one writer: take the write lock when a transaction begins (BEGIN IMMEDIATE).
-
-    Otherwise two transactions that both read then write deadlock on the upgrade to a write lock and
-    one fails at once with "database is locked" instead of waiting its turn.
-    """
+def _configure_sqlite(engine: AsyncEngine, begin: str) -> None:
+    """SQLite allows one writer: a transaction that writes takes the write lock when it begins
+    (BEGIN IMMEDIATE). Otherwise two transactions that both read then write deadlock on the upgrade
+    to a write lock and one fails at once with "database is locked" instead of waiting its turn.
+    Reads begin plainly: in WAL mode they neither wait for the writer nor block it."""
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -180,20 +179,27 @@ def _serialize_sqlite_writers(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql(begin)
 
 
 class Database:
-    """The engine and a session factory; `transaction()` is the unit of work."""
+    """The engines and session factories: `transaction()` is the unit of work that writes, `sessions()`
+    reads (on SQLite through connections that do not take the write lock)."""
 
     def __init__(self, database_url: str) -> None:
         self.url = database_url
         self.engine = create_engine(database_url)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.read_engine = (
+            create_engine(database_url, for_writes=False)
+            if database_url.startswith("sqlite")
+            else self.engine
+        )
+        self._writes = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        async with self.sessions() as session, session.begin():
+        async with self._writes() as session, session.begin():
             yield session
 
     async def ping(self) -> bool:
@@ -206,6 +212,8 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
 
 
 # --- generation queries shared by the dispatcher, the runners and the HTTP API -----------------------

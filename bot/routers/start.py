@@ -12,10 +12,24 @@ from generation.services import Services
 from generation.store import User
 from generation.texts import text
 
+# The price each command line quotes: the cheapest model of its kind.
+COMMAND_KINDS = {
+    "image": Kind.text_to_image,
+    "video": Kind.text_to_video,
+    "animate": Kind.image_to_video,
+    "speech": Kind.text_to_speech,
+    "voice": Kind.voice_avatar,
+    "train": Kind.model_training,
+    "photo": Kind.neuro_photo,
+}
+
 
 def commands_text(services: Services, lang: str) -> str:
-    default = services.catalog.default_for(Kind.text_to_image)
-    return text("commands", lang, image_price=default.price if default else 0)
+    prices = {
+        command: min((model.price for model in services.catalog.for_kind(kind)), default=0)
+        for command, kind in COMMAND_KINDS.items()
+    }
+    return text("commands", lang, **prices)
 
 
 async def start(message: Message, user: User, lang: str, services: Services) -> None:
@@ -28,7 +42,8 @@ async def start(message: Message, user: User, lang: str, services: Services) -> 
 async def help_command(message: Message, lang: str, services: Services) -> None:
     models = "\n".join(
         text("model_line", lang, title=model.title, price=model.price)
-        for model in services.catalog.for_kind(Kind.text_to_image)
+        for kind in COMMAND_KINDS.values()
+        for model in services.catalog.for_kind(kind)
     )
     await message.answer(text("help", lang, commands=commands_text(services, lang), models=models))
 

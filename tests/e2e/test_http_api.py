@@ -144,8 +144,6 @@ async def test_auth_kinds_and_balance_errors(
         url, json={**SEED, "prompt": "a"}, headers={"Authorization": "Bearer wrong"}
     ) as response:
         assert response.status == 401
-    async with http.post(f"{base(app)}/api/generation/text-to-video", json=SEED, headers=AUTH) as response:
-        assert response.status == 501
     async with http.post(f"{base(app)}/api/generation/telepathy", json=SEED, headers=AUTH) as response:
         assert response.status == 404
     status, body = await post_image(http, app, {**SEED, "prompt": "four", "num_images": 4})
