@@ -9,6 +9,7 @@ from aiogram import BaseMiddleware, Bot
 from aiogram.types import TelegramObject
 from aiogram.types import User as TelegramUser
 
+from bot.submit import Requester
 from generation.services import Services
 from generation.texts import language_from_code
 from generation.users import ensure_user
@@ -47,4 +48,5 @@ class UserMiddleware(BaseMiddleware):
         data["bot_name"] = bot_name
         data["user"] = user
         data["lang"] = user.language
+        data["requester"] = Requester(user, bot_name, user.language, self.services, data["generations"])
         return await handler(event, data)

@@ -301,9 +301,9 @@ async def deliver_video(ctx: PipelineContext, output: Any) -> Delivered:
     generation = ctx.generation
 
     async def send() -> list[int]:
-        content = await ctx.services.replicate.download(url)
+        content = await ctx.services.replicate.download_at_most(url, UPLOAD_LIMIT)
         delivery = ctx.services.delivery
-        if len(content) > UPLOAD_LIMIT:
+        if content is None:
             link = text("video_as_link", ctx.language, url=url)
             return [await delivery.send_text(generation.bot_name, ctx.chat_id, link)]
         video = Media(content=content, filename=f"{generation.id}.mp4")

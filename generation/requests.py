@@ -58,7 +58,7 @@ class NeuroPhotoRequest(TextToImageRequest):
 
 
 class TextToVideoRequest(PromptRequest):
-    duration: int | None = Field(default=None, ge=1, le=60)
+    """The length of the video is the model's (its catalogue entry): pick a model to pick it."""
 
 
 URL = Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^https?://")]
@@ -75,7 +75,6 @@ def _exactly_one(request: BaseModel, name: str) -> None:
 class ImageToVideoRequest(PromptRequest):
     image_url: URL | None = None
     image_file_id: FILE_ID | None = None
-    duration: int | None = Field(default=None, ge=1, le=60)
 
     @model_validator(mode="after")
     def _one_image(self) -> ImageToVideoRequest:

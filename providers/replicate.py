@@ -256,15 +256,30 @@ class ReplicateProvider:
             await self.client.trainings.async_cancel(training_id)
 
     async def download(self, url: str) -> bytes:
+        content = await self.download_at_most(url, None)
+        assert content is not None
+        return content
+
+    async def download_at_most(self, url: str, max_bytes: int | None) -> bytes | None:
+        """An output's bytes; None when it is larger than `max_bytes` (stopped as soon as that shows,
+        so a large video is never held in memory just to learn it is too large)."""
         try:
-            response = await self._downloads.get(url)
+            async with self._downloads.stream("GET", url) as response:
+                if response.status_code >= 500 or response.status_code == 429:
+                    raise ProviderUnavailable(f"downloading an output answered {response.status_code}")
+                if response.status_code >= 400:
+                    raise ProviderFailed(f"an output is gone ({response.status_code})")
+                declared = response.headers.get("Content-Length")
+                if max_bytes is not None and declared is not None and int(declared) > max_bytes:
+                    return None
+                content = bytearray()
+                async for chunk in response.aiter_bytes():
+                    content += chunk
+                    if max_bytes is not None and len(content) > max_bytes:
+                        return None
+                return bytes(content)
         except httpx.HTTPError as error:
             raise ProviderUnavailable(f"downloading an output failed: {type(error).__name__}") from None
-        if response.status_code >= 500 or response.status_code == 429:
-            raise ProviderUnavailable(f"downloading an output answered {response.status_code}")
-        if response.status_code >= 400:
-            raise ProviderFailed(f"an output is gone ({response.status_code})")
-        return response.content
 
     async def close(self) -> None:
         await self._downloads.aclose()

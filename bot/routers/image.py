@@ -6,9 +6,8 @@ from aiogram import F, Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
-from bot.submit import submit_from_message
+from bot.submit import Requester
 from generation.catalog import Kind
-from generation.dispatcher import Dispatcher
 from generation.services import Services
 from generation.store import User
 from generation.texts import text
@@ -30,25 +29,17 @@ async def image(
     message: Message,
     command: CommandObject,
     user: User,
-    bot_name: str,
     lang: str,
     services: Services,
-    generations: Dispatcher,
+    requester: Requester,
 ) -> None:
     count, prompt = parse_image_arguments(command.args)
     if not prompt:
         await message.answer(text("image_usage", lang))
         return
     model = user.image_model if user.image_model and services.catalog.get(user.image_model) else None
-    await submit_from_message(
-        message,
-        kind=Kind.text_to_image,
-        fields={"prompt": prompt, "num_images": count, "model": model},
-        user=user,
-        bot_name=bot_name,
-        lang=lang,
-        services=services,
-        generations=generations,
+    await requester.submit(
+        message, kind=Kind.text_to_image, fields={"prompt": prompt, "num_images": count, "model": model}
     )
 
 

@@ -14,10 +14,9 @@ from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import Message
 
 from bot.routers.image import parse_image_arguments
-from bot.submit import submit_from_message
+from bot.submit import Requester
 from generation.archives import MEGABYTE, TRAINING_ARCHIVE
 from generation.catalog import Kind
-from generation.dispatcher import Dispatcher
 from generation.kinds.lora import trigger_word_problem
 from generation.registry import CHECKERS
 from generation.requests import InvalidRequest, Problem
@@ -75,28 +74,24 @@ async def train_with_archive(
     message: Message,
     command: CommandObject,
     state: FSMContext,
-    user: User,
-    bot_name: str,
     lang: str,
     services: Services,
-    generations: Dispatcher,
+    requester: Requester,
 ) -> None:
     """A document captioned /train <trigger_word> (or /train alone, after /train <trigger_word>)."""
     word = (command.args or "").strip() or (await state.get_data()).get("trigger_word")
     if not word:
         await message.answer(_usage(services, lang))
         return
-    await _train(message, str(word), state, user, bot_name, lang, services, generations)
+    await _train(message, str(word), state, requester)
 
 
 async def archive_after_train(
     message: Message,
     state: FSMContext,
-    user: User,
-    bot_name: str,
     lang: str,
     services: Services,
-    generations: Dispatcher,
+    requester: Requester,
 ) -> None:
     """The next document after /train <trigger_word>."""
     word = (await state.get_data()).get("trigger_word")
@@ -104,19 +99,11 @@ async def archive_after_train(
         await state.clear()
         await message.answer(_usage(services, lang))
         return
-    await _train(message, str(word), state, user, bot_name, lang, services, generations)
+    await _train(message, str(word), state, requester)
 
 
-async def _train(
-    message: Message,
-    word: str,
-    state: FSMContext,
-    user: User,
-    bot_name: str,
-    lang: str,
-    services: Services,
-    generations: Dispatcher,
-) -> None:
+async def _train(message: Message, word: str, state: FSMContext, requester: Requester) -> None:
+    user, bot_name, lang, services = requester.user, requester.bot_name, requester.lang, requester.services
     if (problem := trigger_word_problem(word)) is not None:
         await state.clear()
         await _answer_problems(message, [problem], lang)
@@ -140,42 +127,21 @@ async def _train(
         await _answer_problems(message, invalid.problems, lang)
         return
     await state.clear()
-    await submit_from_message(
-        message,
-        kind=Kind.model_training,
-        fields=fields,
-        user=user,
-        bot_name=bot_name,
-        lang=lang,
-        services=services,
-        generations=generations,
-    )
+    await requester.submit(message, kind=Kind.model_training, fields=fields)
 
 
 async def photo(
     message: Message,
     command: CommandObject,
-    user: User,
-    bot_name: str,
     lang: str,
-    services: Services,
-    generations: Dispatcher,
+    requester: Requester,
 ) -> None:
     """/photo [n] <prompt>: the user's own trained model (the preparer finds it, or says how to train)."""
     count, prompt = parse_image_arguments(command.args)
     if not prompt:
         await message.answer(text("photo_usage", lang))
         return
-    await submit_from_message(
-        message,
-        kind=Kind.neuro_photo,
-        fields={"prompt": prompt, "num_images": count},
-        user=user,
-        bot_name=bot_name,
-        lang=lang,
-        services=services,
-        generations=generations,
-    )
+    await requester.submit(message, kind=Kind.neuro_photo, fields={"prompt": prompt, "num_images": count})
 
 
 def build_router() -> Router:

@@ -18,12 +18,10 @@ from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import Message, TelegramObject
 
-from bot.submit import submit_from_message
+from bot.submit import Requester
 from generation.catalog import Kind
-from generation.dispatcher import Dispatcher
 from generation.kinds.speech import MAX_RECORDING_BYTES, MIN_RECORDING_SECONDS
 from generation.services import Services
-from generation.store import User
 from generation.texts import text
 
 MAX_RECORDING_MB = MAX_RECORDING_BYTES // (1024 * 1024)
@@ -77,11 +75,9 @@ def _price(services: Services, kind: Kind) -> int:
 async def speech(
     message: Message,
     command: CommandObject,
-    user: User,
-    bot_name: str,
     lang: str,
     services: Services,
-    generations: Dispatcher,
+    requester: Requester,
 ) -> None:
     spoken = (command.args or "").strip()
     reply = message.reply_to_message
@@ -98,16 +94,7 @@ async def speech(
             )
         )
         return
-    await submit_from_message(
-        message,
-        kind=Kind.text_to_speech,
-        fields={"text": spoken},
-        user=user,
-        bot_name=bot_name,
-        lang=lang,
-        services=services,
-        generations=generations,
-    )
+    await requester.submit(message, kind=Kind.text_to_speech, fields={"text": spoken})
 
 
 # --- /voice ----------------------------------------------------------------------------------------
@@ -116,16 +103,14 @@ async def speech(
 async def voice(
     message: Message,
     state: FSMContext,
-    user: User,
-    bot_name: str,
     lang: str,
     services: Services,
-    generations: Dispatcher,
+    requester: Requester,
 ) -> None:
     recording = recording_in(message) or recording_in(message.reply_to_message)
     if recording is not None:
         await state.clear()
-        await _clone(message, recording, user, bot_name, lang, services, generations)
+        await _clone(message, recording, requester)
         return
     if message.reply_to_message is not None or message.text is None:
         # A reply to something else, or /voice as the caption of a photo or video.
@@ -146,11 +131,8 @@ async def voice(
 async def recording_sent(
     message: Message,
     state: FSMContext,
-    user: User,
-    bot_name: str,
     lang: str,
-    services: Services,
-    generations: Dispatcher,
+    requester: Requester,
 ) -> None:
     """The message after /voice: the recording, or a reminder (the wait goes on)."""
     recording = recording_in(message)
@@ -158,31 +140,18 @@ async def recording_sent(
         await message.answer(text("voice_not_a_recording", lang))
         return
     await state.clear()
-    await _clone(message, recording, user, bot_name, lang, services, generations)
+    await _clone(message, recording, requester)
 
 
-async def _clone(
-    message: Message,
-    recording: Recording,
-    user: User,
-    bot_name: str,
-    lang: str,
-    services: Services,
-    generations: Dispatcher,
-) -> None:
-    problem = recording_problem(recording, lang)
+async def _clone(message: Message, recording: Recording, requester: Requester) -> None:
+    problem = recording_problem(recording, requester.lang)
     if problem is not None:
         await message.answer(problem)
         return
-    await submit_from_message(
+    await requester.submit(
         message,
         kind=Kind.voice_avatar,
         fields={"audio_file_id": recording.file_id, "audio_mime_type": recording.mime_type},
-        user=user,
-        bot_name=bot_name,
-        lang=lang,
-        services=services,
-        generations=generations,
     )
 
 

@@ -10,12 +10,9 @@ from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
-from bot.submit import submit_from_message
+from bot.submit import Requester
 from generation.catalog import Kind
 from generation.delivery import DOWNLOAD_LIMIT
-from generation.dispatcher import Dispatcher
-from generation.services import Services
-from generation.store import User
 from generation.texts import text
 
 MEGABYTE = 1024 * 1024
@@ -24,26 +21,14 @@ MEGABYTE = 1024 * 1024
 async def video(
     message: Message,
     command: CommandObject,
-    user: User,
-    bot_name: str,
     lang: str,
-    services: Services,
-    generations: Dispatcher,
+    requester: Requester,
 ) -> None:
     prompt = (command.args or "").strip()
     if not prompt:
         await message.answer(text("video_usage", lang))
         return
-    await submit_from_message(
-        message,
-        kind=Kind.text_to_video,
-        fields={"prompt": prompt},
-        user=user,
-        bot_name=bot_name,
-        lang=lang,
-        services=services,
-        generations=generations,
-    )
+    await requester.submit(message, kind=Kind.text_to_video, fields={"prompt": prompt})
 
 
 @dataclass(frozen=True)
@@ -92,11 +77,8 @@ def _attached_image(message: Message) -> str | Refusal | None:
 async def animate(
     message: Message,
     command: CommandObject,
-    user: User,
-    bot_name: str,
     lang: str,
-    services: Services,
-    generations: Dispatcher,
+    requester: Requester,
 ) -> None:
     prompt = (command.args or "").strip()
     image = image_to_animate(message)
@@ -106,15 +88,8 @@ async def animate(
     if image is None or not prompt:
         await message.answer(text("animate_no_photo" if prompt else "animate_usage", lang))
         return
-    await submit_from_message(
-        message,
-        kind=Kind.image_to_video,
-        fields={"prompt": prompt, "image_file_id": image},
-        user=user,
-        bot_name=bot_name,
-        lang=lang,
-        services=services,
-        generations=generations,
+    await requester.submit(
+        message, kind=Kind.image_to_video, fields={"prompt": prompt, "image_file_id": image}
     )
 
 

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import AppFactory
+from tests.conftest import ADMIN_ID, AppFactory
 from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum
 from tests.fakes.replicate import FakeReplicate, Outcome
 from tests.fakes.tcp_proxy import TcpProxy
@@ -66,6 +66,7 @@ async def test_redis_down_then_back_mid_run(
     during = Chat(telegram, user_id=4242)
     during.send("/image during the outage")
     await during.reply("Charged 1 ⭐", timeout=30)  # served on Plan B meanwhile
+    await Chat(telegram, user_id=ADMIN_ID).reply("Plan switched: A → B")  # the admins are told
 
     await redis_proxy.restore()  # Redis is back: the worker reconnects, the waiting job resumes
     hold.set()
@@ -80,6 +81,7 @@ async def test_redis_down_then_back_mid_run(
     await asyncio.sleep(0.6)  # the breaker's cooldown (0.5 s) must pass before it probes
     after.send("/image after the outage")
     await after.reply("Charged 1 ⭐", timeout=30)
+    await Chat(telegram, user_id=ADMIN_ID).reply("Plan switched: B → A")
     latest = await all_settled(app, 3)
     assert {g.plan for g in latest if g.chat_id == 4343} == {"A"}
 

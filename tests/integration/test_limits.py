@@ -1,0 +1,71 @@
+"""The Redis concurrency limiter: limits hold under concurrent workers, and a dead worker's slots
+come free when they expire."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from arq.connections import ArqRedis, create_pool
+
+from jobs.limits import ConcurrencyLimiter, Limits
+from jobs.queue import redis_settings
+
+
+@pytest.fixture
+async def pool(redis_url: str) -> AsyncIterator[ArqRedis]:
+    redis = await create_pool(redis_settings(redis_url, 1.0))
+    yield redis
+    await redis.aclose()
+
+
+def limiter(
+    pool: ArqRedis, *, per_user: int = 2, overall: int = 100, per_minute: int = 600, ttl: float = 30.0
+) -> ConcurrencyLimiter:
+    limits = Limits(
+        per_user=per_user,
+        per_provider={"replicate": 3},
+        overall=overall,
+        creates_per_minute={"replicate": per_minute},
+    )
+    return ConcurrencyLimiter(pool, limits, slot_ttl=ttl)
+
+
+async def test_per_user_limit_holds_under_concurrent_acquires(pool: ArqRedis) -> None:
+    limits = limiter(pool)
+    results = await asyncio.gather(
+        *(limits.acquire(f"g{i}", user_id=1, provider="replicate") for i in range(10))
+    )
+    assert sum(result is None for result in results) == 2
+    assert {result.limit for result in results if result is not None} == {"user:1"}
+    # A generation that holds a slot gets it again (every run refreshes its own slots).
+    holders = [f"g{i}" for i, result in enumerate(results) if result is None]
+    assert await limits.acquire(holders[0], user_id=1, provider="replicate") is None
+
+
+async def test_provider_limit_spans_users_and_release_frees_a_slot(pool: ArqRedis) -> None:
+    limits = limiter(pool, per_user=10)
+    assert [await limits.acquire(f"p{i}", user_id=i, provider="replicate") for i in range(3)] == [None] * 3
+    refused = await limits.acquire("p3", user_id=3, provider="replicate")
+    assert refused is not None and refused.limit == "provider:replicate"
+    await limits.release("p0", user_id=0, provider="replicate")
+    assert await limits.acquire("p3", user_id=3, provider="replicate") is None
+
+
+async def test_slots_of_a_dead_worker_expire(pool: ArqRedis) -> None:
+    limits = limiter(pool, per_user=1, ttl=0.3)
+    assert await limits.acquire("dead", user_id=7, provider="replicate") is None  # then its worker dies
+    assert await limits.acquire("next", user_id=7, provider="replicate") is not None
+    await asyncio.sleep(0.4)  # the slot's time to live, measured by Redis itself
+    assert await limits.acquire("next", user_id=7, provider="replicate") is None
+
+
+async def test_creates_per_minute_say_when_to_come_back(pool: ArqRedis) -> None:
+    limits = limiter(pool, per_user=10, per_minute=2)
+    for index in range(2):
+        assert await limits.acquire(f"r{index}", user_id=index, provider="replicate") is None
+        await limits.release(f"r{index}", user_id=index, provider="replicate")
+    refused = await limits.acquire("r2", user_id=2, provider="replicate")
+    assert refused is not None and refused.limit == "rate:replicate"
+    assert 50 < refused.retry_in <= 61  # the oldest create leaves the window in about a minute
