@@ -65,7 +65,9 @@ class Settings(BaseSettings):
     # Plan A tuning (beyond SPEC §3).
     redis_timeout: float = Field(default=1.0, gt=0, le=30, description="seconds an enqueue may take")
     breaker_cooldown: float = Field(default=10.0, gt=0, description="seconds on Plan B before a probe")
-    job_timeout: int = Field(default=300, ge=2, description="seconds one run of a job may take")
+    # Kept short: arq marks a running job for this + 10 s, and a try waits on a provider only
+    # JOB_WAIT_BUDGET seconds before it frees the worker anyway.
+    job_timeout: int = Field(default=120, ge=2, description="seconds one run of a job may take")
     job_max_tries: int = Field(default=5, ge=1, le=50)
     retry_backoff_base: float = Field(default=1.0, gt=0, description="seconds before the 2nd try")
     retry_backoff_cap: float = Field(default=60.0, gt=0, description="longest pause between tries")

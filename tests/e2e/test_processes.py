@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from tests.conftest import (
 )
 from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of
 from tests.fakes.replicate import FakeReplicate
+from tests.fakes.tcp_proxy import TcpProxy
 from tests.fakes.telegram import FakeTelegram
 from tests.processes import Spawn, environment, stop, wait_healthy
 
@@ -76,3 +78,32 @@ async def test_aibot_worker_runs_plan_a_jobs_alone(
 
 async def _count(app: App) -> bool:
     return len(await generations_of(app)) == 1
+
+
+async def test_a_standalone_worker_outlives_a_redis_outage(
+    make_app: AppFactory,
+    spawn: Spawn,
+    telegram: FakeTelegram,
+    replicate: FakeReplicate,
+    redis_proxy: TcpProxy,
+    sqlite_url: str,
+    redis_url: str,
+) -> None:
+    """arq's worker exits when its Redis connection is lost: `aibot worker` starts it again."""
+    app = await make_app(redis_url=redis_url, embedded_worker=False)
+    proxied = f"{redis_proxy.url}/{redis_url.rsplit('/', 1)[1]}"
+    worker = await spawn(
+        "worker", environment(telegram, replicate, DATABASE_URL=sqlite_url, REDIS_URL=proxied)
+    )
+    chat = Chat(telegram)
+    chat.send("/image before")
+    await chat.reply("Charged 1 ⭐", timeout=30)
+    await redis_proxy.refuse()
+    await asyncio.sleep(3)  # the worker sees its connection gone and keeps trying to come back
+    await redis_proxy.restore()
+    chat.send("/image after the outage")  # enqueued by the app (its own Redis connection is fine)
+    await chat.reply("Charged 1 ⭐. Balance: 8 ⭐", timeout=60)
+    assert worker.returncode is None  # the same process, still running
+    generations = await all_settled(app, 2)
+    assert [g.plan for g in generations] == ["A", "A"]
+    assert "starting it again" in await stop(worker)

@@ -190,6 +190,8 @@ async def test_admin_switches_the_plan_and_it_survives_a_restart(
     admin = Chat(telegram, user_id=ADMIN_ID)
     status = await admin.ask("/plan", "Plan in force: A")
     assert "mode: auto" in (status.text or "")
+    assert "Queue: healthy" in (status.text or "") and "Breaker: closed" in (status.text or "")
+    assert "Generations per plan: A 0, B 0" in (status.text or "")
     await admin.ask("/plan b", "Plan mode switched to b. Plan in force: B")
     admin.send("/image under plan b")
     await admin.reply("Charged 1 ⭐")
