@@ -90,8 +90,11 @@ class App:
         if self.settings.bot_mode is BotMode.webhook:
             await self._set_webhooks()
             return
-        for bot in self.bots.values():
-            await bot.delete_webhook(drop_pending_updates=False)
+        for name, bot in self.bots.items():
+            try:  # a webhook left from webhook mode would make getUpdates fail
+                await bot.delete_webhook(drop_pending_updates=False)
+            except Exception as error:
+                logger.warning("could not remove the webhook of bot {}: {}", name, type(error).__name__)
         self._tasks.append(
             asyncio.create_task(
                 self.bot_dispatcher.start_polling(

@@ -10,13 +10,36 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from loguru import logger
 from sqlalchemy import select
 
 from generation.execution import execute
 from generation.services import Services
-from generation.store import Generation, GenerationStatus, Plan, release_generation
+from generation.store import Generation, GenerationStatus, Plan, get_generation, release_generation
+
+
+class KeyedLimits:
+    """In-process concurrency limits by key (a user, a provider, everything): Plan B's counterpart of
+    jobs/limits.py. A generation over a limit waits its turn, still queued and unclaimed."""
+
+    def __init__(self) -> None:
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._users: dict[str, int] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str, limit: int) -> AsyncIterator[None]:
+        semaphore = self._semaphores.setdefault(key, asyncio.Semaphore(limit))
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with semaphore:
+                yield
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:  # nobody holds or waits: forget the key (users come and go)
+                del self._users[key], self._semaphores[key]
 
 
 class InlineRunner:
@@ -24,6 +47,7 @@ class InlineRunner:
         self.services = services
         self.owner = f"inline-{uuid.uuid4().hex[:12]}"
         self.tasks: dict[str, asyncio.Task[object]] = {}
+        self.limits = KeyedLimits()
 
     def start(self, generation_id: str) -> asyncio.Task[object]:
         running = self.tasks.get(generation_id)
@@ -44,20 +68,40 @@ class InlineRunner:
 
     async def run(self, generation_id: str) -> object:
         try:
-            return await execute(
-                self.services,
-                generation_id,
-                Plan.B,
-                self.owner,
-                max_tries=1,
-                lease=self.services.settings.lease_seconds,
-                # Plan B waits inline for as long as the job may take (its deadline ends it sooner).
-                wait_budget=self.services.settings.training_deadline,
-                can_defer=False,
-            )
+            async with self._turn(generation_id):
+                return await execute(
+                    self.services,
+                    generation_id,
+                    Plan.B,
+                    self.owner,
+                    max_tries=1,
+                    lease=self.services.settings.lease_seconds,
+                    # Plan B waits inline for as long as the job may take (its deadline ends it sooner).
+                    wait_budget=self.services.settings.training_deadline,
+                    can_defer=False,
+                )
         except Exception:
             logger.bind(generation=generation_id, plan="B").exception("Plan B run crashed")
             return None
+
+    @asynccontextmanager
+    async def _turn(self, generation_id: str) -> AsyncIterator[None]:
+        """Wait until this generation's user, provider and the process have room (the same limits as
+        Plan A, counted in this process)."""
+        settings = self.services.settings
+        generation = await get_generation(self.services.db, generation_id)
+        if generation is None:
+            yield
+            return
+        model = self.services.catalog.get(generation.model)
+        provider = model.provider if model is not None else "unknown"
+        per_provider = {"replicate": settings.limit_replicate, "elevenlabs": settings.limit_elevenlabs}
+        async with (
+            self.limits.hold(f"user:{generation.user_id}", settings.limit_per_user),
+            self.limits.hold(f"provider:{provider}", per_provider.get(provider, settings.limit_overall)),
+            self.limits.hold("overall", settings.limit_overall),
+        ):
+            yield
 
     async def resume_interrupted(self) -> list[str]:
         """Start the Plan B generations a dead process left unfinished (expired or no lease)."""

@@ -1,4 +1,5 @@
-"""Plan A's concurrency: long waits hold no worker; limits make generations wait their turn."""
+"""Concurrency: on Plan A long waits hold no worker; on both plans limits make generations wait
+their turn without failing."""
 
 from __future__ import annotations
 
@@ -49,3 +50,23 @@ async def test_a_user_over_the_limit_waits_without_failing(
     generations = await all_settled(app, 4, timeout=30)
     assert [g.status for g in generations] == ["done"] * 4
     assert all(g.failures == 0 for g in generations)
+
+
+async def test_plan_b_keeps_the_per_user_limit_too(
+    make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate
+) -> None:
+    app = await make_app(limit_per_user=2)  # no Redis: Plan B
+    hold = asyncio.Event()
+    replicate.script(FLUX, Outcome(hold=hold), Outcome(hold=hold))
+    chat = Chat(telegram)
+    for index in range(3):
+        chat.send(f"/image inline {index}")
+    await replicate.wait_for_create(2)
+    other = Chat(telegram, user_id=6002)
+    other.send("/image not held up")
+    await other.reply("Charged 1 ⭐", timeout=20)
+    assert replicate.create_count(FLUX) == 3  # the first user's third waits for a free slot
+    hold.set()
+    generations = await all_settled(app, 4, timeout=30)
+    assert [g.status for g in generations] == ["done"] * 4 and {g.plan for g in generations} == {"B"}
+    assert replicate.create_count(FLUX) == 4
