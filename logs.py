@@ -66,10 +66,12 @@ def configure_logging(settings: Settings) -> None:
 
     logger.remove()
     logger.configure(patcher=patch)
+    # diagnose=False: loguru would otherwise print every variable of a traceback's frames, and a
+    # bot's token or a Telegram file URL may be among them.
     if settings.log_format is LogFormat.json:
-        logger.add(sys.stderr, level=settings.log_level, serialize=True)
+        logger.add(sys.stderr, level=settings.log_level, serialize=True, diagnose=False)
     else:
-        logger.add(sys.stderr, level=settings.log_level, format=_text_format)
+        logger.add(sys.stderr, level=settings.log_level, format=_text_format, diagnose=False)
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.INFO, force=True)
     for noisy in ("httpx", "httpcore", "aiosqlite", "sqlalchemy.engine", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
