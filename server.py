@@ -75,7 +75,7 @@ class App:
                 type(error).__name__,
             )
             return None
-        return ArqQueue(pool)
+        return ArqQueue(pool, timeout=settings.redis_timeout)
 
     async def _start_bots(self) -> None:
         assert self.services is not None and self.generations is not None

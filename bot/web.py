@@ -208,7 +208,7 @@ async def health(request: web.Request) -> web.Response:
     database_ok = await services.db.ping()
     redis_ok = await generations.queue.ping() if generations.queue is not None else None
     mode, source = await generations.mode() if database_ok else (None, None)
-    plan = (await generations.current_plan()).value if database_ok else None
+    plan = (await generations.current_plan(redis_ok)).value if database_ok else None
     body = {
         "status": "ok" if database_ok else "unavailable",
         "database": database_ok,

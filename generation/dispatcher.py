@@ -92,10 +92,12 @@ class Dispatcher:
         await store_mode(self.db, mode)
         logger.info("plan mode set to {} at run time", mode.value)
 
-    async def current_plan(self) -> Plan:
-        """The plan a new generation would take now (without consuming a breaker probe)."""
+    async def current_plan(self, queue_answers: bool | None = None) -> Plan:
+        """The plan a new generation would take now (without consuming a breaker probe). Given a
+        fresh look at the queue (`queue_answers`), a queue that does not answer means Plan B even
+        before an enqueue has tripped the breaker (in `a` too: each request falls back)."""
         mode, _ = await self.mode()
-        if mode is PlanMode.b or self.queue is None:
+        if mode is PlanMode.b or self.queue is None or queue_answers is False:
             return Plan.B
         if mode is PlanMode.a:
             return Plan.A

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -40,8 +41,9 @@ async def connect(redis_url: str, connect_timeout: float) -> ArqRedis:
 
 
 class ArqQueue:
-    def __init__(self, pool: ArqRedis) -> None:
+    def __init__(self, pool: ArqRedis, timeout: float = 1.0) -> None:
         self.pool = pool
+        self.timeout = timeout  # for a health look: a hung Redis must not hang /healthz or /plan
 
     async def enqueue(self, generation_id: str) -> None:
         # The job id is the generation id: arq refuses a second job with the same id, so a repeated
@@ -64,7 +66,7 @@ class ArqQueue:
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.pool.ping())
+            return bool(await asyncio.wait_for(self.pool.ping(), timeout=self.timeout))
         except Exception:
             return False
 

@@ -76,11 +76,9 @@ def build_admin_router(admin_ids: list[int]) -> Router:
 
 async def plan_status(generations: Dispatcher, lang: str) -> str:
     mode, source = await generations.mode()
-    current = await generations.current_plan()
-    if generations.queue is None:
-        queue = "not connected"
-    else:
-        queue = "healthy" if await generations.queue.ping() else "NOT answering"
+    queue_answers = await generations.queue.ping() if generations.queue is not None else None
+    current = await generations.current_plan(queue_answers)
+    queue = {None: "not connected", True: "healthy", False: "NOT answering"}[queue_answers]
     counts = await generations.counts_per_plan()
     return text(
         "plan_status",

@@ -228,3 +228,6 @@ async def test_a_hung_redis_does_not_hang_the_request(
     assert elapsed < 5  # bounded by the enqueue timeout, not by Redis
     await all_settled(app, 1)
     assert replicate.create_count() == 1
+    async with http.get(f"{base(app)}/healthz") as response:  # health does not hang on it either
+        health = await response.json()
+    assert (response.status, health["redis"], health["plan"], health["breaker"]) == (200, False, "B", "open")
