@@ -38,6 +38,9 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     generation = await get_generation(services.db, generation_id)
     if generation is None:
         return "unknown generation"
+    if generation.plan != Plan.A:
+        # Its enqueue looked failed, so it moved to Plan B, yet the job reached Redis: not ours.
+        return "on Plan B"
     model = services.catalog.get(generation.model)
     provider = model.provider if model is not None else "unknown"
     limiter = _limiter(ctx, settings)
