@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -10,6 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
+import aiosqlite
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -26,6 +29,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -154,10 +158,40 @@ class RuntimeFlag(Base):
     )
 
 
+class _WholeStatementConnection(aiosqlite.Connection):
+    """An aiosqlite connection whose statements a cancellation never cuts off halfway.
+
+    A task cancelled while its statement runs (a stopping process, /cancel) otherwise makes
+    SQLAlchemy abandon the connection mid-transaction, and on SQLite that connection keeps the
+    database's only write lock until the process ends: every later write fails with "database is
+    locked". Here the statement finishes first, then the cancellation goes on, and the transaction is
+    rolled back and the connection closed as usual."""
+
+    async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        running = asyncio.ensure_future(super()._execute(fn, *args, **kwargs))  # type: ignore[no-untyped-call]
+        try:
+            return await asyncio.shield(running)
+        except asyncio.CancelledError:
+            await asyncio.wait([running])
+            # End the transaction here, in the connection's own thread: SQLAlchemy's own cleanup
+            # of a cancelled transaction does not reliably reach this connection.
+            await asyncio.shield(super()._execute(self._roll_back_if_open))  # type: ignore[no-untyped-call]
+            raise
+
+    def _roll_back_if_open(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.rollback()
+
+
 def create_engine(database_url: str, *, for_writes: bool = True) -> AsyncEngine:
     if not database_url.startswith("sqlite"):
         return create_async_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=10)
-    engine = create_async_engine(database_url, connect_args={"timeout": 30})
+    path = make_url(database_url).database or ":memory:"
+
+    async def connect() -> aiosqlite.Connection:
+        return await _WholeStatementConnection(lambda: sqlite3.connect(path, timeout=30), 64)
+
+    engine = create_async_engine(database_url, async_creator=connect)
     _configure_sqlite(engine, begin="BEGIN IMMEDIATE" if for_writes else "BEGIN")
     return engine
 
