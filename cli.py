@@ -47,9 +47,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 async def run_worker(settings: Settings) -> None:
+    """One set of services (database, providers, bots) for the life of the process: the arq worker
+    around them may be rebuilt many times (Redis outages), and they are closed once, at exit."""
+    from container import build_services, close_services
     from jobs.worker import run_supervised
 
-    await run_supervised(settings)
+    services = await build_services(settings, with_bots=True)
+    try:
+        await run_supervised(settings, services)
+    finally:
+        await close_services(services)
 
 
 def _run_until_signal(start: Callable[[], Awaitable[None]]) -> None:
@@ -60,9 +67,23 @@ def _run_until_signal(start: Callable[[], Awaitable[None]]) -> None:
             loop.add_signal_handler(received, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await _stop_leftover_tasks()
         logger.info("stopped")
 
     asyncio.run(runner())
+
+
+async def _stop_leftover_tasks(grace: float = 10.0) -> None:
+    """Cancel what is still running (e.g. a job whose worker was replaced) and wait a bounded time:
+    a process told to stop must stop. What does not end in time is named in the log."""
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    if not others:
+        return
+    _, pending = await asyncio.wait(others, timeout=grace)
+    for task in pending:
+        logger.warning("left running at exit: {} {}", task.get_name(), task.get_stack(limit=3))
 
 
 if __name__ == "__main__":

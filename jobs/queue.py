@@ -15,7 +15,8 @@ JOB_FUNCTION = "run_generation"
 
 def serialize(value: Any) -> bytes:
     # arq pickles job payloads by default; jobs carry only ids, so msgpack suffices and is safe.
-    return msgpack.packb(value, use_bin_type=True)
+    # arq also stores a failed job's exception as its result: anything msgpack cannot pack goes as text.
+    return msgpack.packb(value, use_bin_type=True, default=repr)
 
 
 def deserialize(raw: bytes) -> Any:

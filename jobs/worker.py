@@ -17,6 +17,7 @@ from arq import Retry
 from arq.cron import cron
 from arq.worker import Worker, func
 from loguru import logger
+from redis.exceptions import RedisError
 
 from generation.execution import RetryLater, RetryPolicy, execute
 from generation.services import Services
@@ -45,7 +46,10 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     provider = model.provider if model is not None else "unknown"
     limiter = _limiter(ctx, settings)
     if not GenerationStatus(generation.status).is_final:
-        refusal = await limiter.acquire(generation.id, generation.user_id, provider)
+        try:
+            refusal = await limiter.acquire(generation.id, generation.user_id, provider)
+        except RedisError as error:  # Redis went away under this job: come back when it may be back
+            raise Retry(defer=2) from error
         if refusal is not None:
             logger.bind(generation=generation.id, plan="A").debug("waits its turn: {} is full", refusal.limit)
             raise Retry(defer=refusal.retry_in)
@@ -67,7 +71,10 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
         raise Retry(defer=retry.delay) from retry.cause  # still in flight: it keeps its slots
     settled = await get_generation(services.db, generation_id)
     if settled is not None and GenerationStatus(settled.status).is_final:
-        await limiter.release(generation.id, generation.user_id, provider)
+        try:
+            await limiter.release(generation.id, generation.user_id, provider)
+        except RedisError as error:  # the slots expire on their own; the generation is settled
+            logger.bind(generation=generation.id).warning("could not free its slots: {!r}", error)
     return result.value
 
 
@@ -159,6 +166,11 @@ async def run_supervised(
             logger.warning(
                 "arq worker stopped ({}); starting it again in {:.0f}s", type(error).__name__, restart_delay
             )
+            # Jobs in flight need the database and the providers, not Redis: let them settle rather
+            # than cancel them halfway (a cancelled one waits for its lease to expire to be resumed).
+            running = [task for task in worker.tasks.values() if not task.done()]
+            if running:
+                await asyncio.wait(running, timeout=settings.job_timeout)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(worker.close(), timeout=restart_delay)

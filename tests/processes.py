@@ -43,18 +43,36 @@ def environment(telegram: FakeTelegram, replicate: FakeReplicate, **extra: str) 
 Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
 
 
+# Where each started process logs: a file, not a pipe (a pipe nobody reads fills up and then blocks
+# the process on its next log line).
+LOG_FILES: dict[int, Path] = {}
+
+
 async def start_process(command: str, env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        AIBOT, command, env=env, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+    log_file = cwd / f"{command}-{len(LOG_FILES)}.log"
+    with log_file.open("wb") as output:
+        process = await asyncio.create_subprocess_exec(
+            AIBOT, command, env=env, cwd=cwd, stdout=output, stderr=asyncio.subprocess.STDOUT
+        )
+    LOG_FILES[process.pid] = log_file
+    return process
+
+
+def logs_of(process: asyncio.subprocess.Process) -> str:
+    return LOG_FILES[process.pid].read_text(errors="replace")
 
 
 async def stop(process: asyncio.subprocess.Process) -> str:
     """SIGTERM, then the process must exit cleanly on its own; answers everything it logged."""
     process.send_signal(signal.SIGTERM)
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=30)
-    assert process.returncode == 0, output.decode()
-    return output.decode()
+    try:
+        await asyncio.wait_for(process.wait(), timeout=30)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError("did not stop within 30 s of SIGTERM:\n" + logs_of(process)[-4000:]) from None
+    assert process.returncode == 0, logs_of(process)[-4000:]
+    return logs_of(process)
 
 
 async def wait_healthy(port: int, process: asyncio.subprocess.Process) -> dict[str, object]:

@@ -15,7 +15,7 @@ from tests.conftest import AppFactory, wait_until
 from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of
 from tests.fakes.replicate import FakeReplicate, Outcome
 from tests.fakes.telegram import FakeTelegram
-from tests.processes import Spawn, environment
+from tests.processes import Spawn, environment, logs_of
 
 pytestmark = pytest.mark.slow
 
@@ -91,8 +91,8 @@ async def test_a_worker_killed_at_any_point_leaves_one_prediction_one_charge_one
         await chat.reply("Charged 2 ⭐. Balance: 8 ⭐", timeout=60)
     except AssertionError:
         second.kill()
-        output, _ = await second.communicate()
-        raise AssertionError(output.decode()[-4000:]) from None
+        await second.wait()
+        raise AssertionError(logs_of(second)[-4000:]) from None
     [generation] = await all_settled(app, 1)
     assert (generation.plan, generation.status) == ("A", "done")
     assert replicate.create_count() == 1

@@ -19,7 +19,7 @@ from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generat
 from tests.fakes.replicate import FakeReplicate
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.fakes.telegram import FakeTelegram
-from tests.processes import Spawn, environment, stop, wait_healthy
+from tests.processes import Spawn, environment, logs_of, stop, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -67,8 +67,8 @@ async def test_aibot_worker_runs_plan_a_jobs_alone(
         await chat.reply("Charged 1 ⭐. Balance: 9 ⭐", timeout=30)
     except AssertionError:
         worker.kill()
-        output, _ = await worker.communicate()
-        raise AssertionError(output.decode()[-3000:]) from None
+        await worker.wait()
+        raise AssertionError(logs_of(worker)[-3000:]) from None
     [generation] = await all_settled(app, 1)
     assert (generation.plan, generation.status, generation.attempts) == ("A", "done", 1)
     assert await balance_and_ledger_sum(app) == (9, 9)
