@@ -66,6 +66,7 @@ class RetryLater(Exception):
 class Result(StrEnum):
     done = "done"
     failed = "failed"
+    canceled = "canceled"  # the user cancelled it while it ran; the cancellation settled it
     not_claimed = "not_claimed"  # someone else runs it, it is on the other plan, or it is finished
 
 
@@ -182,13 +183,17 @@ async def _run_claimed(
             log.warning("try failed ({} of {}), retrying in {:.1f}s: {}", failures, max_tries, delay, error)
             await release_generation(db, generation.id, owner, failed=True)
             raise RetryLater(delay, error) from error
+        if not await settle_failure(services, generation, user, steps, error):
+            log.info("canceled while it ran ({})", type(error).__name__)
+            return Result.canceled
         if isinstance(error, StepError):
             log.warning("failed for good: {}", error)
         else:
             log.exception("failed for good on an unexpected error")
-        await settle_failure(services, generation, user, steps, error)
         return Result.failed
-    await settle_success(services, generation, user, steps, delivered)
+    if not await settle_success(services, generation, user, steps, delivered):
+        log.info("canceled while it ran")
+        return Result.canceled
     log.info("done: {} unit(s) delivered", delivered.units)
     return Result.done
 
@@ -216,9 +221,11 @@ async def _show_working(context: PipelineContext) -> None:
 
 async def settle_success(
     services: Services, generation: Generation, user: User, steps: StepJournal, delivered: Delivered
-) -> None:
+) -> bool:
+    """Charge what was delivered, refund the rest, tell the user; False when it was cancelled meanwhile
+    (the cancellation refunded and told the user)."""
     if await _canceled(services, generation.id):
-        return  # the cancellation refunded and told the user
+        return False
     delivered_price = min(generation.price, delivered.units * generation.unit_price)
     refund = generation.price - delivered_price
     balance = await _refund(services, generation, refund)
@@ -236,13 +243,15 @@ async def settle_success(
         message = text("done", user.language, price=delivered_price, balance=balance)
     await _tell_user(services, generation, steps, "notify_done", message)
     await _finish(services, generation, GenerationStatus.done, refund, result=delivered.result)
+    return True
 
 
 async def settle_failure(
     services: Services, generation: Generation, user: User, steps: StepJournal, error: BaseException
-) -> None:
+) -> bool:
+    """Refund what was not delivered and tell the user why; False when it was cancelled meanwhile."""
     if await _canceled(services, generation.id):
-        return
+        return False
     delivered_message_ids = await steps.saved("deliver")
     delivered_units = len(delivered_message_ids) if isinstance(delivered_message_ids, list) else 0
     refund = generation.price - min(generation.price, delivered_units * generation.unit_price)
@@ -251,6 +260,7 @@ async def settle_failure(
     message = text(reason, user.language, refund=refund, balance=balance)
     await _tell_user(services, generation, steps, "notify_failed", message)
     await _finish(services, generation, GenerationStatus.failed, refund, error=_public_error(error))
+    return True
 
 
 async def _canceled(services: Services, generation_id: str) -> bool:
