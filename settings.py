@@ -166,6 +166,11 @@ class Settings(BaseSettings):
         return next(iter(self.bot_tokens), None)
 
     @property
+    def provider_limits(self) -> dict[str, int]:
+        """Generations in flight per provider, for both plans' limiters."""
+        return {"replicate": self.limit_replicate, "elevenlabs": self.limit_elevenlabs}
+
+    @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 

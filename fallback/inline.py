@@ -93,12 +93,12 @@ class InlineRunner:
         if generation is None:
             yield
             return
-        model = self.services.catalog.get(generation.model)
-        provider = model.provider if model is not None else "unknown"
-        per_provider = {"replicate": settings.limit_replicate, "elevenlabs": settings.limit_elevenlabs}
+        provider = self.services.catalog.provider_of(generation.model)
         async with (
             self.limits.hold(f"user:{generation.user_id}", settings.limit_per_user),
-            self.limits.hold(f"provider:{provider}", per_provider.get(provider, settings.limit_overall)),
+            self.limits.hold(
+                f"provider:{provider}", settings.provider_limits.get(provider, settings.limit_overall)
+            ),
             self.limits.hold("overall", settings.limit_overall),
         ):
             yield

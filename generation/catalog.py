@@ -75,6 +75,11 @@ class Catalog:
     def get(self, model_id: str) -> CatalogModel | None:
         return self.models.get(model_id)
 
+    def provider_of(self, model_id: str) -> str:
+        """The provider a generation of this model calls ("unknown" for a model since removed)."""
+        model = self.models.get(model_id)
+        return model.provider if model is not None else "unknown"
+
     def for_kind(self, kind: Kind) -> list[CatalogModel]:
         return [model for model in self.models.values() if model.kind is kind]
 

@@ -172,22 +172,15 @@ def validate_request(
         problems.append(Problem("model", "unknown_model", {"model": request.model, "available": available}))
         raise InvalidRequest(problems)
 
-    prompt = getattr(request, "prompt", None)
-    if prompt is not None:
-        if not prompt:
-            problems.append(Problem("prompt", "prompt_empty"))
-        elif len(prompt) > model.max_prompt:
-            problems.append(
-                Problem("prompt", "prompt_too_long", {"limit": model.max_prompt, "length": len(prompt)})
-            )
-    spoken = getattr(request, "text", None)
-    if spoken is not None:
-        if not spoken:
-            problems.append(Problem("text", "text_empty"))
-        elif len(spoken) > model.max_text:
-            problems.append(
-                Problem("text", "text_too_long", {"limit": model.max_text, "length": len(spoken)})
-            )
+    # A prompt, or a text to speak: present, and within the model's own limit.
+    for field, limit in (("prompt", model.max_prompt), ("text", model.max_text)):
+        value = getattr(request, field, None)
+        if value is None:
+            continue
+        if not value:
+            problems.append(Problem(field, f"{field}_empty"))
+        elif len(value) > limit:
+            problems.append(Problem(field, f"{field}_too_long", {"limit": limit, "length": len(value)}))
     if isinstance(request, TextToImageRequest):
         if not 1 <= request.num_images <= MAX_IMAGES:
             problems.append(Problem("num_images", "num_images", {"max": MAX_IMAGES}))

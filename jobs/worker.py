@@ -42,8 +42,7 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     if generation.plan != Plan.A:
         # Its enqueue looked failed, so it moved to Plan B, yet the job reached Redis: not ours.
         return "on Plan B"
-    model = services.catalog.get(generation.model)
-    provider = model.provider if model is not None else "unknown"
+    provider = services.catalog.provider_of(generation.model)
     limiter = _limiter(ctx, settings)
     if not GenerationStatus(generation.status).is_final:
         try:
@@ -84,7 +83,7 @@ def _limiter(ctx: dict[str, Any], settings: Settings) -> ConcurrencyLimiter:
     if limiter is None:
         limits = Limits(
             per_user=settings.limit_per_user,
-            per_provider={"replicate": settings.limit_replicate, "elevenlabs": settings.limit_elevenlabs},
+            per_provider=settings.provider_limits,
             overall=settings.limit_overall,
             creates_per_minute={"replicate": settings.replicate_creates_per_minute},
         )
