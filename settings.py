@@ -96,6 +96,28 @@ class Settings(BaseSettings):
     job_wait_budget: float = Field(default=30.0, gt=0)
     long_wait_poll: float = Field(default=15.0, gt=0)
 
+    # Payments in Telegram Stars: the texts /paysupport and /terms answer (Telegram requires both of a
+    # bot that sells for Stars). The packages and their prices live in the catalogue.
+    paysupport_text: str = Field(
+        default="For help with a payment, write to the bot's operator; a refund is possible for "
+        "stars you have not spent. Quote the payment id from /balance.",
+        min_length=1,
+        max_length=4000,
+    )
+    terms_text: str = Field(
+        default="Stars buy AI generations in this bot. A generation that fails or is cancelled is "
+        "refunded in stars. Unspent stars may be refunded on request through /paysupport.",
+        min_length=1,
+        max_length=4000,
+    )
+    # Anti-flood at the door: at most this many requests per user in FLOOD_WINDOW seconds; more are
+    # answered "slow down" before anything is charged or called.
+    flood_limit: int = Field(default=20, ge=1)
+    flood_window: float = Field(default=60.0, gt=0)
+    # The fewest seconds between two edits of one chat's status message (Telegram allows about one
+    # message a second per chat; edits beyond that earn a 429).
+    progress_edit_interval: float = Field(default=3.0, ge=0)
+
     @field_validator("bot_tokens", mode="before")
     @classmethod
     def _parse_bot_tokens(cls, value: Any) -> Any:

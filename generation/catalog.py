@@ -64,9 +64,19 @@ class CatalogModel:
         return built
 
 
+@dataclass(frozen=True)
+class TopUpPackage:
+    """Stars a user can buy: `stars` reach the balance, `price` is paid in Telegram Stars (XTR)."""
+
+    id: str
+    stars: int
+    price: int
+
+
 class Catalog:
-    def __init__(self, models: list[CatalogModel]) -> None:
+    def __init__(self, models: list[CatalogModel], packages: list[TopUpPackage] | None = None) -> None:
         self.models = {model.id: model for model in models}
+        self.packages = {package.id: package for package in packages or []}
         for kind in Kind:
             defaults = [model.id for model in models if model.kind is kind and model.default]
             if len(defaults) > 1:
@@ -79,6 +89,9 @@ class Catalog:
         """The provider a generation of this model calls ("unknown" for a model since removed)."""
         model = self.models.get(model_id)
         return model.provider if model is not None else "unknown"
+
+    def package(self, package_id: str) -> TopUpPackage | None:
+        return self.packages.get(package_id)
 
     def for_kind(self, kind: Kind) -> list[CatalogModel]:
         return [model for model in self.models.values() if model.kind is kind]
@@ -128,7 +141,21 @@ class Catalog:
                     extra={key: value for key, value in entry.items() if key not in known},
                 )
             )
-        return cls(models)
+        return cls(models, _packages(data.get("packages", {})))
+
+
+def _packages(entries: dict[str, Any]) -> list[TopUpPackage]:
+    packages = []
+    for package_id, entry in entries.items():
+        try:
+            package = TopUpPackage(id=package_id, stars=int(entry["stars"]), price=int(entry["price"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"catalogue: package {package_id!r} is incomplete or wrong: {error}") from None
+        # Telegram takes 1 to 10,000 Stars for one invoice.
+        if package.stars <= 0 or not 1 <= package.price <= 10000 or len(package_id) > 64:
+            raise ValueError(f"catalogue: package {package_id!r} needs stars > 0 and a price of 1-10000")
+        packages.append(package)
+    return packages
 
 
 @lru_cache(maxsize=1)

@@ -70,6 +70,8 @@ class User(Base):
     # UPDATE can refuse a charge that would make it negative.
     balance: Mapped[int] = mapped_column(BigInteger, default=0)
     image_model: Mapped[str | None] = mapped_column(String(128))
+    # The model the user chose for each other kind that has several: {"text_to_video": "minimax-t2v"}.
+    model_choices: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The user's cloned voice at ElevenLabs (voice_avatar); replaced, and the old one deleted, on re-cloning.
     voice_id: Mapped[str | None] = mapped_column(String(64))
     # The user's trained LoRA (model_training): "owner/name:version" and the word that triggers it.
@@ -153,6 +155,50 @@ class RuntimeFlag(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class OrderStatus(StrEnum):
+    pending = "pending"  # invoice sent, not paid yet
+    paid = "paid"  # Telegram confirmed the payment; the stars are credited
+    refunding = "refunding"  # an admin's refund is under way at Telegram
+    refunded = "refunded"  # Telegram returned the Stars; the stars are debited
+
+
+class Order(Base):
+    """A top-up with Telegram Stars: written before its invoice is sent (its id is the invoice's payload,
+    random and unguessable), checked at pre-checkout, credited once by Telegram's charge id."""
+
+    __tablename__ = "orders"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    bot_name: Mapped[str] = mapped_column(String(64))
+    telegram_id: Mapped[int] = mapped_column(BigInteger)
+    package: Mapped[str] = mapped_column(String(64))
+    stars: Mapped[int] = mapped_column(Integer)  # what the balance gets
+    amount: Mapped[int] = mapped_column(Integer)  # what the user pays, in Telegram Stars (XTR)
+    status: Mapped[str] = mapped_column(String(16), default=OrderStatus.pending)
+    charge_id: Mapped[str | None] = mapped_column(String(128), unique=True)
+    # The user was told of the credit: a payment update redelivered after a crash tells them once.
+    notified: Mapped[bool] = mapped_column(default=False)
+    refunded_stars: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    paid_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    refunded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ConversationState(Base):
+    """aiogram's FSM state (a pending /voice or /train) in the database: it survives a restart, is
+    shared by every process, and needs no Redis (Plan B keeps working)."""
+
+    __tablename__ = "conversation_states"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    state: Mapped[str | None] = mapped_column(String(128))
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 TEXTS_DIR = Path(__file__).with_name("texts")
+PLURALS_PATH = Path(__file__).with_name("plurals.toml")
 LANGUAGES = ("en", "ru")
+# How many plural forms each language has (the order of forms in plurals.toml).
+PLURAL_FORMS = {"en": 2, "ru": 3}
 
 
 @lru_cache(maxsize=1)
@@ -26,6 +29,32 @@ def text(key: str, language: str, /, **fields: Any) -> str:
     entry = _texts()[key]
     template = entry.get(language) or entry["en"]
     return template.format(**fields)
+
+
+@lru_cache(maxsize=1)
+def plural_nouns() -> dict[str, dict[str, list[str]]]:
+    loaded: dict[str, dict[str, list[str]]] = tomllib.loads(PLURALS_PATH.read_text(encoding="utf-8"))
+    return loaded
+
+
+def plural_form(count: int, language: str) -> int:
+    """Which of a language's plural forms a number takes (CLDR's rules for integers)."""
+    count = abs(count)
+    if language == "ru":
+        if count % 10 == 1 and count % 100 != 11:
+            return 0  # one: 1, 21, 101
+        if 2 <= count % 10 <= 4 and not 12 <= count % 100 <= 14:
+            return 1  # few: 2-4, 22-24
+        return 2  # many: 0, 5-20, 11-14, 25-30
+    return 0 if count == 1 else 1
+
+
+def count_of(count: int, noun: str, language: str) -> str:
+    """A number with its noun in the right form: "1 image", "3 images", "5 изображений"."""
+    forms = plural_nouns()[noun]
+    chosen = forms.get(language) or forms["en"]
+    form = plural_form(count, language if language in forms else "en")
+    return f"{count} {chosen[form]}"
 
 
 def language_from_code(language_code: str | None) -> str:
