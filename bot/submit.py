@@ -11,13 +11,13 @@ from typing import Any
 from aiogram.types import Message
 from loguru import logger
 
+from bot.keyboards import answer_insufficient_balance
 from generation.catalog import Kind
 from generation.dispatcher import Dispatcher, Submission
 from generation.ledger import InsufficientBalance
 from generation.requests import InvalidRequest, validate_request
 from generation.services import Services
 from generation.store import User
-from generation.texts import text
 
 
 def telegram_request_key(bot_name: str, message: Message) -> str:
@@ -58,9 +58,7 @@ class Requester:
             await message.answer("\n".join(problem.message(lang) for problem in invalid.problems))
             return None
         except InsufficientBalance as error:
-            await message.answer(
-                text("insufficient_balance", lang, needed=error.needed, balance=error.balance)
-            )
+            await answer_insufficient_balance(message, lang, needed=error.needed, balance=error.balance)
             return None
         if not submission.created:
             # A repeated update: the first delivery already started it; say nothing more (SPEC §4.2).

@@ -13,6 +13,7 @@ from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import Message
 
+from bot.keyboards import answer_insufficient_balance
 from bot.routers.image import parse_image_arguments
 from bot.submit import Requester
 from generation.archives import MEGABYTE, TRAINING_ARCHIVE
@@ -47,7 +48,7 @@ async def _cannot_afford(message: Message, user: User, lang: str, services: Serv
     model = services.catalog.default_for(Kind.model_training)
     if model is None or user.balance >= model.price:
         return False
-    await message.answer(text("insufficient_balance", lang, needed=model.price, balance=user.balance))
+    await answer_insufficient_balance(message, lang, needed=model.price, balance=user.balance)
     return True
 
 
