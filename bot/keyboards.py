@@ -6,9 +6,11 @@ from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, Message
 
 from generation.texts import count_of, text
 
-# Callback data of the "Top up" button; bot/routers/payments.py answers it with the packages, and
-# "buy:<package>" with that package's invoice.
+# Callback data of the "Top up" button; bot/routers/payments.py answers it with the packages,
+# "buy-missing:<stars>" with the packages and how many stars are missing, and "buy:<package>" with that
+# package's invoice.
 BUY_CALLBACK = "buy"
+BUY_MISSING_CALLBACK = "buy-missing:"
 BUY_PACKAGE_CALLBACK = "buy:"
 
 
@@ -16,14 +18,23 @@ def topup_button(lang: str) -> InlineKeyboardButton:
     return InlineKeyboardButton(text=text("topup_button", lang), callback_data=BUY_CALLBACK)
 
 
-def topup_keyboard(lang: str) -> InlineKeyboardMarkup:
-    return InlineKeyboardMarkup(inline_keyboard=[[topup_button(lang)]])
+def topup_keyboard(lang: str, missing: int = 0) -> InlineKeyboardMarkup:
+    button = topup_button(lang)
+    if missing > 0:
+        button = InlineKeyboardButton(text=button.text, callback_data=f"{BUY_MISSING_CALLBACK}{missing}")
+    return InlineKeyboardMarkup(inline_keyboard=[[button]])
 
 
 async def answer_insufficient_balance(message: Message, lang: str, *, needed: int, balance: int) -> None:
     """'Not enough stars', how many are missing, and a way forward: the Top up button."""
-    missing = count_of(max(needed - balance, 0), "star", lang)
+    missing = max(needed - balance, 0)
     await message.answer(
-        text("insufficient_balance", lang, needed=needed, balance=balance, missing=missing),
-        reply_markup=topup_keyboard(lang),
+        text(
+            "insufficient_balance",
+            lang,
+            needed=needed,
+            balance=balance,
+            missing=count_of(missing, "star", lang),
+        ),
+        reply_markup=topup_keyboard(lang, missing),
     )

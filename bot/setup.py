@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiogram import Bot, Dispatcher
 from aiogram.types import BotCommand
 
+from bot.conversation_storage import DatabaseStorage
 from bot.middlewares import UserMiddleware
-from bot.routers import cancel, image, lora, speech, start, unknown, video
+from bot.routers import cancel, image, lora, payments, speech, start, unknown, video
 from bot.routers.admin import build_admin_router
 from generation.dispatcher import Dispatcher as GenerationDispatcher
 from generation.services import Services
@@ -23,9 +24,12 @@ MENU = {
         ("train", "Train your own model"),
         ("photo", "Photos from your model"),
         ("balance", "Balance and operations"),
+        ("buy", "Top up with Telegram Stars"),
         ("cancel", "Stop and get the stars back"),
         ("lang", "Switch language"),
         ("help", "Commands and prices"),
+        ("paysupport", "Help with a payment"),
+        ("terms", "Terms of payment"),
     ],
     "ru": [
         ("image", "Изображения по запросу"),
@@ -37,9 +41,12 @@ MENU = {
         ("train", "Обучить свою модель"),
         ("photo", "Фото от вашей модели"),
         ("balance", "Баланс и операции"),
+        ("buy", "Пополнить звёздами Telegram"),
         ("cancel", "Остановить и вернуть звёзды"),
         ("lang", "Сменить язык"),
         ("help", "Команды и цены"),
+        ("paysupport", "Помощь с оплатой"),
+        ("terms", "Условия оплаты"),
     ],
 }
 
@@ -47,12 +54,17 @@ MENU = {
 def build_bot_dispatcher(
     services: Services, generations: GenerationDispatcher, bots: dict[str, Bot]
 ) -> Dispatcher:
-    dispatcher = Dispatcher(services=services, generations=generations)
+    # Conversation state lives in the database: it survives restarts and is shared by every process.
+    dispatcher = Dispatcher(
+        storage=DatabaseStorage(services.db), services=services, generations=generations, bots=bots
+    )
     middleware = UserMiddleware(services, {bot.id: name for name, bot in bots.items()})
     dispatcher.message.outer_middleware(middleware)
     dispatcher.callback_query.outer_middleware(middleware)
+    dispatcher.pre_checkout_query.outer_middleware(middleware)
     dispatcher.message.outer_middleware(speech.EndRecordingWaitOnCommand())
     dispatcher.include_routers(
+        payments.build_router(),
         start.build_router(),
         cancel.build_router(),
         image.build_router(),
@@ -60,6 +72,7 @@ def build_bot_dispatcher(
         speech.build_router(),
         lora.build_router(),
         build_admin_router(services.settings.admin_ids),
+        payments.build_refund_router(services.settings.admin_ids),
         unknown.build_router(),
     )
     return dispatcher

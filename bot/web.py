@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import uuid
+from datetime import datetime
 from typing import Any
 
 from aiogram import Bot
@@ -14,6 +16,7 @@ from aiogram.types import Update
 from aiohttp import web
 from loguru import logger
 
+from generation import ledger, payments
 from generation.callbacks import take_job_result
 from generation.catalog import Kind
 from generation.dispatcher import Dispatcher
@@ -22,6 +25,7 @@ from generation.registry import CHECKERS, PIPELINES
 from generation.requests import InvalidRequest, Problem, validate_request
 from generation.services import Services
 from generation.store import Generation, find_by_request_key, get_generation
+from generation.users import find_user
 from providers.replicate import verify_webhook
 
 SERVICES = web.AppKey("services", Services)
@@ -50,6 +54,7 @@ def build_web_app(
         app[BOT_DISPATCHER] = bot_dispatcher
     app.router.add_post("/api/generation/{kind}", create_generation)
     app.router.add_get("/api/generations/{id}", read_generation)
+    app.router.add_get("/api/users/{bot_name}/{telegram_id}", read_user)
     app.router.add_post("/webhooks/telegram/{bot_name}", telegram_webhook)
     app.router.add_post("/webhooks/replicate", replicate_webhook)
     app.router.add_get("/healthz", health)
@@ -128,6 +133,67 @@ async def read_generation(request: web.Request) -> web.Response:
     if generation is None:
         return _error(404, "no such generation")
     return web.json_response(describe(generation))
+
+
+# Telegram user ids are positive and fit in 52 bits; anything else names no user.
+TELEGRAM_ID_SHAPE = re.compile(r"^[1-9][0-9]{0,15}$")
+
+
+async def read_user(request: web.Request) -> web.Response:
+    """For operators: one user of one bot, with the balance, the recent ledger lines and orders."""
+    if (denied := _check_bearer(request)) is not None:
+        return denied
+    raw_id = request.match_info["telegram_id"]
+    if not TELEGRAM_ID_SHAPE.match(raw_id):
+        return _problems([Problem("telegram_id", "invalid", {"detail": "a positive Telegram user id"})])
+    services = request.app[SERVICES]
+    async with services.db.sessions() as session:
+        user = await find_user(session, request.match_info["bot_name"], int(raw_id))
+        if user is None:
+            return _error(404, "no such user of this bot")
+        entries = await ledger.recent_entries(session, user.id, limit=20)
+    orders = await payments.orders_of(services.db, user.id, limit=20)
+    return web.json_response(
+        {
+            "bot_name": user.bot_name,
+            "telegram_id": user.telegram_id,
+            "username": user.username,
+            "language": user.language,
+            "balance": user.balance,
+            "created_at": _iso(user.created_at),
+            "ledger": [
+                {
+                    "operation": entry.operation_key,
+                    "amount": entry.amount,
+                    "balance_after": entry.balance_after,
+                    "generation_id": entry.generation_id,
+                    "note": entry.note,
+                    "created_at": _iso(entry.created_at),
+                }
+                for entry in entries
+            ],
+            "orders": [
+                {
+                    "id": order.id,
+                    "package": order.package,
+                    "stars": order.stars,
+                    "amount": order.amount,
+                    "currency": payments.CURRENCY,
+                    "status": order.status,
+                    "charge_id": order.charge_id,
+                    "refunded_stars": order.refunded_stars,
+                    "created_at": _iso(order.created_at),
+                    "paid_at": _iso(order.paid_at),
+                    "refunded_at": _iso(order.refunded_at),
+                }
+                for order in orders
+            ],
+        }
+    )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
 
 
 def describe(generation: Generation) -> dict[str, Any]:
