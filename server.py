@@ -12,6 +12,7 @@ from aiogram import Dispatcher as BotDispatcher
 from aiohttp import web
 from loguru import logger
 
+from bot.payment_reconciler import reconcile_forever
 from bot.setup import build_bot_dispatcher, publish_menus
 from bot.web import build_web_app
 from container import build_bots, build_services, close_services
@@ -59,6 +60,13 @@ class App:
         if resumed:
             logger.info("resumed {} interrupted Plan B generation(s)", len(resumed))
         self._tasks.append(asyncio.create_task(self._resume_plan_b_orphans(), name="plan-b-reconciler"))
+        if self.bots:
+            self._tasks.append(
+                asyncio.create_task(
+                    reconcile_forever(services, self.bots, settings.payment_reconcile_every),
+                    name="payment-reconciler",
+                )
+            )
         mode, source = await self.generations.mode()
         logger.info("aibot running: plan mode {} (from {}), {} bot(s)", mode.value, source, len(self.bots))
 

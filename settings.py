@@ -110,6 +110,9 @@ class Settings(BaseSettings):
         min_length=1,
         max_length=4000,
     )
+    # Seconds between two reads of each bot's Star transactions, to credit a payment whose update was
+    # lost (a crash) and announce credits that were never announced.
+    payment_reconcile_every: float = Field(default=300.0, gt=0)
     # Anti-flood at the door: at most this many requests per user in FLOOD_WINDOW seconds; more are
     # answered "slow down" before anything is charged or called.
     flood_limit: int = Field(default=20, ge=1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import func, select, update
@@ -18,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from generation import ledger
 from generation.catalog import TopUpPackage
 from generation.ledger import InsufficientBalance
-from generation.store import Database, LedgerEntry, Order, OrderStatus, User
+from generation.store import Database, LedgerEntry, Order, OrderStatus, RuntimeFlag, User
 
 CURRENCY = "XTR"  # Telegram Stars; invoices in Stars carry an empty provider token
 
@@ -242,3 +243,47 @@ async def orders_of(db: Database, user_id: int, limit: int = 10) -> list[Order]:
             .limit(limit)
         )
         return list(rows)
+
+
+async def unnotified_payments(
+    db: Database, bot_name: str, older_than: float = 60.0
+) -> list[tuple[Order, int, str]]:
+    """Paid orders whose user was never told (a crash between the credit and the reply): each with the
+    user's balance and language, for the reconciler to tell them. Only those paid `older_than` seconds
+    ago: a fresher one's handler is still about to tell the user itself."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than)
+    async with db.sessions() as session:
+        rows = await session.execute(
+            select(Order, User.balance, User.language)
+            .join(User, User.id == Order.user_id)
+            .where(
+                Order.bot_name == bot_name,
+                Order.status == OrderStatus.paid,
+                Order.notified.is_(False),
+                Order.paid_at < cutoff,
+            )
+            .limit(100)
+        )
+        return [(order, int(balance), language) for order, balance, language in rows]
+
+
+async def scanned_transactions(db: Database, bot_name: str) -> int:
+    """How many of the bot's Star transactions (oldest first) the reconciler has already looked at."""
+    async with db.sessions() as session:
+        value = await session.scalar(
+            select(RuntimeFlag.value).where(RuntimeFlag.key == _scanned_flag(bot_name))
+        )
+    return int(value) if value is not None and value.isdigit() else 0
+
+
+async def store_scanned_transactions(db: Database, bot_name: str, count: int) -> None:
+    async with db.transaction() as session:
+        flag = await session.get(RuntimeFlag, _scanned_flag(bot_name), with_for_update=True)
+        if flag is None:
+            session.add(RuntimeFlag(key=_scanned_flag(bot_name), value=str(count)))
+        elif int(flag.value) < count:
+            flag.value = str(count)
+
+
+def _scanned_flag(bot_name: str) -> str:
+    return f"stars_scanned:{bot_name}"[:64]

@@ -32,6 +32,25 @@ Deliberate choices worth knowing:
   different bots collide (dedupe must key on the bot too).
 * Editing text without ``reply_markup`` removes the inline keyboard; an edit that changes
   nothing answers 400 "message is not modified", as Telegram does.
+
+Telegram Stars payments (``sendInvoice``, ``answerPreCheckoutQuery``, ``refundStarPayment``):
+
+* The user's side is played by :meth:`FakeTelegram.pay` (tap Pay on an invoice: pre_checkout_query,
+  wait for the bot's answer, then a ``successful_payment`` message) and
+  :meth:`FakeTelegram.push_pre_checkout` (a forged or stale pre-checkout for any payload/amount).
+* Error texts follow the Bot API server: missing parameters answer 'parameter "x" is required',
+  a zero total answers "total price must be positive" (checked by TDLib before Telegram's servers
+  see it), an unknown, expired (over 10 s) or already answered pre-checkout query answers "query is
+  too old and response timeout expired or query ID is invalid" (the Bot API's rewording of
+  QUERY_ID_INVALID). Telegram's own codes are kept where the servers decide: PAYMENT_PROVIDER_INVALID
+  (XTR with a provider token, or another currency without one), STARS_INVOICE_INVALID (XTR with
+  several prices or with tips), CURRENCY_TOTAL_AMOUNT_INVALID (over :data:`MAX_STARS_AMOUNT` stars),
+  INVOICE_PAYLOAD_INVALID (over 128 bytes), CHARGE_NOT_FOUND, CHARGE_ALREADY_REFUNDED. The codes for
+  a title over 32 or a description over 255 characters (INVOICE_TITLE_INVALID,
+  INVOICE_DESCRIPTION_INVALID) are the fake's guesses: Telegram's texts for them are undocumented.
+* A non-empty ``reply_markup`` of an invoice must start with a Pay button (BUTTON_TYPE_INVALID
+  otherwise); without one the message carries no ``reply_markup`` (clients draw the Pay button).
+* An invoice in a private chat can be paid once (afterwards clients show a receipt instead).
 """
 
 from __future__ import annotations
@@ -47,7 +66,7 @@ import struct
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 from urllib.parse import urlsplit
 
@@ -55,7 +74,7 @@ from aiohttp import web
 
 JSON = dict[str, Any]
 
-__all__ = ["CHAT_METHODS", "Call", "FakeTelegram"]
+__all__ = ["CHAT_METHODS", "Call", "Charge", "FakeTelegram", "Invoice", "Payment"]
 
 CHAT_METHODS: Final[frozenset[str]] = frozenset(
     {
@@ -69,6 +88,7 @@ CHAT_METHODS: Final[frozenset[str]] = frozenset(
         "sendAnimation",
         "editMessageText",
         "editMessageCaption",
+        "sendInvoice",
     }
 )
 
@@ -78,6 +98,15 @@ MAX_UPLOAD: Final = 50 * 1024 * 1024
 MAX_PHOTO: Final = 10 * 1024 * 1024
 MAX_DOWNLOAD: Final = 20 * 1024 * 1024
 FIRST_UPDATE_ID: Final = 700_000_000
+MAX_INVOICE_TITLE: Final = 32
+MAX_INVOICE_DESCRIPTION: Final = 255
+MAX_INVOICE_PAYLOAD: Final = 128
+MAX_STARS_AMOUNT: Final = 10_000
+"""Largest price of one Stars invoice Telegram accepts (more answers CURRENCY_TOTAL_AMOUNT_INVALID)."""
+MAX_CURRENCY_AMOUNT: Final = 9_999_9999_9999
+PRE_CHECKOUT_TIMEOUT: Final = 10.0
+"""Seconds a bot has to answer a pre_checkout_query before Telegram drops it."""
+STARS: Final = "XTR"
 
 # Form fields Telegram reads as strings even when they look like JSON numbers or booleans.
 _STRING_PARAMS: Final[frozenset[str]] = frozenset(
@@ -132,6 +161,24 @@ _STRING_PARAMS: Final[frozenset[str]] = frozenset(
         "next_offset",
         "cache_time_text",
     }
+)
+
+# Parameters FakeTelegram.summary() shows for each call.
+_SUMMARY_PARAMS: Final = (
+    "chat_id",
+    "text",
+    "caption",
+    "message_id",
+    "data",
+    "offset",
+    "media",
+    "payload",
+    "prices",
+    "pre_checkout_query_id",
+    "ok",
+    "error_message",
+    "user_id",
+    "telegram_payment_charge_id",
 )
 
 _DEFAULT_UPDATE_TYPES: Final[frozenset[str]] = frozenset(
@@ -253,6 +300,63 @@ class Call:
         return self.files.get(param)
 
 
+@dataclass(frozen=True)
+class Invoice:
+    """An invoice a bot sent (``sendInvoice``)."""
+
+    token: str
+    chat_id: int
+    message_id: int
+    title: str
+    description: str
+    payload: str
+    currency: str
+    total_amount: int
+    start_parameter: str
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A payment Telegram made to a bot (what ``refundStarPayment`` looks up)."""
+
+    token: str
+    user_id: int
+    charge_id: str
+    """``telegram_payment_charge_id``."""
+    provider_charge_id: str
+    payload: str
+    currency: str
+    total_amount: int
+    refunded: bool = False
+
+
+@dataclass(frozen=True)
+class Payment:
+    """What came of :meth:`FakeTelegram.pay`."""
+
+    ok: bool
+    """The bot answered the pre_checkout_query with ok=true and the user was charged."""
+    error_message: str | None
+    """The bot's error_message when it refused the payment."""
+    query_id: str
+    charge_id: str | None = None
+    """``telegram_payment_charge_id`` of the charge, None when nothing was paid."""
+    provider_charge_id: str | None = None
+    update: JSON | None = None
+    """The update with the ``successful_payment`` message (push it again to simulate a redelivery)."""
+
+
+@dataclass
+class _PreCheckout:
+    query_id: str
+    user_id: int
+    payload: str
+    currency: str
+    total_amount: int
+    expires_at: float
+    answer: JSON | None = None
+
+
 class _ApiError(Exception):
     def __init__(self, error_code: int, description: str, parameters: JSON | None = None) -> None:
         super().__init__(description)
@@ -329,6 +433,14 @@ class _Bot:
     last_message_id: dict[int, int] = field(default_factory=dict)
     callback_queries: set[str] = field(default_factory=set)
     blocked: set[int] = field(default_factory=set)
+    invoices: dict[tuple[int, int], Invoice] = field(default_factory=dict)
+    paid_invoices: set[tuple[int, int]] = field(default_factory=set)
+    pre_checkouts: dict[str, _PreCheckout] = field(default_factory=dict)
+    charges: dict[str, Charge] = field(default_factory=dict)
+    refunds: list[tuple[int, str]] = field(default_factory=list)
+    # The bot's Star transactions, oldest first, as getStarTransactions lists them.
+    transactions: list[JSON] = field(default_factory=list)
+    next_provider_charge: int = 1
 
     @property
     def user(self) -> JSON:
@@ -995,6 +1107,10 @@ class FakeTelegram:
             "answerCallbackQuery": self._answer_callback_query,
             "getFile": self._get_file,
             "getChat": self._get_chat,
+            "sendInvoice": self._send_invoice,
+            "answerPreCheckoutQuery": self._answer_pre_checkout_query,
+            "refundStarPayment": self._refund_star_payment,
+            "getStarTransactions": self._get_star_transactions,
         }
         self._canonical = {name.lower(): name for name in self._methods}
 
@@ -1164,18 +1280,143 @@ class FakeTelegram:
         buttons = _callback_data(current)
         if data not in buttons:
             raise AssertionError(f"message {key} has no button with callback_data {data!r}; it has {buttons}")
-        user = dict(bot.users.get(user_id) or {"id": user_id, "is_bot": False, "first_name": "Test"})
-        user["language_code"] = language_code
         query_id = str(secrets.randbits(62))
         bot.callback_queries.add(query_id)
         query: JSON = {
             "id": query_id,
-            "from": user,
+            "from": self._user_of(bot, user_id, language_code),
             "message": copy.deepcopy(current),
             "chat_instance": str(-((bot.id * 1_000_003 + cid) % 10**18)),
             "data": data,
         }
         return self._enqueue(bot, {"callback_query": query})
+
+    def push_pre_checkout(
+        self,
+        token: str,
+        user_id: int,
+        *,
+        payload: str,
+        total_amount: int,
+        currency: str = STARS,
+        language_code: str = "en",
+    ) -> str:
+        """Queue a pre_checkout_query from ``user_id`` (as when the user taps Pay); returns its id.
+
+        Nothing checks that such an invoice exists: this is how a test forges a pre-checkout for a
+        payload that was never invoiced, or with another amount. The bot must answer it within
+        :data:`PRE_CHECKOUT_TIMEOUT` seconds (see :meth:`pre_checkout_answer`).
+        """
+        query_id, _ = self._push_pre_checkout(
+            self._bot(token), user_id, payload, total_amount, currency, language_code
+        )
+        return query_id
+
+    async def pre_checkout_answer(self, query_id: str, timeout: float = 10.0) -> JSON:
+        """Wait for the bot's answerPreCheckoutQuery to ``query_id``: ``{"ok", "error_message"}``."""
+        query = next(
+            (bot.pre_checkouts[query_id] for bot in self._bots.values() if query_id in bot.pre_checkouts),
+            None,
+        )
+        if query is None:
+            raise AssertionError(f"no pre_checkout_query with id {query_id!r} was pushed")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while query.answer is None:
+            changed = self._changed
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await changed.wait()
+            except TimeoutError:
+                raise AssertionError(
+                    f"pre_checkout_query {query_id} was not answered within {timeout}s; "
+                    f"calls so far:\n{self.summary()}"
+                ) from None
+        return dict(query.answer)
+
+    async def pay(
+        self,
+        token: str,
+        user_id: int,
+        invoice_message_id: int,
+        *,
+        chat_id: int | None = None,
+        language_code: str = "en",
+        timeout: float = 10.0,
+        deliver: Callable[[JSON], Awaitable[object]] | None = None,
+    ) -> Payment:
+        """Tap Pay on an invoice the bot sent to ``user_id`` (or to ``chat_id``), as Telegram runs it.
+
+        Queues the pre_checkout_query for the invoice's payload, currency and amount and waits for
+        the bot's answer. On ok=true the user is charged: a new ``telegram_payment_charge_id`` is
+        minted and recorded (refundStarPayment finds it) and a message from the user carrying
+        ``successful_payment`` is queued. On ok=false nothing is charged. ``deliver`` (for webhook
+        mode) is awaited with each queued update, e.g. to POST it to the bot's webhook.
+
+        Raises AssertionError when the invoice does not exist (or was deleted), was already paid in
+        a private chat, or when the bot does not answer within ``timeout`` seconds (the query then
+        expires, as on Telegram, and a late answer is refused).
+        """
+        bot = self._bot(token)
+        cid = user_id if chat_id is None else chat_id
+        key = (cid, invoice_message_id)
+        invoice = bot.invoices.get(key)
+        if invoice is None:
+            raise AssertionError(f"bot {bot.username} sent no invoice as message {key}")
+        if key not in bot.messages:
+            raise AssertionError(f"invoice message {key} of bot {bot.username} was deleted")
+        if cid > 0 and key in bot.paid_invoices:
+            raise AssertionError(f"invoice message {key} was already paid (Telegram shows a receipt)")
+        query_id, update = self._push_pre_checkout(
+            bot, user_id, invoice.payload, invoice.total_amount, invoice.currency, language_code
+        )
+        if deliver is not None:
+            await deliver(update)
+        try:
+            answer = await self.pre_checkout_answer(query_id, timeout=timeout)
+        except AssertionError:
+            bot.pre_checkouts[query_id].expires_at = 0.0
+            raise
+        if not answer["ok"]:
+            return Payment(ok=False, error_message=answer["error_message"], query_id=query_id)
+        charge = Charge(
+            token=token,
+            user_id=user_id,
+            charge_id="stx" + secrets.token_urlsafe(72),
+            provider_charge_id=f"{user_id}_{bot.next_provider_charge}",
+            payload=invoice.payload,
+            currency=invoice.currency,
+            total_amount=invoice.total_amount,
+        )
+        bot.next_provider_charge += 1
+        bot.charges[charge.charge_id] = charge
+        bot.transactions.append(self._star_transaction(bot, charge, "source"))
+        bot.paid_invoices.add(key)
+        message: JSON = {
+            "message_id": self._next_message_id(bot, cid),
+            "from": self._user_of(bot, user_id, language_code),
+            "chat": self._chat(bot, cid),
+            "date": int(time.time()),
+            "successful_payment": {
+                "currency": charge.currency,
+                "total_amount": charge.total_amount,
+                "invoice_payload": charge.payload,
+                "telegram_payment_charge_id": charge.charge_id,
+                "provider_payment_charge_id": charge.provider_charge_id,
+            },
+        }
+        bot.messages[(cid, message["message_id"])] = message
+        paid = self._enqueue(bot, {"message": message})
+        if deliver is not None:
+            await deliver(copy.deepcopy(paid))
+        return Payment(
+            ok=True,
+            error_message=None,
+            query_id=query_id,
+            charge_id=charge.charge_id,
+            provider_charge_id=charge.provider_charge_id,
+            update=paid,
+        )
 
     # ------------------------------------------------------------------ inspection
 
@@ -1212,6 +1453,22 @@ class FakeTelegram:
     ) -> list[JSON] | None:
         commands = self._bot(token).commands.get((self._scope_key(scope), language_code))
         return None if commands is None else copy.deepcopy(commands)
+
+    def invoices(self, token: str, *, chat_id: int | None = None) -> list[Invoice]:
+        """Invoices the bot sent (oldest first), optionally to one chat only."""
+        return [
+            invoice
+            for invoice in self._bot(token).invoices.values()
+            if chat_id is None or invoice.chat_id == chat_id
+        ]
+
+    def charges(self, token: str) -> list[Charge]:
+        """Payments made to the bot through :meth:`pay` (``refunded`` tells which were refunded)."""
+        return list(self._bot(token).charges.values())
+
+    def refunds(self, token: str) -> list[tuple[int, str]]:
+        """Successful refundStarPayment calls of the bot: ``(user_id, telegram_payment_charge_id)``."""
+        return list(self._bot(token).refunds)
 
     def pending_updates(self, token: str) -> list[JSON]:
         """Updates queued for the bot and not yet confirmed."""
@@ -1283,9 +1540,7 @@ class FakeTelegram:
             bot = self._bots.get(call.token)
             who = bot.username if bot else call.token[:12]
             detail = ", ".join(
-                f"{key}={str(value)[:60]!r}"
-                for key, value in call.params.items()
-                if key in ("chat_id", "text", "caption", "message_id", "data", "offset", "media")
+                f"{key}={str(value)[:60]!r}" for key, value in call.params.items() if key in _SUMMARY_PARAMS
             )
             outcome = "ok" if call.ok else f"error {call.error}"
             lines.append(f"  #{number} {who} {call.method}({detail}) -> {outcome}")
@@ -1412,6 +1667,27 @@ class FakeTelegram:
         bot.queue.append(_Queued(update))
         self._notify()
         return copy.deepcopy(update)
+
+    def _user_of(self, bot: _Bot, user_id: int, language_code: str) -> JSON:
+        user = dict(bot.users.get(user_id) or {"id": user_id, "is_bot": False, "first_name": "Test"})
+        user["language_code"] = language_code
+        return user
+
+    def _push_pre_checkout(
+        self, bot: _Bot, user_id: int, payload: str, total_amount: int, currency: str, language_code: str
+    ) -> tuple[str, JSON]:
+        query_id = str(secrets.randbits(62))
+        bot.pre_checkouts[query_id] = _PreCheckout(
+            query_id, user_id, payload, currency, total_amount, time.monotonic() + PRE_CHECKOUT_TIMEOUT
+        )
+        query: JSON = {
+            "id": query_id,
+            "from": self._user_of(bot, user_id, language_code),
+            "currency": currency,
+            "total_amount": total_amount,
+            "invoice_payload": payload,
+        }
+        return query_id, self._enqueue(bot, {"pre_checkout_query": query})
 
     def _next_message_id(self, bot: _Bot, chat_id: int) -> int:
         message_id = bot.last_message_id.get(chat_id, 0) + 1
@@ -2083,3 +2359,190 @@ class FakeTelegram:
                 if key in user:
                     info[key] = user[key]
         return info
+
+    # ------------------------------------------------------------------ payments
+
+    @staticmethod
+    def _required(req: _Req, name: str) -> str:
+        value = req.str_(name)
+        if value is None:
+            raise _bad(f'parameter "{name}" is required')
+        return value
+
+    @staticmethod
+    def _labeled_prices(req: _Req) -> list[int]:
+        prices = req.get("prices")
+        if prices is None:
+            raise _bad('parameter "prices" is required')
+        if isinstance(prices, str):
+            raise _bad("can't parse prices JSON object")
+        if not isinstance(prices, list):
+            raise _bad("expected an Array of labeled prices")
+        amounts: list[int] = []
+        for price in prices:
+            if not isinstance(price, dict):
+                raise _bad("can't parse labeled price: LabeledPrice must be an Object")
+            label, amount = price.get("label"), price.get("amount")
+            if label is None:
+                raise _bad("can't parse labeled price: Can't find field \"label\"")
+            if not isinstance(label, str):
+                raise _bad('can\'t parse labeled price: Field "label" must be of type String')
+            if not label:
+                raise _bad("can't parse labeled price: LabeledPrice label must be non-empty")
+            if amount is None:
+                raise _bad("can't parse labeled price: Can't find field \"amount\"")
+            if isinstance(amount, bool) or not isinstance(amount, int | float | str):
+                raise _bad('can\'t parse labeled price: Field "amount" must be a Number')
+            parsed = amount if isinstance(amount, int) else None
+            if isinstance(amount, str) and re.fullmatch(r"-?\d+", amount):
+                parsed = int(amount)
+            if parsed is None:
+                raise _bad(f"can't parse labeled price: Can't parse \"{amount}\" as number")
+            amounts.append(parsed)
+        if not amounts:
+            raise _bad("there must be at least one price")
+        return amounts
+
+    @staticmethod
+    def _tips(req: _Req) -> tuple[int, list[int]]:
+        max_tip = 0
+        raw_max = req.get("max_tip_amount")
+        if raw_max is not None:
+            parsed = _as_int(raw_max)
+            if parsed is None:
+                raise _bad('can\'t parse "max_tip_amount" as Number')
+            max_tip = parsed
+        tips: list[int] = []
+        raw_tips = req.get("suggested_tip_amounts")
+        if raw_tips is not None:
+            if isinstance(raw_tips, str):
+                raise _bad("can't parse suggested_tip_amounts JSON object")
+            if not isinstance(raw_tips, list):
+                raise _bad("expected an Array of suggested tip amounts")
+            for tip in raw_tips:
+                if isinstance(tip, bool) or not isinstance(tip, int | float | str):
+                    raise _bad("suggested tip amount must be of type Number or String")
+                parsed = _as_int(tip) if not isinstance(tip, float) else None
+                if parsed is None:
+                    raise _bad("can't parse suggested tip amount as Number")
+                tips.append(parsed)
+        return max_tip, tips
+
+    async def _send_invoice(self, bot: _Bot, req: _Req) -> Any:
+        title = self._required(req, "title")
+        description = self._required(req, "description")
+        payload = self._required(req, "payload")
+        provider_token = req.str_("provider_token") or ""
+        start_parameter = req.str_("start_parameter") or ""
+        currency = self._required(req, "currency")
+        amounts = self._labeled_prices(req)
+        max_tip, tips = self._tips(req)
+        markup = _check_reply_markup(req.get("reply_markup"))
+        rows = [row for row in (markup or {}).get("inline_keyboard", []) if row]
+        if rows and rows[0][0].get("pay") is not True:
+            raise _bad("BUTTON_TYPE_INVALID")
+        chat_id = self._resolve_chat(bot, req, sending=True)
+        # TDLib's checks (InputInvoice::process_input_message_invoice)
+        if any(abs(amount) > MAX_CURRENCY_AMOUNT for amount in amounts):
+            raise _bad("too big amount of the currency specified")
+        total = sum(amounts)
+        if total <= 0:
+            raise _bad("total price must be positive")
+        if total > MAX_CURRENCY_AMOUNT:
+            raise _bad("total price is too big")
+        if not 0 <= max_tip <= MAX_CURRENCY_AMOUNT:
+            raise _bad("invalid max_tip_amount of the currency specified")
+        for tip in tips:
+            if tip <= 0:
+                raise _bad("suggested tip amount must be positive")
+            if tip > max_tip:
+                raise _bad("suggested tip amount can't be bigger than max_tip_amount")
+        if len(tips) > 4:
+            raise _bad("there can be at most 4 suggested tip amounts")
+        # Telegram's servers
+        if len(title) > MAX_INVOICE_TITLE:
+            raise _bad("INVOICE_TITLE_INVALID")
+        if len(description) > MAX_INVOICE_DESCRIPTION:
+            raise _bad("INVOICE_DESCRIPTION_INVALID")
+        if len(payload.encode()) > MAX_INVOICE_PAYLOAD:
+            raise _bad("INVOICE_PAYLOAD_INVALID")
+        if currency == STARS:
+            if provider_token:
+                raise _bad("PAYMENT_PROVIDER_INVALID")
+            if len(amounts) != 1 or max_tip or tips:
+                raise _bad("STARS_INVOICE_INVALID")
+            if total > MAX_STARS_AMOUNT:
+                raise _bad("CURRENCY_TOTAL_AMOUNT_INVALID")
+        elif not provider_token:
+            raise _bad("PAYMENT_PROVIDER_INVALID")
+        message = self._new_message(bot, chat_id, req)
+        message["invoice"] = {
+            "title": title,
+            "description": description,
+            "start_parameter": start_parameter,
+            "currency": currency,
+            "total_amount": total,
+        }
+        if rows:
+            message["reply_markup"] = markup
+        sent = self._store(bot, chat_id, message)
+        bot.invoices[(chat_id, sent["message_id"])] = Invoice(
+            token=bot.token,
+            chat_id=chat_id,
+            message_id=sent["message_id"],
+            title=title,
+            description=description,
+            payload=payload,
+            currency=currency,
+            total_amount=total,
+            start_parameter=start_parameter,
+        )
+        return sent
+
+    async def _answer_pre_checkout_query(self, bot: _Bot, req: _Req) -> Any:
+        ok = req.bool_("ok")
+        error_message = None if ok else self._required(req, "error_message")
+        query = bot.pre_checkouts.get(req.str_("pre_checkout_query_id") or "")
+        if query is None or query.answer is not None or time.monotonic() > query.expires_at:
+            raise _bad("query is too old and response timeout expired or query ID is invalid")
+        query.answer = {"ok": ok, "error_message": error_message}
+        return True
+
+    async def _refund_star_payment(self, bot: _Bot, req: _Req) -> Any:
+        user_id = _as_int(req.get("user_id"))
+        if user_id is None or user_id <= 0:
+            raise _bad("invalid user_id specified")
+        charge_id = self._required(req, "telegram_payment_charge_id")
+        charge = bot.charges.get(charge_id)
+        if charge is None or charge.user_id != user_id:
+            raise _bad("CHARGE_NOT_FOUND")
+        if charge.refunded:
+            raise _bad("CHARGE_ALREADY_REFUNDED")
+        bot.charges[charge_id] = replace(charge, refunded=True)
+        bot.refunds.append((user_id, charge_id))
+        # A refund is listed with the payment's id, the user as its receiver.
+        bot.transactions.append(self._star_transaction(bot, charge, "receiver"))
+        return True
+
+    async def _get_star_transactions(self, bot: _Bot, req: _Req) -> Any:
+        offset = req.int_("offset") or 0
+        limit = req.int_("limit")
+        limit = 100 if limit is None else limit
+        if offset < 0 or not 1 <= limit <= 100:
+            raise _bad("invalid offset or limit specified")
+        return {"transactions": copy.deepcopy(bot.transactions[offset : offset + limit])}
+
+    def _star_transaction(self, bot: _Bot, charge: Charge, side: str) -> JSON:
+        """A StarTransaction: a payment comes from its user (`source`), a refund goes to them (`receiver`)."""
+        partner: JSON = {
+            "type": "user",
+            "transaction_type": "invoice_payment",
+            "user": self._user_of(bot, charge.user_id, "en"),
+            "invoice_payload": charge.payload,
+        }
+        return {
+            "id": charge.charge_id,
+            "amount": charge.total_amount,
+            "date": int(time.time()),
+            side: partner,
+        }

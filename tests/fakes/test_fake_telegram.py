@@ -26,10 +26,12 @@ from aiogram.types import (
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     InputMediaPhoto,
+    LabeledPrice,
     Message,
+    PreCheckoutQuery,
 )
 
-from tests.fakes.telegram import Call, FakeTelegram
+from tests.fakes.telegram import JSON, Call, FakeTelegram, Invoice
 
 TOKEN1 = "123456:ABC-def-first"
 TOKEN2 = "654321:XYZ-ghi-second"
@@ -530,3 +532,300 @@ async def test_newer_get_updates_terminates_the_pending_one(fake: FakeTelegram, 
         await asyncio.wait_for(first, timeout=5)
     update = fake.user_message(TOKEN1, user_id=1, text="x")
     assert [u.update_id for u in await asyncio.wait_for(second, timeout=5)] == [update["update_id"]]
+
+
+# --------------------------------------------------------------------------- Telegram Stars payments
+
+
+def stars(amount: int) -> list[LabeledPrice]:
+    return [LabeledPrice(label=f"{amount} stars", amount=amount)]
+
+
+async def send_stars_invoice(bot: Bot, chat_id: int, payload: str = "order-1", amount: int = 50) -> Message:
+    return await bot.send_invoice(
+        chat_id,
+        title="100 stars",
+        description="Top up",
+        payload=payload,
+        currency="XTR",
+        prices=stars(amount),
+    )
+
+
+async def test_send_invoice_in_stars(fake: FakeTelegram, bot: Bot) -> None:
+    fake.user_message(TOKEN1, user_id=42, text="/buy")
+
+    message = await bot.send_invoice(
+        42,
+        title="100 stars",
+        description="Top up your balance",
+        payload="order-7f3a",
+        currency="XTR",
+        prices=stars(75),
+        provider_token="",
+        start_parameter="topup",
+    )
+    with_button = await bot.send_invoice(
+        42,
+        title="t",
+        description="d",
+        payload="order-2",
+        currency="XTR",
+        prices=stars(1),
+        reply_markup=InlineKeyboardMarkup(
+            inline_keyboard=[[InlineKeyboardButton(text="Pay 1 ⭐", pay=True)]]
+        ),
+    )
+
+    assert message.invoice is not None
+    assert message.invoice.model_dump() == {
+        "title": "100 stars",
+        "description": "Top up your balance",
+        "start_parameter": "topup",
+        "currency": "XTR",
+        "total_amount": 75,
+    }
+    assert message.message_id == 2 and message.chat.id == 42
+    assert message.reply_markup is None  # clients draw the Pay button themselves
+    assert with_button.reply_markup is not None
+    assert with_button.invoice is not None and with_button.invoice.start_parameter == ""
+    assert fake.invoices(TOKEN1) == [
+        Invoice(TOKEN1, 42, 2, "100 stars", "Top up your balance", "order-7f3a", "XTR", 75, "topup"),
+        Invoice(TOKEN1, 42, 3, "t", "d", "order-2", "XTR", 1, ""),
+    ]
+    assert fake.invoices(TOKEN1, chat_id=7) == [] and fake.invoices(TOKEN2) == []
+    call = fake.sent(TOKEN1)[0]
+    assert call.method == "sendInvoice"
+    assert call.params["prices"] == [{"label": "75 stars", "amount": 75}]
+    assert call.result["invoice"]["total_amount"] == 75
+
+
+async def test_send_invoice_validation(fake: FakeTelegram, bot: Bot) -> None:
+    def invoice(**overrides: object) -> dict[str, object]:
+        params: dict[str, object] = {
+            "chat_id": 5,
+            "title": "Stars",
+            "description": "Top up",
+            "payload": "order-1",
+            "currency": "XTR",
+            "prices": stars(10),
+        }
+        params.update(overrides)
+        return params
+
+    cases: list[tuple[dict[str, object], str]] = [
+        (invoice(provider_token="284685063:TEST:abc"), "Bad Request: PAYMENT_PROVIDER_INVALID"),
+        (invoice(currency="USD"), "Bad Request: PAYMENT_PROVIDER_INVALID"),
+        (invoice(prices=stars(10) + stars(5)), "Bad Request: STARS_INVOICE_INVALID"),
+        (invoice(max_tip_amount=5), "Bad Request: STARS_INVOICE_INVALID"),
+        (invoice(prices=stars(0)), "Bad Request: total price must be positive"),
+        (invoice(prices=stars(-3)), "Bad Request: total price must be positive"),
+        (invoice(prices=stars(10_001)), "Bad Request: CURRENCY_TOTAL_AMOUNT_INVALID"),
+        (invoice(prices=[]), "Bad Request: there must be at least one price"),
+        (invoice(payload=""), 'Bad Request: parameter "payload" is required'),
+        (invoice(payload="é" * 65), "Bad Request: INVOICE_PAYLOAD_INVALID"),
+        (invoice(title=""), 'Bad Request: parameter "title" is required'),
+        (invoice(title="x" * 33), "Bad Request: INVOICE_TITLE_INVALID"),
+        (invoice(description="x" * 256), "Bad Request: INVOICE_DESCRIPTION_INVALID"),
+        (
+            invoice(
+                reply_markup=InlineKeyboardMarkup(
+                    inline_keyboard=[[InlineKeyboardButton(text="Site", url="https://example.com")]]
+                )
+            ),
+            "Bad Request: BUTTON_TYPE_INVALID",
+        ),
+    ]
+    for params, description in cases:
+        with pytest.raises(TelegramBadRequest) as raised:
+            await bot.send_invoice(**params)  # type: ignore[arg-type]
+        assert raised.value.message == description, params
+    assert await send_stars_invoice(bot, 5, payload="p" * 128, amount=10_000)  # the limits themselves pass
+
+    async with aiohttp.ClientSession() as http:
+        for prices, description in (
+            ("not json", "can't parse prices JSON object"),
+            ('{"label": "x", "amount": 1}', "expected an Array of labeled prices"),
+            ('[{"label": "x", "amount": 1.5}]', "can't parse labeled price: Can't parse \"1.5\" as number"),
+            ('[{"amount": 1}]', "can't parse labeled price: Can't find field \"label\""),
+        ):
+            form = {"chat_id": "5", "title": "t", "description": "d", "payload": "p", "currency": "XTR"}
+            async with http.post(
+                f"{fake.url}/bot{TOKEN1}/sendInvoice", data={**form, "prices": prices}
+            ) as resp:
+                assert (resp.status, await resp.json()) == (
+                    400,
+                    {"ok": False, "error_code": 400, "description": f"Bad Request: {description}"},
+                )
+    assert len(fake.invoices(TOKEN1)) == 1
+
+
+async def test_pay_through_dispatcher_then_refund(fake: FakeTelegram) -> None:
+    dp = Dispatcher()
+
+    @dp.pre_checkout_query()
+    async def pre_checkout(query: PreCheckoutQuery) -> None:
+        await query.answer(ok=True)
+
+    @dp.message(F.successful_payment)
+    async def paid(message: Message) -> None:
+        assert message.successful_payment is not None
+        payment = message.successful_payment
+        await message.answer(f"paid {payment.total_amount} for {payment.invoice_payload}")
+
+    bot = make_bot(fake, TOKEN1)
+    start = fake.user_message(TOKEN1, user_id=42, text="/buy", language_code="ru")
+    invoice = await send_stars_invoice(bot, 42, payload="order-9", amount=50)
+    polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False, polling_timeout=1))
+    try:
+        payment = await fake.pay(TOKEN1, 42, invoice.message_id, language_code="ru")
+        reply = await fake.wait_for(lambda c: c.method == "sendMessage")
+    finally:
+        await dp.stop_polling()
+        await polling
+
+    assert payment.ok and payment.error_message is None
+    assert payment.charge_id is not None and payment.charge_id.startswith("stx")
+    answer = next(call for call in fake.calls if call.method == "answerPreCheckoutQuery")
+    assert answer.params["pre_checkout_query_id"] == payment.query_id
+    assert answer.result is True
+    assert await fake.pre_checkout_answer(payment.query_id) == {"ok": True, "error_message": None}
+    assert reply.params["text"] == "paid 50 for order-9"
+    assert payment.update is not None
+    paid_message = payment.update["message"]
+    assert payment.update["update_id"] == start["update_id"] + 2  # after /buy and the pre-checkout
+    assert paid_message["from"]["language_code"] == "ru"
+    assert paid_message["chat"]["id"] == 42
+    assert paid_message["message_id"] == invoice.message_id + 1
+    assert paid_message["successful_payment"] == {
+        "currency": "XTR",
+        "total_amount": 50,
+        "invoice_payload": "order-9",
+        "telegram_payment_charge_id": payment.charge_id,
+        "provider_payment_charge_id": payment.provider_charge_id,
+    }
+    [charge] = fake.charges(TOKEN1)
+    assert (charge.user_id, charge.charge_id, charge.total_amount, charge.refunded) == (
+        42,
+        payment.charge_id,
+        50,
+        False,
+    )
+    with pytest.raises(AssertionError, match="already paid"):
+        await fake.pay(TOKEN1, 42, invoice.message_id)
+
+    other = make_bot(fake, TOKEN2)
+    try:
+        with pytest.raises(TelegramBadRequest, match="CHARGE_NOT_FOUND"):
+            await other.refund_star_payment(42, payment.charge_id)  # another bot's charge
+        with pytest.raises(TelegramBadRequest, match="CHARGE_NOT_FOUND"):
+            await bot.refund_star_payment(43, payment.charge_id)  # another user
+        with pytest.raises(TelegramBadRequest, match="CHARGE_NOT_FOUND"):
+            await bot.refund_star_payment(42, "stxunknown")
+        with pytest.raises(TelegramBadRequest, match="invalid user_id specified"):
+            await bot.refund_star_payment(0, payment.charge_id)
+        assert await bot.refund_star_payment(42, payment.charge_id) is True
+        with pytest.raises(TelegramBadRequest, match="CHARGE_ALREADY_REFUNDED"):
+            await bot.refund_star_payment(42, payment.charge_id)
+    finally:
+        await bot.session.close()
+        await other.session.close()
+    assert fake.refunds(TOKEN1) == [(42, payment.charge_id)]
+    assert fake.refunds(TOKEN2) == []
+    assert fake.charges(TOKEN1)[0].refunded is True
+
+
+async def test_refused_pre_checkout_charges_nothing(fake: FakeTelegram, bot: Bot) -> None:
+    invoice = await send_stars_invoice(bot, 42, payload="stale-order")
+
+    async def refuse() -> None:
+        [update] = await bot.get_updates(timeout=5)
+        assert update.pre_checkout_query is not None
+        query = update.pre_checkout_query
+        assert (query.from_user.id, query.invoice_payload, query.total_amount, query.currency) == (
+            42,
+            "stale-order",
+            50,
+            "XTR",
+        )
+        await bot.answer_pre_checkout_query(query.id, ok=False, error_message="This order has expired")
+
+    refusing = asyncio.create_task(refuse())
+    payment = await fake.pay(TOKEN1, 42, invoice.message_id)
+    await refusing
+
+    assert not payment.ok
+    assert payment.error_message == "This order has expired"
+    assert (payment.charge_id, payment.update) == (None, None)
+    assert fake.charges(TOKEN1) == []
+    assert all("successful_payment" not in u.get("message", {}) for u in fake.pending_updates(TOKEN1))
+
+
+async def test_answer_pre_checkout_query_errors(fake: FakeTelegram, bot: Bot) -> None:
+    forged = fake.push_pre_checkout(TOKEN1, 42, payload="never-invoiced", total_amount=999)
+    [update] = await bot.get_updates(timeout=0)
+    assert update.pre_checkout_query is not None
+    assert update.pre_checkout_query.id == forged
+    assert update.pre_checkout_query.invoice_payload == "never-invoiced"
+    assert update.pre_checkout_query.total_amount == 999
+    assert update.pre_checkout_query.from_user.language_code == "en"
+
+    invalid = "query is too old and response timeout expired or query ID is invalid"
+    with pytest.raises(TelegramBadRequest, match='parameter "error_message" is required'):
+        await bot.answer_pre_checkout_query(forged, ok=False)
+    with pytest.raises(TelegramBadRequest, match=invalid):
+        await bot.answer_pre_checkout_query("12345", ok=True)
+    other = make_bot(fake, TOKEN2)
+    try:
+        with pytest.raises(TelegramBadRequest, match=invalid):
+            await other.answer_pre_checkout_query(forged, ok=True)
+    finally:
+        await other.session.close()
+    assert await bot.answer_pre_checkout_query(forged, ok=False, error_message="Unknown order") is True
+    with pytest.raises(TelegramBadRequest, match=invalid):
+        await bot.answer_pre_checkout_query(forged, ok=True)  # answered already
+    assert await fake.pre_checkout_answer(forged) == {"ok": False, "error_message": "Unknown order"}
+    with pytest.raises(AssertionError, match="no pre_checkout_query"):
+        await fake.pre_checkout_answer("1", timeout=0.1)
+
+    # A bot that does not answer in time: pay() gives up and a late answer is refused.
+    invoice = await send_stars_invoice(bot, 42)
+    with pytest.raises(AssertionError, match="was not answered"):
+        await fake.pay(TOKEN1, 42, invoice.message_id, timeout=0.2)
+    late = fake.pending_updates(TOKEN1)[-1]["pre_checkout_query"]["id"]
+    with pytest.raises(TelegramBadRequest, match=invalid):
+        await bot.answer_pre_checkout_query(late, ok=True)
+    assert fake.charges(TOKEN1) == []
+    with pytest.raises(AssertionError, match="no invoice"):
+        await fake.pay(TOKEN1, 42, 999)
+
+
+async def test_payment_updates_follow_allowed_updates_and_redeliver(fake: FakeTelegram, bot: Bot) -> None:
+    fake.push_pre_checkout(TOKEN1, 7, payload="a", total_amount=1)
+    message = fake.user_message(TOKEN1, user_id=7, text="hi")
+    only_messages = await bot.get_updates(timeout=0, allowed_updates=["message"])
+    assert [u.update_id for u in only_messages] == [message["update_id"]]  # the pre-checkout was dropped
+
+    await bot.get_updates(offset=message["update_id"] + 1, timeout=0, allowed_updates=[])
+    invoice = await send_stars_invoice(bot, 7, payload="b", amount=3)
+    delivered: list[JSON] = []
+
+    async def deliver(update: JSON) -> None:
+        delivered.append(update)
+        if "pre_checkout_query" in update:
+            await bot.answer_pre_checkout_query(update["pre_checkout_query"]["id"], ok=True)
+
+    payment = await fake.pay(TOKEN1, 7, invoice.message_id, deliver=deliver)
+
+    assert payment.ok and payment.update is not None
+    assert [next(k for k in u if k != "update_id") for u in delivered] == ["pre_checkout_query", "message"]
+    assert delivered[1] == payment.update
+    updates = await bot.get_updates(offset=message["update_id"] + 1, timeout=0)
+    assert [u.update_id for u in updates] == [message["update_id"] + 1, message["update_id"] + 2]
+    assert updates[0].pre_checkout_query is not None  # allowed_updates=[] means the default kinds again
+    assert updates[1].message is not None and updates[1].message.successful_payment is not None
+    fake.push_update(TOKEN1, payment.update)
+    again = await bot.get_updates(offset=payment.update["update_id"] + 1, timeout=0)
+    assert [u.update_id for u in again] == [payment.update["update_id"]]
+    assert again[0].message is not None and again[0].message.successful_payment is not None
+    assert again[0].message.successful_payment.telegram_payment_charge_id == payment.charge_id
