@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from bot import payment_reconciler
-from bot.routers import payments as payments_router
+from generation import payments
 from generation.store import Order, OrderStatus
 from server import App
 from tests.conftest import ADMIN_ID, AppFactory
@@ -185,7 +185,7 @@ async def test_a_payment_whose_update_was_lost_is_credited_by_the_reconciler(
     async def crash(*args: object, **kwargs: object) -> None:
         raise ConnectionError("the process died here")
 
-    monkeypatch.setattr(payments_router.payments, "record_payment", crash)
+    monkeypatch.setattr(payments, "record_payment", crash)
     await pay(chat, invoice)
     await telegram.wait_for(
         lambda call: call.method == "getUpdates" and not telegram.pending_updates(chat.token)
