@@ -1,7 +1,10 @@
-"""Admin commands: /plan (show or switch the plan) and /grant. The router only sees admins' messages;
-anyone else's /plan falls through to the unknown-command answer, with no admin output."""
+"""Admin commands: /plan (show or switch the plan), /grant, /stats (figures) and /user (one user's
+account). The router only sees admins' messages; anyone else's /plan, /stats or /user falls through to
+the unknown-command answer, with no admin output."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 from aiogram import Bot, Router
 from aiogram.exceptions import TelegramAPIError
@@ -9,11 +12,11 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 from loguru import logger
 
-from generation import ledger
+from generation import ledger, stats
 from generation.dispatcher import Dispatcher
 from generation.plan import PlanMode
 from generation.services import Services
-from generation.texts import text
+from generation.texts import count_of, text
 from generation.users import find_user
 
 
@@ -71,7 +74,216 @@ def build_admin_router(admin_ids: list[int]) -> Router:
         except TelegramAPIError as error:  # the user may have blocked the bot; the credit stands
             logger.info("could not tell user {} about a grant: {}", telegram_id, error.message)
 
+    @router.message(Command("stats"))
+    async def show_stats(message: Message, bot_name: str, lang: str, services: Services) -> None:
+        now = datetime.now(UTC)
+        figures = await stats.collect(services.db, bot_name, now)
+        bots = len(services.settings.bot_tokens)
+        totals = await stats.collect(services.db, None, now) if bots > 1 else None
+        await message.answer(fit(render_stats(figures, totals, bots, lang)))
+
+    @router.message(Command("user"))
+    async def show_user(
+        message: Message, command: CommandObject, bot_name: str, lang: str, services: Services
+    ) -> None:
+        words = (command.args or "").split()
+        telegram_id = int(words[0]) if len(words) == 1 and words[0].isdecimal() else -1
+        if not 0 < telegram_id < 2**63:  # a Telegram id, and one the database's BIGINT holds
+            await message.answer(text("admin_user_usage", lang))
+            return
+        account = await stats.user_account(services.db, bot_name, telegram_id)
+        if account is None:
+            await message.answer(text("admin_user_unknown", lang, telegram_id=telegram_id, bot=bot_name))
+            return
+        await message.answer(fit(render_account(account, bot_name, lang)))
+
     return router
+
+
+# Telegram refuses a message longer than this.
+MESSAGE_LIMIT = 4096
+
+
+def fit(message: str) -> str:
+    """A message Telegram accepts: cut at the last whole line that fits, marked with an ellipsis."""
+    if len(message) <= MESSAGE_LIMIT:
+        return message
+    cut = message[: MESSAGE_LIMIT - 2]
+    if "\n" in cut:
+        cut = cut.rsplit("\n", 1)[0]
+    return cut + "\n…"
+
+
+def render_stats(figures: stats.BotStats, totals: stats.BotStats | None, bots: int, lang: str) -> str:
+    """/stats in the admin's language: this bot's figures, then (several bots) a line of totals."""
+
+    def stars(count: int) -> str:
+        return count_of(count, "star", lang)
+
+    def rows(title: str, pairs: dict[str, stats.Pair], names: dict[str, str] | None = None) -> list[str]:
+        if not pairs:
+            return []
+        shown = names or {}
+        return [text(title, lang)] + [
+            text("admin_stats_row", lang, name=shown.get(name, name), today=pair.today, week=pair.week)
+            for name, pair in pairs.items()
+        ]
+
+    def payments(key: str, kind: stats.Payments, today: bool) -> str:
+        return text(
+            key,
+            lang,
+            amount=kind.amount.today if today else kind.amount.week,
+            payments=count_of(kind.count.today if today else kind.count.week, "payment", lang),
+            stars=stars(kind.stars.today if today else kind.stars.week),
+        )
+
+    statuses = {status: text(f"admin_status_{status}", lang) for status in STATUSES}
+    net, refunded = figures.charged_net, figures.refunded
+    lines = [
+        text("admin_stats_title", lang, bot=figures.bot_name),
+        "",
+        text(
+            "admin_stats_users",
+            lang,
+            users=count_of(figures.users_total, "user", lang),
+            today=figures.new_users.today,
+            week=figures.new_users.week,
+        ),
+        "",
+        text(
+            "admin_stats_generations",
+            lang,
+            today=count_of(figures.generations.today, "generation", lang),
+            week=count_of(figures.generations.week, "generation", lang),
+        ),
+        *rows("admin_stats_by_kind", figures.by_kind),
+        *rows("admin_stats_by_plan", figures.by_plan),
+        *rows("admin_stats_by_status", figures.by_status, statuses),
+        "",
+        text("admin_stats_charged", lang, today=stars(net.today), week=stars(net.week)),
+        text("admin_stats_refunded", lang, today=stars(refunded.today), week=stars(refunded.week)),
+        "",
+        text("admin_stats_revenue", lang),
+        payments("admin_stats_payments_today", figures.paid, today=True),
+        payments("admin_stats_payments_week", figures.paid, today=False),
+        text("admin_stats_refunded_payments", lang),
+        payments("admin_stats_refunds_today", figures.refunded_payments, today=True),
+        payments("admin_stats_refunds_week", figures.refunded_payments, today=False),
+        "",
+    ]
+    if figures.failures:
+        lines += rows("admin_stats_failures", dict(figures.failures))
+    else:
+        lines.append(text("admin_stats_no_failures", lang))
+    if totals is not None:
+        all_net = totals.charged_net
+        lines += [
+            "",
+            text(
+                "admin_stats_all_bots",
+                lang,
+                bots=count_of(bots, "bot", lang),
+                users=count_of(totals.users_total, "user", lang),
+                today=count_of(totals.generations.today, "generation", lang),
+                week=count_of(totals.generations.week, "generation", lang),
+                charged_today=stars(all_net.today),
+                charged_week=stars(all_net.week),
+                revenue_today=totals.paid.amount.today,
+                revenue_week=totals.paid.amount.week,
+            ),
+        ]
+    return "\n".join(lines)
+
+
+STATUSES = ("queued", "running", "done", "failed", "canceled")
+ORDER_STATUSES = ("pending", "paid", "refunding", "refunded")
+
+
+def render_account(account: stats.UserAccount, bot_name: str, lang: str) -> str:
+    """/user in the admin's language: who, balance, recent orders, generations and ledger lines."""
+    user = account.user
+    lines = [
+        text(
+            "admin_user_title",
+            lang,
+            telegram_id=user.telegram_id,
+            username=f"@{user.username}" if user.username else text("admin_user_no_username", lang),
+            bot=bot_name,
+        ),
+        text(
+            "admin_user_summary",
+            lang,
+            language=user.language,
+            balance=count_of(user.balance, "star", lang),
+            created=_date(user.created_at),
+        ),
+        "",
+    ]
+    if account.orders:
+        lines.append(text("admin_user_orders", lang))
+        lines += [
+            text(
+                "admin_user_order_line",
+                lang,
+                id=order.id[:8],
+                package=order.package,
+                stars=count_of(order.stars, "star", lang),
+                amount=order.amount,
+                status=_named("admin_order_", order.status, ORDER_STATUSES, lang),
+                date=_date(order.paid_at or order.created_at),
+            )
+            for order in account.orders
+        ]
+    else:
+        lines.append(text("admin_user_no_orders", lang))
+    lines.append("")
+    if account.generations:
+        lines.append(text("admin_user_generations", lang))
+        lines += [
+            text(
+                "admin_user_generation_line",
+                lang,
+                date=_date(generation.created_at),
+                kind=generation.kind,
+                model=generation.model[:48],
+                status=_named("admin_status_", generation.status, STATUSES, lang),
+                price=count_of(generation.price, "star", lang),
+                refunded=count_of(generation.refunded, "star", lang),
+            )
+            for generation in account.generations
+        ]
+    else:
+        lines.append(text("admin_user_no_generations", lang))
+    lines.append("")
+    if account.ledger:
+        lines.append(text("admin_user_ledger", lang))
+        for entry in account.ledger:
+            key = entry.operation_key[:48]
+            if entry.note:
+                key += f" ({entry.note[:40]})"
+            lines.append(
+                text(
+                    "admin_user_ledger_line",
+                    lang,
+                    date=_date(entry.created_at),
+                    amount=f"+{entry.amount}" if entry.amount >= 0 else f"−{-entry.amount}",
+                    balance=entry.balance_after,
+                    key=key,
+                )
+            )
+    else:
+        lines.append(text("admin_user_no_ledger", lang))
+    return "\n".join(lines)
+
+
+def _named(prefix: str, value: str, known: tuple[str, ...], lang: str) -> str:
+    return text(prefix + value, lang) if value in known else value
+
+
+def _date(moment: datetime | None) -> str:
+    utc = stats.as_utc(moment)
+    return utc.strftime("%Y-%m-%d %H:%M") if utc is not None else "-"
 
 
 async def plan_status(generations: Dispatcher, lang: str) -> str:
