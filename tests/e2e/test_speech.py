@@ -465,3 +465,21 @@ async def test_http_speech_without_a_bot_stores_no_audio(
     }
     assert [r["text"] for r in elevenlabs.tts_requests] == ["Nobody listens."]
     assert (await read(http, app, body["id"]))["result"]["voice_id"] == RACHEL_VOICE_ID
+
+
+async def test_a_pending_voice_survives_a_restart_and_is_seen_by_another_process(
+    make_app: AppFactory, telegram: FakeTelegram, elevenlabs: FakeElevenLabs, database_url: str
+) -> None:
+    """The wait for a recording lives in the database: a restart (or another `aibot run` on the same
+    database, with Redis down) still takes the next voice message as the clone."""
+    first = await make_app(database_url=database_url, new_user_bonus=BONUS)
+    chat = Chat(telegram)
+    await chat.ask("/voice", "Send me a voice message")
+    await first.stop()
+
+    second = await make_app(database_url=database_url)
+    voice_message(telegram, recording(1))
+    await chat.reply("Charged 50 ⭐. Balance: 150 ⭐")
+    assert len(elevenlabs.clone_requests) == 1
+    assert await stored_voice(second) is not None
+    assert await balance_and_ledger_sum(second) == (150, 150)
