@@ -6,8 +6,9 @@ from aiogram import Bot, Dispatcher
 from aiogram.types import BotCommand
 
 from bot.conversation_storage import DatabaseStorage
+from bot.flood import FloodLimiter, FloodMiddleware
 from bot.middlewares import UserMiddleware
-from bot.routers import cancel, image, lora, payments, speech, start, unknown, video
+from bot.routers import cancel, hints, history, image, lora, payments, speech, start, unknown, video
 from bot.routers.admin import build_admin_router
 from generation.dispatcher import Dispatcher as GenerationDispatcher
 from generation.services import Services
@@ -24,6 +25,7 @@ MENU = {
         ("train", "Train your own model"),
         ("photo", "Photos from your model"),
         ("balance", "Balance and operations"),
+        ("history", "Recent generations, repeat one"),
         ("buy", "Top up with Telegram Stars"),
         ("cancel", "Stop and get the stars back"),
         ("lang", "Switch language"),
@@ -41,6 +43,7 @@ MENU = {
         ("train", "Обучить свою модель"),
         ("photo", "Фото от вашей модели"),
         ("balance", "Баланс и операции"),
+        ("history", "Последние генерации, повтор"),
         ("buy", "Пополнить звёздами Telegram"),
         ("cancel", "Остановить и вернуть звёзды"),
         ("lang", "Сменить язык"),
@@ -58,7 +61,11 @@ def build_bot_dispatcher(
     dispatcher = Dispatcher(
         storage=DatabaseStorage(services.db), services=services, generations=generations, bots=bots
     )
-    middleware = UserMiddleware(services, {bot.id: name for name, bot in bots.items()})
+    bot_names = {bot.id: name for name, bot in bots.items()}
+    # At the door: a flood is refused before any handler, so before anything is charged.
+    limiter = FloodLimiter(services.settings.flood_limit, services.settings.flood_window)
+    dispatcher.update.outer_middleware(FloodMiddleware(services, bot_names, limiter))
+    middleware = UserMiddleware(services, bot_names)
     dispatcher.message.outer_middleware(middleware)
     dispatcher.callback_query.outer_middleware(middleware)
     dispatcher.pre_checkout_query.outer_middleware(middleware)
@@ -71,9 +78,11 @@ def build_bot_dispatcher(
         video.build_router(),
         speech.build_router(),
         lora.build_router(),
+        history.build_router(),
         build_admin_router(services.settings.admin_ids),
         payments.build_refund_router(services.settings.admin_ids),
         unknown.build_router(),
+        hints.build_router(),  # last: only what no router (and no pending conversation) took
     )
     return dispatcher
 

@@ -15,5 +15,6 @@ async def unknown_command(message: Message, lang: str) -> None:
 def build_router() -> Router:
     """A new router each time: aiogram attaches a router to one dispatcher only."""
     router = Router(name="unknown")
-    router.message.register(unknown_command, F.text.startswith("/"))
+    # A command nobody took, typed or as the caption of a photo or file.
+    router.message.register(unknown_command, F.text.startswith("/") | F.caption.startswith("/"))
     return router

@@ -1,5 +1,5 @@
 """/video <prompt> (text_to_video) and /animate <prompt> (image_to_video, as the caption of a photo or
-as a reply to one)."""
+as a reply to one), each with the model the user chose for it in /model."""
 
 from __future__ import annotations
 
@@ -10,12 +10,19 @@ from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
+from bot.routers.image import chosen_model
 from bot.submit import Requester
 from generation.catalog import Kind
 from generation.delivery import DOWNLOAD_LIMIT
 from generation.texts import text
 
 MEGABYTE = 1024 * 1024
+
+
+def _chosen(requester: Requester, kind: Kind) -> str | None:
+    """The model the user chose for the kind with /model (None: the catalogue's default)."""
+    model = chosen_model(requester.user, kind, requester.services.catalog)
+    return model.id if model is not None else None
 
 
 async def video(
@@ -28,7 +35,11 @@ async def video(
     if not prompt:
         await message.answer(text("video_usage", lang))
         return
-    await requester.submit(message, kind=Kind.text_to_video, fields={"prompt": prompt})
+    await requester.submit(
+        message,
+        kind=Kind.text_to_video,
+        fields={"prompt": prompt, "model": _chosen(requester, Kind.text_to_video)},
+    )
 
 
 @dataclass(frozen=True)
@@ -89,7 +100,9 @@ async def animate(
         await message.answer(text("animate_no_photo" if prompt else "animate_usage", lang))
         return
     await requester.submit(
-        message, kind=Kind.image_to_video, fields={"prompt": prompt, "image_file_id": image}
+        message,
+        kind=Kind.image_to_video,
+        fields={"prompt": prompt, "image_file_id": image, "model": _chosen(requester, Kind.image_to_video)},
     )
 
 
