@@ -30,6 +30,9 @@ from generation.delivery import (
     Media,
 )
 
+# Part of Telegram's description of a 400 answered to an edit that would change nothing.
+NOT_MODIFIED = "message is not modified"
+
 
 class TelegramDelivery:
     def __init__(self, bots: dict[str, Bot]) -> None:
@@ -41,16 +44,8 @@ class TelegramDelivery:
     async def send_text(
         self, bot_name: str, chat_id: int, text: str, *, buttons: list[Button] | None = None
     ) -> int:
-        markup = None
-        if buttons:
-            markup = InlineKeyboardMarkup(
-                inline_keyboard=[
-                    [InlineKeyboardButton(text=button.text, callback_data=button.callback_data)]
-                    for button in buttons
-                ]
-            )
         async with _mapped_errors():
-            message = await self._bot(bot_name).send_message(chat_id, text, reply_markup=markup)
+            message = await self._bot(bot_name).send_message(chat_id, text, reply_markup=_markup(buttons))
         return message.message_id
 
     async def send_images(self, bot_name: str, chat_id: int, images: list[Media]) -> list[int]:
@@ -101,6 +96,20 @@ class TelegramDelivery:
             raise InputTooLarge(f"the file is {len(content)} bytes, over {max_bytes}")
         return content
 
+    async def edit_text(
+        self, bot_name: str, chat_id: int, message_id: int, text: str, *, buttons: list[Button] | None = None
+    ) -> None:
+        bot = self._bot(bot_name)
+        async with _mapped_errors():
+            try:
+                await bot.edit_message_text(
+                    text=text, chat_id=chat_id, message_id=message_id, reply_markup=_markup(buttons)
+                )
+            except TelegramBadRequest as error:
+                # Telegram refuses an edit to the text the message already has: it shows what we want.
+                if NOT_MODIFIED not in error.message:
+                    raise
+
     async def delete_message(self, bot_name: str, chat_id: int, message_id: int) -> None:
         try:
             async with _mapped_errors():
@@ -117,6 +126,17 @@ class TelegramDelivery:
         if bot is None:
             raise DeliveryRefused(f"no bot {bot_name!r} in this process")
         return bot
+
+
+def _markup(buttons: list[Button] | None) -> InlineKeyboardMarkup | None:
+    """One button a row, or no keyboard at all."""
+    if not buttons:
+        return None
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            [InlineKeyboardButton(text=button.text, callback_data=button.callback_data)] for button in buttons
+        ]
+    )
 
 
 def _file(media: Media) -> BufferedInputFile:

@@ -8,6 +8,7 @@ leases that expire, and a live process resumes those generations from their step
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from contextlib import asynccontextmanager
 from loguru import logger
 from sqlalchemy import select
 
+from generation import progress
 from generation.execution import execute
 from generation.services import Services
 from generation.store import Generation, GenerationStatus, Plan, get_generation, release_generation
@@ -28,6 +30,11 @@ class KeyedLimits:
     def __init__(self) -> None:
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._users: dict[str, int] = {}
+
+    def is_full(self, key: str) -> bool:
+        """Whether `hold(key, ...)` would wait now (every slot taken, or others already waiting)."""
+        semaphore = self._semaphores.get(key)
+        return semaphore is not None and semaphore.locked()
 
     @asynccontextmanager
     async def hold(self, key: str, limit: int) -> AsyncIterator[None]:
@@ -87,20 +94,26 @@ class InlineRunner:
     @asynccontextmanager
     async def _turn(self, generation_id: str) -> AsyncIterator[None]:
         """Wait until this generation's user, provider and the process have room (the same limits as
-        Plan A, counted in this process)."""
+        Plan A, counted in this process); while a limit is full the user is told so, with the place
+        in line (generation/progress.py, as on Plan A)."""
         settings = self.services.settings
         generation = await get_generation(self.services.db, generation_id)
         if generation is None:
             yield
             return
         provider = self.services.catalog.provider_of(generation.model)
-        async with (
-            self.limits.hold(f"user:{generation.user_id}", settings.limit_per_user),
-            self.limits.hold(
-                f"provider:{provider}", settings.provider_limits.get(provider, settings.limit_overall)
-            ),
-            self.limits.hold("overall", settings.limit_overall),
-        ):
+        limits = [
+            (f"user:{generation.user_id}", settings.limit_per_user),
+            (f"provider:{provider}", settings.provider_limits.get(provider, settings.limit_overall)),
+            ("overall", settings.limit_overall),
+        ]
+        async with contextlib.AsyncExitStack() as held:
+            for key, limit in limits:
+                waiting: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+                if self.limits.is_full(key):
+                    waiting = progress.told_while_waiting(self.services, generation, key)
+                async with waiting:
+                    await held.enter_async_context(self.limits.hold(key, limit))
             yield
 
     async def resume_interrupted(self) -> list[str]:

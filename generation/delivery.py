@@ -1,7 +1,8 @@
 """How pipelines reach the user's chat, without knowing Telegram: bot/ implements this protocol.
 
 Errors: a chat that cannot be reached for good (blocked the bot, deleted chat) is DeliveryRefused,
-which is final; flood control and network trouble are DeliveryRetryLater.
+which is final; flood control and network trouble are DeliveryRetryLater (with Telegram's
+`retry_after` when it gave one).
 """
 
 from __future__ import annotations
@@ -72,6 +73,13 @@ class ChatDelivery(Protocol):
         used here and never stored, logged or passed to a provider."""
         ...
 
+    async def edit_text(
+        self, bot_name: str, chat_id: int, message_id: int, text: str, *, buttons: list[Button] | None = None
+    ) -> None:
+        """Replace a message's text (and its buttons: without `buttons` it has none). An edit that
+        changes nothing is no error."""
+        ...
+
     async def delete_message(self, bot_name: str, chat_id: int, message_id: int) -> None: ...
 
     async def chat_action(self, bot_name: str, chat_id: int, action: str) -> None: ...
@@ -107,6 +115,11 @@ class NoDelivery:
 
     async def download_file(self, bot_name: str, file_id: str, max_bytes: int = DOWNLOAD_LIMIT) -> bytes:
         raise DeliveryRefused(f"no bot {bot_name!r} in this process to fetch a file")
+
+    async def edit_text(
+        self, bot_name: str, chat_id: int, message_id: int, text: str, *, buttons: list[Button] | None = None
+    ) -> None:
+        raise DeliveryRefused(f"no bot {bot_name!r} in this process")
 
     async def delete_message(self, bot_name: str, chat_id: int, message_id: int) -> None:
         return None

@@ -20,10 +20,10 @@ from enum import StrEnum
 from loguru import logger
 from sqlalchemy import func, select, update
 
-from generation import ledger
+from generation import ledger, progress
 from generation.catalog import Kind
-from generation.delivery import Button
-from generation.pipelines import Delivered, PipelineContext, StillWaiting
+from generation.pipelines import Delivered, PipelineContext, StillWaiting, provider_job_started
+from generation.progress import CANCEL_CALLBACK as CANCEL_CALLBACK  # bot/routers/cancel.py answers it
 from generation.registry import PIPELINES
 from generation.services import Services
 from generation.steps import StepJournal
@@ -49,9 +49,6 @@ CHAT_ACTIONS = {
     Kind.image_to_video: "upload_video",
     Kind.text_to_speech: "record_voice",
 }
-
-# The Cancel button on the status message; bot/routers/cancel.py answers it.
-CANCEL_CALLBACK = "cancel:"
 
 
 class RetryLater(Exception):
@@ -154,6 +151,7 @@ async def _run_claimed(
     )
     model = services.catalog.get(generation.model)
     steps = StepJournal(db, generation.id)
+    status = progress.Subject(services, generation, user.language, steps)
     try:
         if model is None:
             raise StepError(f"model {generation.model!r} is no longer in the catalogue")
@@ -182,6 +180,7 @@ async def _run_claimed(
             )
             log.warning("try failed ({} of {}), retrying in {:.1f}s: {}", failures, max_tries, delay, error)
             await release_generation(db, generation.id, owner, failed=True)
+            await progress.update(status, progress.Stage.queued)  # not "rendering" while it waits
             raise RetryLater(delay, error) from error
         if not await settle_failure(services, generation, user, steps, error):
             log.info("canceled while it ran ({})", type(error).__name__)
@@ -199,23 +198,15 @@ async def _run_claimed(
 
 
 async def _show_working(context: PipelineContext) -> None:
-    """A status message while it works (once per generation), and a chat action for each try."""
+    """The status message for this run (generation/progress.py), and a chat action for each try."""
     if not context.can_deliver:
         return
     generation = context.generation
-    delivery = context.services.delivery
-    chat_id = generation.chat_id or 0
-    cancel = Button(text("cancel_button", context.language), CANCEL_CALLBACK + generation.id)
-    await context.steps.run(
-        "status_message",
-        lambda: delivery.send_text(
-            generation.bot_name, chat_id, text("working", context.language), buttons=[cancel]
-        ),
-    )
+    await progress.show_started(context, resuming=await provider_job_started(context.steps))
     # A chat action is a courtesy; the delivery itself reports real trouble.
     with contextlib.suppress(StepError):
-        await delivery.chat_action(
-            generation.bot_name, chat_id, CHAT_ACTIONS.get(Kind(generation.kind), "typing")
+        await context.services.delivery.chat_action(
+            generation.bot_name, context.chat_id, CHAT_ACTIONS.get(Kind(generation.kind), "typing")
         )
 
 
@@ -289,7 +280,7 @@ async def _tell_user(
     chat_id = generation.chat_id
     try:
         await steps.run(step, lambda: delivery.send_text(generation.bot_name, chat_id, message))
-        status_message_id = await steps.saved("status_message")
+        status_message_id = await steps.saved(progress.STATUS_STEP)
         if isinstance(status_message_id, int):
             await delivery.delete_message(generation.bot_name, chat_id, status_message_id)
     except StepError as error:

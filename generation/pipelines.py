@@ -19,6 +19,7 @@ import httpx
 from loguru import logger
 from sqlalchemy import String, cast, select
 
+from generation import progress
 from generation.catalog import CatalogModel
 from generation.delivery import DOWNLOAD_LIMIT, UPLOAD_LIMIT, InputTooLarge, Media
 from generation.services import Services
@@ -98,6 +99,7 @@ async def await_provider_job(
     A job that outlives `deadline` seconds is cancelled at the provider and fails (refund)."""
     job_id: str = await ctx.steps.saved(f"{step}:id")
     give_up_at: float = await ctx.steps.run(f"{step}:deadline", _after(deadline))
+    started_at = give_up_at - deadline  # journaled on the first wait: the same clock on every rerun
     poll_interval = ctx.services.settings.replicate_poll_interval
     try_ends_at = time.monotonic() + ctx.wait_budget
     while True:
@@ -115,6 +117,7 @@ async def await_provider_job(
             if ctx.can_defer:
                 raise StillWaiting(delay=ctx.services.settings.long_wait_poll)
             raise ProviderUnavailable(f"{step} {job_id} still {state.status} after {ctx.wait_budget:.0f}s")
+        await progress.rendering(ctx, started_at)
         await asyncio.sleep(poll_interval)
 
 
@@ -188,6 +191,12 @@ async def create_once(
         await ctx.steps.record(f"{step}:intent", time.time())
     job_id: str = await ctx.steps.run(f"{step}:id", adopt_or_create, shielded=True)
     return job_id
+
+
+async def provider_job_started(steps: StepJournal) -> bool:
+    """Whether a provider's job was asked for already (`create_once` journals its intent first): a
+    rerun then resumes waiting on it rather than starting anew."""
+    return any(name.endswith(":intent") for name in await steps.load())
 
 
 async def job_taken(ctx: PipelineContext, step: str, job_id: str) -> bool:
@@ -280,6 +289,7 @@ async def deliver_images(ctx: PipelineContext, urls: list[str]) -> Delivered:
     generation = ctx.generation
 
     async def send() -> list[int]:
+        await progress.update(ctx, progress.Stage.sending)
         images = await asyncio.gather(*(ctx.services.replicate.download(url) for url in urls))
         media = [Media(content=image, filename=f"{generation.id}-{i}.png") for i, image in enumerate(images)]
         return await ctx.services.delivery.send_images(generation.bot_name, ctx.chat_id, media)
@@ -301,6 +311,7 @@ async def deliver_video(ctx: PipelineContext, output: Any) -> Delivered:
     generation = ctx.generation
 
     async def send() -> list[int]:
+        await progress.update(ctx, progress.Stage.sending)
         content = await ctx.services.replicate.download_at_most(url, UPLOAD_LIMIT)
         delivery = ctx.services.delivery
         if content is None:

@@ -19,6 +19,7 @@ from arq.worker import Worker, func
 from loguru import logger
 from redis.exceptions import RedisError
 
+from generation import progress
 from generation.execution import RetryLater, RetryPolicy, execute
 from generation.services import Services
 from generation.store import GenerationStatus, Plan, get_generation
@@ -51,6 +52,8 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
             raise Retry(defer=2) from error
         if refusal is not None:
             logger.bind(generation=generation.id, plan="A").debug("waits its turn: {} is full", refusal.limit)
+            # Every look at the limiter tells the user (throttled): never waiting in silence.
+            await progress.waiting_for_slot(services, generation, refusal.limit)
             raise Retry(defer=refusal.retry_in)
     try:
         result = await execute(
