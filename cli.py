@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from loguru import logger
 
-from settings import Settings, SettingsError, get_settings
+from settings import SettingsError, get_settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,25 +38,11 @@ def main(argv: list[str] | None = None) -> None:
 
         upgrade(settings.database_url)
         logger.info("database is at the latest migration")
-    elif arguments.command == "run":
-        from server import run_forever
-
-        _run_until_signal(lambda: run_forever(settings))
     else:
-        _run_until_signal(lambda: run_worker(settings))
+        from app import App, StandaloneWorker
 
-
-async def run_worker(settings: Settings) -> None:
-    """One set of services (database, providers, bots) for the life of the process: the arq worker
-    around them may be rebuilt many times (Redis outages), and they are closed once, at exit."""
-    from container import build_services, close_services
-    from jobs.worker import run_supervised
-
-    services = await build_services(settings, with_bots=True)
-    try:
-        await run_supervised(settings, services)
-    finally:
-        await close_services(services)
+        process = App(settings) if arguments.command == "run" else StandaloneWorker(settings)
+        _run_until_signal(process.run)
 
 
 def _run_until_signal(start: Callable[[], Awaitable[None]]) -> None:

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from loguru import logger
-from sqlalchemy import select
 
-from generation import progress
+from generation import lifecycle, progress
 from generation.execution import execute
+from generation.limits import Limits
 from generation.services import Services
-from generation.store import Generation, GenerationStatus, Plan, get_generation, release_generation
+from generation.store import Plan, get_generation
 
 
 class KeyedLimits:
@@ -102,11 +101,7 @@ class InlineRunner:
             yield
             return
         provider = self.services.catalog.provider_of(generation.model)
-        limits = [
-            (f"user:{generation.user_id}", settings.limit_per_user),
-            (f"provider:{provider}", settings.provider_limits.get(provider, settings.limit_overall)),
-            ("overall", settings.limit_overall),
-        ]
+        limits = Limits.from_settings(settings).slots(generation.user_id, provider)
         async with contextlib.AsyncExitStack() as held:
             for key, limit in limits:
                 waiting: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
@@ -118,17 +113,7 @@ class InlineRunner:
 
     async def resume_interrupted(self) -> list[str]:
         """Start the Plan B generations a dead process left unfinished (expired or no lease)."""
-        now = time.time()
-        async with self.services.db.sessions() as session:
-            ids = list(
-                await session.scalars(
-                    select(Generation.id).where(
-                        Generation.plan == Plan.B,
-                        Generation.status.in_([GenerationStatus.queued, GenerationStatus.running]),
-                        (Generation.lease_expires_at.is_(None)) | (Generation.lease_expires_at < now),
-                    )
-                )
-            )
+        ids = [generation_id for generation_id, _ in await lifecycle.orphans(self.services.db, Plan.B)]
         for generation_id in ids:
             logger.bind(generation=generation_id, plan="B").info("resuming an interrupted generation")
             self.start(generation_id)
@@ -145,4 +130,4 @@ class InlineRunner:
             await asyncio.gather(*pending, return_exceptions=True)
             # Give their leases back so the next start resumes them at once.
             for generation_id in unfinished:
-                await release_generation(self.services.db, generation_id, self.owner)
+                await lifecycle.release(self.services.db, generation_id, self.owner)

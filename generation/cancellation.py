@@ -8,17 +8,17 @@ that is still working finds the status final and stops without delivering or mes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from loguru import logger
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 
-from generation import ledger
+from generation import lifecycle
 from generation.kinds.speech import STORED_STEP
+from generation.lifecycle import ACTIVE, Canceled
 from generation.services import Services
-from generation.store import Generation, GenerationStatus, Step
+from generation.store import Generation, Step
 
-ACTIVE = (GenerationStatus.queued, GenerationStatus.running)
+__all__ = ["Canceled", "active_generations", "cancel_generation"]
+
 # The steps that name a provider job still worth stopping (or, for a clone, undoing).
 PROVIDER_STEPS = [
     "prediction:id",
@@ -30,51 +30,17 @@ PROVIDER_STEPS = [
 ]
 
 
-@dataclass(frozen=True)
-class Canceled:
-    generation: Generation
-    refund: int
-    balance: int
-
-
 async def cancel_generation(services: Services, generation_id: str) -> Canceled | None:
-    """Cancel and refund; None when the generation had already ended."""
-    async with services.db.transaction() as session:
-        moved = await session.execute(
-            update(Generation)
-            .where(Generation.id == generation_id, Generation.status.in_(ACTIVE))
-            .values(
-                status=GenerationStatus.canceled,
-                error="canceled by the user",
-                lease_owner=None,
-                lease_expires_at=None,
-                finished_at=func.now(),
-            )
-        )
-        if not moved.rowcount:  # type: ignore[attr-defined]
-            return None
-        generation = await session.get(Generation, generation_id)
-        assert generation is not None
-        delivered = await session.scalar(
-            select(Step.result).where(Step.generation_id == generation_id, Step.name == "deliver")
-        )
-        delivered_units = len(delivered) if isinstance(delivered, list) else 0
-        refund = generation.price - min(generation.price, delivered_units * generation.unit_price)
-        balance = await ledger.balance_of(session, generation.user_id)
-        if refund > 0:
-            posting = await ledger.credit(
-                session,
-                generation.user_id,
-                refund,
-                ledger.refund_key(generation_id),
-                generation_id=generation_id,
-            )
-            refund = refund if posting.applied else 0
-            balance = posting.balance
-            generation.refunded = generation.refunded + refund
-    logger.bind(generation=generation_id, plan=generation.plan).info("canceled; {} returned", refund)
+    """Cancel and refund (generation/lifecycle.py); None when the generation had already ended. Then
+    stop the provider's job, best effort."""
+    canceled = await lifecycle.cancel(services.db, generation_id)
+    if canceled is None:
+        return None
+    logger.bind(generation=generation_id, plan=canceled.generation.plan).info(
+        "canceled; {} returned", canceled.refund
+    )
     await _cancel_at_provider(services, generation_id)
-    return Canceled(generation=generation, refund=refund, balance=balance)
+    return canceled
 
 
 async def _cancel_at_provider(services: Services, generation_id: str) -> None:

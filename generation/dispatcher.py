@@ -17,13 +17,13 @@ from loguru import logger
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from generation import ledger
+from generation import ledger, lifecycle
 from generation.cancellation import Canceled, cancel_generation
 from generation.plan import CircuitBreaker, PlanMode, mode_from_environment, plan_for, store_mode, stored_mode
 from generation.registry import PREPARERS
 from generation.requests import ValidRequest
 from generation.services import Services
-from generation.store import Generation, GenerationStatus, Plan, move_to_plan_b
+from generation.store import Generation, GenerationStatus, Plan
 from generation.users import ensure_user
 
 
@@ -123,7 +123,7 @@ class Dispatcher:
             if await self._enqueue(generation.id):
                 log.bind(plan="A").info("recorded and enqueued")
                 return Submission(generation=generation, created=True, plan=Plan.A)
-            if not await move_to_plan_b(self.db, generation.id):
+            if not await lifecycle.move_to_plan_b(self.db, generation.id):
                 # The enqueue did reach Redis and a worker already claimed it: it stays on Plan A.
                 log.bind(plan="A").info("enqueue looked failed but a worker has it; staying on Plan A")
                 return Submission(generation=generation, created=True, plan=Plan.A)

@@ -18,26 +18,17 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from loguru import logger
-from sqlalchemy import func, select, update
 
-from generation import ledger, progress
+from generation import lifecycle, progress
 from generation.catalog import Kind
 from generation.pipelines import Delivered, PipelineContext, StillWaiting, provider_job_started
-from generation.progress import CANCEL_CALLBACK as CANCEL_CALLBACK  # bot/routers/cancel.py answers it
+from generation.progress import (
+    CANCEL_CALLBACK as CANCEL_CALLBACK,  # bot/telegram/routers/cancel.py answers it
+)
 from generation.registry import PIPELINES
 from generation.services import Services
 from generation.steps import StepJournal
-from generation.store import (
-    Database,
-    Generation,
-    GenerationStatus,
-    Plan,
-    User,
-    claim_generation,
-    get_generation,
-    release_generation,
-    renew_lease,
-)
+from generation.store import Database, Generation, GenerationStatus, Plan, User
 from generation.texts import text
 from providers.errors import StepError
 
@@ -49,6 +40,10 @@ CHAT_ACTIONS = {
     Kind.image_to_video: "upload_video",
     Kind.text_to_speech: "record_voice",
 }
+
+
+# Request keys of generations asked for in a Telegram chat (generation/intake.py).
+TELEGRAM_REQUEST_PREFIX = "tg:"
 
 
 class RetryLater(Exception):
@@ -97,11 +92,12 @@ async def execute(
     `wait_budget` bounds how long this try waits on the provider; with `can_defer` (Plan A) a longer
     wait ends the try with RetryLater without counting as a failure."""
     db = services.db
-    if not await claim_generation(db, generation_id, plan, owner, lease):
+    claim = await lifecycle.claim(db, generation_id, plan, owner, lease)
+    if claim is None:
         return Result.not_claimed
     async with _heartbeat(db, generation_id, owner, lease):
         return await _run_claimed(
-            services, generation_id, plan, owner, max_tries, wait_budget, can_defer, retry_policy
+            services, claim, plan, owner, max_tries, wait_budget, can_defer, retry_policy
         )
 
 
@@ -114,7 +110,7 @@ async def _heartbeat(db: Database, generation_id: str, owner: str, lease: float)
         while True:
             await asyncio.sleep(lease / 3)
             try:
-                await renew_lease(db, generation_id, owner, lease)
+                await lifecycle.renew_lease(db, generation_id, owner, lease)
             except Exception as error:  # the next beat tries again; the lease has slack for it
                 logger.bind(generation=generation_id).warning("could not renew the lease: {!r}", error)
 
@@ -128,7 +124,7 @@ async def _heartbeat(db: Database, generation_id: str, owner: str, lease: float)
 
 async def _run_claimed(
     services: Services,
-    generation_id: str,
+    claim: lifecycle.Claim,
     plan: Plan,
     owner: str,
     max_tries: int,
@@ -137,11 +133,7 @@ async def _run_claimed(
     retry_policy: RetryPolicy | None,
 ) -> Result:
     db = services.db
-    generation = await get_generation(db, generation_id)
-    assert generation is not None
-    async with db.sessions() as session:
-        user = await session.get(User, generation.user_id)
-    assert user is not None
+    generation, user = claim.generation, claim.user
     log = logger.bind(
         generation=generation.id,
         kind=generation.kind,
@@ -150,7 +142,7 @@ async def _run_claimed(
         bot=user.bot_name,
     )
     model = services.catalog.get(generation.model)
-    steps = StepJournal(db, generation.id)
+    steps = StepJournal(db, generation.id, journal=claim.journal)
     status = progress.Subject(services, generation, user.language, steps)
     try:
         if model is None:
@@ -164,12 +156,12 @@ async def _run_claimed(
             wait_budget=wait_budget,
             can_defer=can_defer,
         )
-        await _show_working(context)
         log.info("running, attempt {}", generation.attempts)
-        delivered = await PIPELINES[Kind(generation.kind)](context)
+        async with _working_alongside(context):
+            delivered = await PIPELINES[Kind(generation.kind)](context)
     except StillWaiting as waiting:
         log.debug("provider still working; back in {:.0f}s", waiting.delay)
-        await release_generation(db, generation.id, owner)
+        await lifecycle.release(db, generation.id, owner)
         raise RetryLater(waiting.delay, waiting) from waiting
     except Exception as error:
         retryable = (isinstance(error, StepError) and error.retryable) or not isinstance(error, StepError)
@@ -179,7 +171,7 @@ async def _run_claimed(
                 failures, error.retry_after if isinstance(error, StepError) else None
             )
             log.warning("try failed ({} of {}), retrying in {:.1f}s: {}", failures, max_tries, delay, error)
-            await release_generation(db, generation.id, owner, failed=True)
+            await lifecycle.release(db, generation.id, owner, failed=True)
             await progress.update(status, progress.Stage.queued)  # not "rendering" while it waits
             raise RetryLater(delay, error) from error
         if not await settle_failure(services, generation, user, steps, error):
@@ -195,6 +187,28 @@ async def _run_claimed(
         return Result.canceled
     log.info("done: {} unit(s) delivered", delivered.units)
     return Result.done
+
+
+@asynccontextmanager
+async def _working_alongside(context: PipelineContext) -> AsyncIterator[None]:
+    """The status message and chat action go out alongside the pipeline, not before it: the provider's
+    create never waits on Telegram. They are done (and journaled) before the run settles, so the
+    status message it removes is known."""
+    showing = asyncio.create_task(_show_working(context), name=f"status-{context.generation.id}")
+    if not context.generation.request_key.startswith(TELEGRAM_REQUEST_PREFIX):
+        # Only a Telegram update proves the chat hears the bot (a user who blocked it cannot write to
+        # it): for any other request the status goes first, so a blocked chat fails the try (and is
+        # refunded) before a paid call is made.
+        await showing
+    try:
+        yield
+    finally:
+        await asyncio.wait([showing])
+        if not showing.cancelled() and showing.exception() is not None:
+            # A chat that refuses even the status (a blocked bot): the delivery reports it for good.
+            logger.bind(generation=context.generation.id).info(
+                "status message not shown: {}", showing.exception()
+            )
 
 
 async def _show_working(context: PipelineContext) -> None:
@@ -215,103 +229,108 @@ async def settle_success(
 ) -> bool:
     """Charge what was delivered, refund the rest, tell the user; False when it was cancelled meanwhile
     (the cancellation refunded and told the user)."""
-    if await _canceled(services, generation.id):
+    if await lifecycle.is_canceled(services.db, generation.id):
         return False
-    delivered_price = min(generation.price, delivered.units * generation.unit_price)
-    refund = generation.price - delivered_price
-    balance = await _refund(services, generation, refund)
+    refund = lifecycle.refund_due(generation, delivered.units)
+    balance = await lifecycle.balance_after_refund(services.db, generation, refund)
+    charged = generation.price - refund
     if refund:
         message = text(
             "done_partial",
             user.language,
             delivered=delivered.units,
             requested=generation.units,
-            price=delivered_price,
+            price=charged,
             refund=refund,
             balance=balance,
         )
     else:
-        message = text("done", user.language, price=delivered_price, balance=balance)
-    await _tell_user(services, generation, steps, "notify_done", message)
-    await _finish(services, generation, GenerationStatus.done, refund, result=delivered.result)
-    return True
+        message = text("done", user.language, price=charged, balance=balance)
+    return await _settle(
+        services,
+        generation,
+        steps,
+        "notify_done",
+        message,
+        GenerationStatus.done,
+        refund,
+        result=delivered.result,
+    )
 
 
 async def settle_failure(
     services: Services, generation: Generation, user: User, steps: StepJournal, error: BaseException
 ) -> bool:
     """Refund what was not delivered and tell the user why; False when it was cancelled meanwhile."""
-    if await _canceled(services, generation.id):
+    if await lifecycle.is_canceled(services.db, generation.id):
         return False
-    delivered_message_ids = await steps.saved("deliver")
-    delivered_units = len(delivered_message_ids) if isinstance(delivered_message_ids, list) else 0
-    refund = generation.price - min(generation.price, delivered_units * generation.unit_price)
-    balance = await _refund(services, generation, refund)
+    refund = lifecycle.refund_due(
+        generation, lifecycle.delivered_units(await steps.saved(lifecycle.DELIVER_STEP))
+    )
+    balance = await lifecycle.balance_after_refund(services.db, generation, refund)
     reason = error.reason if isinstance(error, StepError) else "failed_generic"
     message = text(reason, user.language, refund=refund, balance=balance)
-    await _tell_user(services, generation, steps, "notify_failed", message)
-    await _finish(services, generation, GenerationStatus.failed, refund, error=_public_error(error))
-    return True
+    return await _settle(
+        services,
+        generation,
+        steps,
+        "notify_failed",
+        message,
+        GenerationStatus.failed,
+        refund,
+        error=_public_error(error),
+    )
 
 
-async def _canceled(services: Services, generation_id: str) -> bool:
-    async with services.db.sessions() as session:
-        status = await session.scalar(select(Generation.status).where(Generation.id == generation_id))
-    return status == GenerationStatus.canceled
-
-
-async def _refund(services: Services, generation: Generation, amount: int) -> int:
-    """Credit back what was not delivered, once per generation (the key makes a rerun a no-op)."""
-    async with services.db.transaction() as session:
-        if amount <= 0:
-            return await ledger.balance_of(session, generation.user_id)
-        posting = await ledger.credit(
-            session, generation.user_id, amount, ledger.refund_key(generation.id), generation_id=generation.id
-        )
-        return posting.balance
-
-
-async def _tell_user(
-    services: Services, generation: Generation, steps: StepJournal, step: str, message: str
-) -> None:
-    if generation.chat_id is None or not services.delivery.can_deliver(generation.bot_name):
-        return
-    delivery = services.delivery
-    chat_id = generation.chat_id
-    try:
-        await steps.run(step, lambda: delivery.send_text(generation.bot_name, chat_id, message))
-        status_message_id = await steps.saved(progress.STATUS_STEP)
-        if isinstance(status_message_id, int):
-            await delivery.delete_message(generation.bot_name, chat_id, status_message_id)
-    except StepError as error:
-        # The user blocked the bot or Telegram is down: the money is already settled; log and move on.
-        logger.bind(generation=generation.id).warning("could not message the user: {}", error)
-
-
-async def _finish(
+async def _settle(
     services: Services,
     generation: Generation,
+    steps: StepJournal,
+    step: str,
+    message: str,
     status: GenerationStatus,
-    refunded: int,
+    refund: int,
     *,
     result: dict[str, object] | None = None,
     error: str | None = None,
-) -> None:
+) -> bool:
+    """Send the final message (once: journaled), then in ONE transaction journal it, refund what was
+    not delivered and end the generation; then remove the status message. A crash before the
+    transaction reruns this with the message journaled or not; the refund is keyed either way."""
+    sent = await _send_final_message(services, generation, steps, step, message)
     async with services.db.transaction() as session:
-        await session.execute(
-            update(Generation)
-            # Only from running: a cancellation that came meanwhile keeps its final status.
-            .where(Generation.id == generation.id, Generation.status == GenerationStatus.running)
-            .values(
-                status=status,
-                refunded=refunded,
-                result=result,
-                error=error,
-                lease_owner=None,
-                lease_expires_at=None,
-                finished_at=func.now(),
-            )
-        )
+        if sent is not None:
+            await steps.add(session, step, sent)
+        settled = await lifecycle.settle(session, generation, status, refund, result=result, error=error)
+    if settled:
+        await _remove_status_message(services, generation, steps)
+    return settled
+
+
+async def _send_final_message(
+    services: Services, generation: Generation, steps: StepJournal, step: str, message: str
+) -> int | None:
+    """The message's id when it was sent now; None when it was sent before or cannot be sent."""
+    if generation.chat_id is None or not services.delivery.can_deliver(generation.bot_name):
+        return None
+    if await steps.is_done(step):
+        return None
+    try:
+        return await services.delivery.send_text(generation.bot_name, generation.chat_id, message)
+    except StepError as error:
+        # The user blocked the bot or Telegram is down: the money is settled all the same.
+        logger.bind(generation=generation.id).warning("could not message the user: {}", error)
+        return None
+
+
+async def _remove_status_message(services: Services, generation: Generation, steps: StepJournal) -> None:
+    status_message_id = await steps.saved(progress.STATUS_STEP)
+    if generation.chat_id is None or not isinstance(status_message_id, int):
+        return
+    try:
+        await services.delivery.delete_message(generation.bot_name, generation.chat_id, status_message_id)
+    except StepError as error:
+        logger.bind(generation=generation.id).info("status message not removed: {}", error)
 
 
 def _public_error(error: BaseException) -> str:

@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 import httpx
@@ -149,10 +150,9 @@ async def run_replicate_prediction(
     async def find_lost(since: float) -> str | None:
         return await replicate.find_prediction(ref, input, since, lambda job_id: job_taken(ctx, step, job_id))
 
-    await create_once(ctx, step, create, find_lost)
-    state = await await_provider_job(
-        ctx, step, replicate.get_prediction, replicate.cancel, ctx.services.settings.generation_deadline
-    )
+    deadline = ctx.services.settings.generation_deadline
+    await create_once(ctx, step, create, find_lost, deadline=deadline)
+    state = await await_provider_job(ctx, step, replicate.get_prediction, replicate.cancel, deadline)
     raise_if_unsuccessful(state)
     return state
 
@@ -166,20 +166,26 @@ async def create_once(
     step: str,
     create: Callable[[], Awaitable[str]],
     find_lost: Callable[[float], Awaitable[str | None]],
+    *,
+    deadline: float | None = None,
 ) -> str:
-    """Start a paid provider job at most once and journal its id as `<step>:id`.
+    """Start a paid provider job at most once and journal its id as `<step>:id` (with the moment the
+    wait for it gives up, `<step>:deadline`, in the same transaction).
 
-    The intent is journaled before the call. A process killed after the provider accepted the job but
-    before its id was journaled leaves the intent alone: the next run then looks for that job
-    (`find_lost`) before paying for a new one."""
+    No write comes before the call (the fast path). A run that is not the generation's first may
+    follow one killed after the provider accepted the job but before its id was journaled: it looks
+    for that job (`find_lost`, since the generation was recorded) before paying for a new one."""
     saved = await ctx.steps.saved(f"{step}:id")
     if saved is not None:
         return str(saved)
+    # Journals written before this release kept an explicit intent; either tells of an earlier run.
     intent = await ctx.steps.saved(f"{step}:intent")
+    earlier_run = intent is not None or ctx.generation.attempts > 1
+    since = float(intent) if intent is not None else _recorded_at(ctx.generation)
 
     async def adopt_or_create() -> str:
-        if intent is not None:
-            lost = await find_lost(float(intent) - CLOCK_SKEW)
+        if earlier_run:
+            lost = await find_lost(since - CLOCK_SKEW)
             if lost is not None:
                 logger.bind(generation=ctx.generation.id).warning(
                     "found the {} lost in a crash: {}", step, lost
@@ -187,16 +193,21 @@ async def create_once(
                 return lost
         return await create()
 
-    if intent is None:
-        await ctx.steps.record(f"{step}:intent", time.time())
-    job_id: str = await ctx.steps.run(f"{step}:id", adopt_or_create, shielded=True)
+    also = {f"{step}:deadline": time.time() + deadline} if deadline is not None else None
+    job_id: str = await ctx.steps.run(f"{step}:id", adopt_or_create, shielded=True, also=also)
     return job_id
 
 
+def _recorded_at(generation: Generation) -> float:
+    created = generation.created_at
+    # SQLite gives naive datetimes (the server's UTC clock): read them as UTC.
+    return (created if created.tzinfo is not None else created.replace(tzinfo=UTC)).timestamp()
+
+
 async def provider_job_started(steps: StepJournal) -> bool:
-    """Whether a provider's job was asked for already (`create_once` journals its intent first): a
-    rerun then resumes waiting on it rather than starting anew."""
-    return any(name.endswith(":intent") for name in await steps.load())
+    """Whether a provider's job was started already: a rerun then resumes waiting on it rather than
+    starting anew."""
+    return any(name.endswith((":id", ":intent")) for name in await steps.load())
 
 
 async def job_taken(ctx: PipelineContext, step: str, job_id: str) -> bool:

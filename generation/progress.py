@@ -37,7 +37,7 @@ from generation.store import Generation, GenerationStatus, User
 from generation.texts import count_of, text
 
 STATUS_STEP = "status_message"
-# The Cancel button on the status message; bot/routers/cancel.py answers it.
+# The Cancel button on the status message; bot/telegram/routers/cancel.py answers it.
 CANCEL_CALLBACK = "cancel:"
 # An edit Telegram has not answered by then is given up: the generation does not wait on it.
 EDIT_TIMEOUT = 3.0

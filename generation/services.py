@@ -1,4 +1,4 @@
-"""What pipelines and runners need, built once per process by the composition root (container.py)."""
+"""What pipelines and runners need, built once per process by the composition root (app.py)."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from generation.store import Database, Step
 
@@ -20,10 +21,14 @@ T = TypeVar("T")
 
 
 class StepJournal:
-    def __init__(self, db: Database, generation_id: str) -> None:
+    def __init__(self, db: Database, generation_id: str, *, journal: dict[str, Any] | None = None) -> None:
+        """`journal`: the steps as already read (a claim reads them in its own transaction)."""
         self.db = db
         self.generation_id = generation_id
-        self._done: dict[str, Any] | None = None
+        self._done: dict[str, Any] | None = journal
+        # A step being run now: a second caller in this run (a status shown from two places at once)
+        # waits for the same call instead of making it twice.
+        self._running: dict[str, asyncio.Future[Any]] = {}
 
     async def load(self) -> dict[str, Any]:
         if self._done is None:
@@ -55,26 +60,65 @@ class StepJournal:
     async def is_done(self, name: str) -> bool:
         return name in await self.load()
 
-    async def run(self, name: str, fn: Callable[[], Awaitable[T]], *, shielded: bool = False) -> T:
+    async def run(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        shielded: bool = False,
+        also: dict[str, Any] | None = None,
+    ) -> T:
         """`shielded` for paid calls: a cancellation (a stopping process) waits until the call's
-        result is journaled, so the next run finds it instead of paying again."""
+        result is journaled, so the next run finds it instead of paying again. `also`: more steps
+        journaled in the same transaction as this one's result."""
         done = await self.load()
         if name in done:
             return done[name]  # type: ignore[no-any-return]
+        running = self._running.get(name)
+        if running is not None:
+            await asyncio.shield(running)
+            return done[name]  # type: ignore[no-any-return]
 
         async def call_and_record() -> None:
-            await self.record(name, await fn())
+            result = await fn()
+            if also:
+                await self.record_many({name: result, **also})
+            else:
+                await self.record(name, result)
 
-        if shielded:
-            task = asyncio.ensure_future(call_and_record())
-            try:
-                await asyncio.shield(task)
-            except asyncio.CancelledError:
-                await task  # finish journaling the paid call, then stop
-                raise
-        else:
-            await call_and_record()
+        task = self._running[name] = asyncio.ensure_future(call_and_record())
+        try:
+            if shielded:
+                try:
+                    await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    await task  # finish journaling the paid call, then stop
+                    raise
+            else:
+                await task
+        finally:
+            if task.done():
+                self._running.pop(name, None)
         return done[name]  # type: ignore[no-any-return]
+
+    async def add(self, session: AsyncSession, name: str, result: Any) -> None:
+        """Journal a step inside the caller's transaction (so it commits with what it is part of); a
+        step journaled already keeps its first result."""
+        done = await self.load()
+        try:
+            async with session.begin_nested():
+                session.add(Step(generation_id=self.generation_id, name=name, result=result))
+        except IntegrityError:  # another runner journaled it first: continue from its result
+            result = await session.scalar(
+                select(Step.result).where(Step.generation_id == self.generation_id, Step.name == name)
+            )
+        done[name] = result
+
+    async def record_many(self, results: dict[str, Any]) -> None:
+        """Journal several steps in one transaction (fewer commits); each keeps a first result."""
+        async with self.db.transaction() as session:
+            for name, result in results.items():
+                await self.add(session, name, result)
 
     async def record(self, name: str, result: Any) -> None:
         done = await self.load()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,7 +26,6 @@ from sqlalchemy import (
     event,
     func,
     select,
-    update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -307,70 +305,3 @@ async def get_generation(db: Database, generation_id: str) -> Generation | None:
 async def find_by_request_key(db: Database, request_key: str) -> Generation | None:
     async with db.sessions() as session:
         return await session.scalar(select(Generation).where(Generation.request_key == request_key))
-
-
-async def claim_generation(db: Database, generation_id: str, plan: Plan, owner: str, lease: float) -> bool:
-    """Take the right to run a generation, atomically: only on its own plan, only if nobody holds it.
-
-    A generation is claimable when it is queued, or running under a lease that expired (its runner
-    died). This one conditional UPDATE is what keeps a generation from running on both plans at once.
-    """
-    now = time.time()
-    async with db.transaction() as session:
-        result = await session.execute(
-            update(Generation)
-            .where(
-                Generation.id == generation_id,
-                Generation.plan == plan,
-                (Generation.status == GenerationStatus.queued)
-                | (
-                    (Generation.status == GenerationStatus.running)
-                    & ((Generation.lease_expires_at.is_(None)) | (Generation.lease_expires_at < now))
-                ),
-            )
-            .values(
-                status=GenerationStatus.running,
-                attempts=Generation.attempts + 1,
-                lease_owner=owner,
-                lease_expires_at=now + lease,
-            )
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-async def release_generation(db: Database, generation_id: str, owner: str, *, failed: bool = False) -> None:
-    """Give a claim back without finishing (a retry will claim it again); `failed` counts the try."""
-    async with db.transaction() as session:
-        await session.execute(
-            update(Generation)
-            .where(Generation.id == generation_id, Generation.lease_owner == owner)
-            .values(
-                lease_owner=None,
-                lease_expires_at=None,
-                failures=Generation.failures + (1 if failed else 0),
-            )
-        )
-
-
-async def renew_lease(db: Database, generation_id: str, owner: str, lease: float) -> None:
-    async with db.transaction() as session:
-        await session.execute(
-            update(Generation)
-            .where(Generation.id == generation_id, Generation.lease_owner == owner)
-            .values(lease_expires_at=time.time() + lease)
-        )
-
-
-async def move_to_plan_b(db: Database, generation_id: str) -> bool:
-    """Hand a Plan A generation that could not be enqueued to Plan B, unless a worker already took it."""
-    async with db.transaction() as session:
-        result = await session.execute(
-            update(Generation)
-            .where(
-                Generation.id == generation_id,
-                Generation.plan == Plan.A,
-                Generation.status == GenerationStatus.queued,
-            )
-            .values(plan=Plan.B)
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from arq.connections import ArqRedis
 
+from generation.limits import Limits
+
 PREFIX = "aibot:limits:"
 
 # KEYS: the slot sets, then the per-minute window when ARGV[4] is 1.
@@ -51,14 +53,6 @@ return {0, 0}
 
 
 @dataclass(frozen=True)
-class Limits:
-    per_user: int
-    per_provider: dict[str, int]
-    overall: int
-    creates_per_minute: dict[str, int]
-
-
-@dataclass(frozen=True)
 class Refusal:
     """Which limit is full, and when to look again (seconds)."""
 
@@ -74,13 +68,7 @@ class ConcurrencyLimiter:
         self._script = redis.register_script(_ACQUIRE)
 
     def _slot_keys(self, user_id: int, provider: str) -> list[tuple[str, int]]:
-        keys = [
-            (f"{PREFIX}user:{user_id}", self.limits.per_user),
-            (f"{PREFIX}global", self.limits.overall),
-        ]
-        if provider in self.limits.per_provider:
-            keys.append((f"{PREFIX}provider:{provider}", self.limits.per_provider[provider]))
-        return keys
+        return [(PREFIX + name, size) for name, size in self.limits.slots(user_id, provider)]
 
     async def acquire(self, generation_id: str, user_id: int, provider: str) -> Refusal | None:
         """Take (or refresh) every slot of this generation; None when taken, else which one is full."""

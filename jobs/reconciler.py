@@ -10,41 +10,22 @@ new one.
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
 from typing import Any
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from loguru import logger
-from sqlalchemy import select
 
+from generation import lifecycle
 from generation.services import Services
-from generation.store import Generation, GenerationStatus, Plan
+from generation.store import Plan
 from jobs.queue import ArqQueue
 
 
 async def orphaned_plan_a(services: Services) -> list[tuple[str, bool]]:
-    """Plan A generations that no live runner holds: (id, whether a runner died holding it)."""
-    now = time.time()
-    async with services.db.sessions() as session:
-        rows = await session.execute(
-            select(Generation.id, Generation.created_at, Generation.lease_expires_at).where(
-                Generation.plan == Plan.A,
-                Generation.status.in_([GenerationStatus.queued, GenerationStatus.running]),
-                (Generation.lease_expires_at.is_(None)) | (Generation.lease_expires_at < now),
-            )
-        )
-        grace = services.settings.reconcile_grace
-        return [(id_, lease is not None) for id_, created, lease in rows if _age(created, now) > grace]
-
-
-def _age(created: datetime | None, now: float) -> float:
-    if created is None:
-        return float("inf")
-    # SQLite gives naive datetimes (the server's UTC clock): read them as UTC.
-    aware = created if created.tzinfo is not None else created.replace(tzinfo=UTC)
-    return now - aware.timestamp()
+    """Plan A generations that no live runner holds: (id, whether a runner died holding it). Fresher
+    than the grace period, one may still be on its way into Redis."""
+    return await lifecycle.orphans(services.db, Plan.A, older_than=services.settings.reconcile_grace)
 
 
 async def reconcile(services: Services, pool: ArqRedis) -> list[str]:

@@ -122,7 +122,7 @@ async def model_training(ctx: PipelineContext) -> Delivered:
         )
 
     # The paid call: its id is journaled as "training:id" (a create lost to a crash is found, not repeated).
-    await create_once(ctx, "training", create, find_lost)
+    await create_once(ctx, "training", create, find_lost, deadline=ctx.services.settings.training_deadline)
     await _tell_user(ctx, "notify_training_started", text("train_started", ctx.language))
     try:
         state = await await_provider_job(

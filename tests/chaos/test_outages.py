@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import ADMIN_ID, AppFactory
+from tests.conftest import ADMIN_ID, API_TOKEN, AppFactory
 from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum
 from tests.fakes.replicate import FakeReplicate, Outcome
 from tests.fakes.tcp_proxy import TcpProxy
@@ -122,11 +123,22 @@ async def test_telegram_flood_control_on_delivery_is_waited_out(
 async def test_a_user_who_blocked_the_bot_is_refunded_and_costs_no_provider_call(
     make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate, redis_url: str
 ) -> None:
+    """An API request for a chat that blocked the bot: its status message goes out before the paid
+    call (only a Telegram update proves a chat hears the bot), fails, and the try is refunded."""
     app = await make_app(redis_url=redis_url, **FAST_PLAN_A)
     chat = Chat(telegram)
     await chat.ask("/start", "Your balance: 10 ⭐")
     telegram.block_user(chat.token, chat.user_id)
-    chat.send("/image 3 into the void")
+    body = {"telegram_id": chat.user_id, "bot_name": "image_bot", "prompt": "into the void", "num_images": 3}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{app.http_port}/api/generation/text-to-image",
+            json=body,
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+        ) as response,
+    ):
+        assert response.status == 202
     [generation] = await all_settled(app, 1, timeout=30)
     assert (generation.status, generation.refunded) == ("failed", 3)
     assert "blocked" in (generation.error or "")

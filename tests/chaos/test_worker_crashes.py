@@ -9,8 +9,8 @@ import signal
 import pytest
 from sqlalchemy import select
 
+from app import App
 from generation.store import Step
-from server import App
 from tests.conftest import AppFactory, wait_until
 from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of
 from tests.fakes.replicate import FakeReplicate, Outcome

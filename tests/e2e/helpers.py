@@ -6,8 +6,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from app import App
 from generation.store import Generation, GenerationStatus, LedgerEntry, User
-from server import App
 from tests.conftest import BOT_TOKEN
 from tests.fakes.telegram import Call, FakeTelegram
 

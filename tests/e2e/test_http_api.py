@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server import App
+from app import App
 from tests.conftest import API_TOKEN, AppFactory
 from tests.e2e.helpers import USER, Chat, all_settled, balance_and_ledger_sum, generations_of
 from tests.fakes.replicate import FakeReplicate

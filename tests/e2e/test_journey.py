@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from bot.flood import FloodMiddleware
+from app import App
+from bot.telegram.flood import FloodMiddleware
 from generation import ledger
 from generation.store import User
-from server import App
 from tests.conftest import OTHER_BOT_TOKEN, AppFactory, wait_until
 from tests.e2e.helpers import USER, Chat, all_settled, balance_and_ledger_sum, generations_of
 from tests.fakes.elevenlabs import FakeElevenLabs

@@ -14,10 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from loguru import logger
 from sqlalchemy import delete, select
 
+from app import App
 from generation.store import Database, LedgerEntry, Step, User
-from server import App
 from tests.conftest import AppFactory, closed_port, wait_until
 from tests.constants import API_TOKEN, BOT_TOKEN
 from tests.e2e.helpers import USER, Chat, album_images, all_settled, balance_and_ledger_sum, generations_of
@@ -252,6 +253,30 @@ async def test_on_plan_b_a_trained_model_makes_photos_with_its_trigger_word(
     photos = [g for g in await all_settled(app, 3) if g.kind == "neuro_photo"]
     assert [g.request["lora_version"] for g in photos] == [version, version]
     assert await balance_and_ledger_sum(app) == (88, 88)
+
+
+async def test_a_repeated_train_update_is_answered_from_the_record_without_fetching_the_archive(
+    make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate
+) -> None:
+    app = await make_app(new_user_bonus=2 * TRAINING_PRICE)  # enough for the repeat to reach the intake
+    chat = Chat(telegram)
+    update = send_archive(telegram, chat, photos_zip(10), caption="/train tok_me")
+    await chat.reply("Charged 200 ⭐. Balance: 200 ⭐")
+    await all_settled(app, 1)
+    fetched = sum(call.method == "getFile" for call in telegram.calls)
+    ignored = asyncio.Event()
+    sink = logger.add(lambda _: ignored.set(), filter=lambda record: "duplicate" in record["message"])
+    try:
+        telegram.push_update(chat.token, update)  # Telegram delivers the same update again
+        await asyncio.wait_for(ignored.wait(), timeout=10)
+    finally:
+        logger.remove(sink)
+    [training] = await all_settled(app, 1)
+    assert training.status == "done"
+    assert sum(call.method == "getFile" for call in telegram.calls) == fetched  # not checked again
+    assert len(replicate.training_creates) == 1
+    assert sum("Charged" in text for text in chat.texts()) == 1
+    assert await balance_and_ledger_sum(app) == (200, 200)
 
 
 async def test_a_failed_training_refunds_once_in_the_users_language(

@@ -8,10 +8,10 @@ import re
 import pytest
 from sqlalchemy import select
 
-from bot import payment_reconciler
+from app import App
+from bot.telegram import payment_reconciler
 from generation import payments
 from generation.store import Order, OrderStatus
-from server import App
 from tests.conftest import ADMIN_ID, AppFactory
 from tests.e2e.helpers import USER, Chat, balance_and_ledger_sum, generations_of
 from tests.fakes.replicate import FakeReplicate

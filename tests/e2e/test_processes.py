@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from server import App
+from app import App
 from tests.conftest import (
     API_TOKEN,
     BOT_TOKEN,

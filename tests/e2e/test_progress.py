@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from app import App
 from generation.store import LedgerEntry
-from server import App
 from tests.conftest import AppFactory
 from tests.e2e.helpers import USER, Chat, all_settled, balance_and_ledger_sum
 from tests.fakes.replicate import FakeReplicate, Outcome

@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 from sqlalchemy import select
 
+from app import App
 from generation.store import Generation, LedgerEntry, Step, User
 from generation.users import ensure_user
-from server import App
 from tests.conftest import AppFactory, closed_port
 from tests.constants import API_TOKEN, BOT_TOKEN
 from tests.e2e.helpers import USER, Chat, all_settled, balance_and_ledger_sum, generations_of

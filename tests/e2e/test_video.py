@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
+from app import App
 from generation.store import LedgerEntry
-from server import App
 from tests.conftest import AppFactory
 from tests.constants import API_TOKEN, BOT_TOKEN
 from tests.e2e.helpers import USER, Chat, all_settled, balance_and_ledger_sum, generations_of

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from arq.connections import ArqRedis, create_pool
 
-from jobs.limits import ConcurrencyLimiter, Limits
+from generation.limits import Limits
+from jobs.limits import ConcurrencyLimiter
 from jobs.queue import redis_settings
 
 

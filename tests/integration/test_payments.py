@@ -8,7 +8,7 @@ import pytest
 from aiogram.fsm.storage.base import StorageKey
 from sqlalchemy import func, select
 
-from bot.conversation_storage import DatabaseStorage
+from bot.telegram.conversation_storage import DatabaseStorage
 from generation import ledger, payments
 from generation.catalog import TopUpPackage
 from generation.payments import PreCheckoutProblem, RefundRefused

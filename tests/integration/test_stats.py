@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot.routers.admin import MESSAGE_LIMIT, fit, render_account, render_stats
+from bot.telegram.routers.admin import MESSAGE_LIMIT, fit, render_account, render_stats
 from generation import stats
 from generation.store import Database, Generation, LedgerEntry, Order, User
 from migrations.runner import upgrade

@@ -1,4 +1,4 @@
-"""The anti-flood window (bot/flood.py): the sliding count, telling once, bounded memory, and which
+"""The anti-flood window (bot/telegram/flood.py): the sliding count, telling once, bounded memory, and which
 updates are never throttled (payments)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any, cast
 from aiogram import Bot
 from aiogram.types import TelegramObject, Update
 
-from bot.flood import FloodLimiter, FloodMiddleware
+from bot.telegram.flood import FloodLimiter, FloodMiddleware
 from generation.services import Services
 
 USER = (1, 1001)

@@ -1,4 +1,5 @@
-"""Which attachment /animate animates (bot/routers/video.py image_to_animate), on Telegram's own types."""
+"""Which attachment /animate animates (bot/telegram/routers/video.py image_to_animate), on Telegram's
+own types."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 from aiogram.types import Message
 
-from bot.routers.video import Refusal, image_to_animate
+from bot.telegram.routers.video import Refusal, image_to_animate
 
 
 def message(**fields: Any) -> Message:

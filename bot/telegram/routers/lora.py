@@ -1,8 +1,8 @@
 """/train <trigger_word> (model_training, from a ZIP of photos) and /photo [n] <prompt> (neuro_photo).
 
 The archive comes as a document: with the caption `/train <trigger_word>`, or after `/train
-<trigger_word>` (the word waits in the chat's FSM state for the next document). It is checked before
-anything is charged; a bad one is answered and the word keeps waiting for a better archive.
+<trigger_word>` (the word waits in the chat's FSM state for the next document). It is checked (by the
+intake) before anything is charged; a bad one is answered and the word keeps waiting for a better archive.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import Message
 
-from bot.keyboards import answer_insufficient_balance
-from bot.routers.image import parse_image_arguments
-from bot.submit import Requester
+from bot.telegram.keyboards import answer_insufficient_balance
+from bot.telegram.routers.image import parse_image_arguments
+from bot.telegram.submit import Requester
 from generation.archives import MEGABYTE, TRAINING_ARCHIVE
 from generation.catalog import Kind
+from generation.intake import Refused, Stage
 from generation.kinds.lora import trigger_word_problem
-from generation.registry import CHECKERS
-from generation.requests import InvalidRequest, Problem
+from generation.requests import Problem
 from generation.services import Services
 from generation.store import User
 from generation.texts import text
@@ -104,7 +104,7 @@ async def archive_after_train(
 
 
 async def _train(message: Message, word: str, state: FSMContext, requester: Requester) -> None:
-    user, bot_name, lang, services = requester.user, requester.bot_name, requester.lang, requester.services
+    user, lang, services = requester.user, requester.lang, requester.services
     if (problem := trigger_word_problem(word)) is not None:
         await state.clear()
         await _answer_problems(message, [problem], lang)
@@ -122,13 +122,10 @@ async def _train(message: Message, word: str, state: FSMContext, requester: Requ
         )
         return
     fields = {"zip_file_id": document.file_id, "trigger_word": word}
-    try:
-        await CHECKERS[Kind.model_training](services, bot_name, {"telegram_id": user.telegram_id, **fields})
-    except InvalidRequest as invalid:
-        await _answer_problems(message, invalid.problems, lang)
-        return
-    await state.clear()
-    await requester.submit(message, kind=Kind.model_training, fields=fields)
+    outcome = await requester.submit(message, kind=Kind.model_training, fields=fields)
+    if not (isinstance(outcome, Refused) and outcome.stage is Stage.inputs):
+        # An archive refused leaves the word waiting for a better one; anything else ends the wait.
+        await state.clear()
 
 
 async def photo(

@@ -18,7 +18,7 @@ from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import Message, TelegramObject
 
-from bot.submit import Requester
+from bot.telegram.submit import Requester
 from generation.catalog import Kind
 from generation.kinds.speech import MAX_RECORDING_BYTES, MIN_RECORDING_SECONDS
 from generation.services import Services

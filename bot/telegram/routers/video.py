@@ -10,8 +10,8 @@ from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
-from bot.routers.image import chosen_model
-from bot.submit import Requester
+from bot.telegram.routers.image import chosen_model
+from bot.telegram.submit import Requester
 from generation.catalog import Kind
 from generation.delivery import DOWNLOAD_LIMIT
 from generation.texts import text

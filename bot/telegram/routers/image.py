@@ -16,7 +16,7 @@ from aiogram.types import (
     Message,
 )
 
-from bot.submit import Requester
+from bot.telegram.submit import Requester
 from generation.catalog import Catalog, CatalogModel, Kind
 from generation.services import Services
 from generation.store import User

@@ -12,8 +12,8 @@ from aiogram.types import (
     Message,
 )
 
-from bot.keyboards import topup_button, topup_keyboard
-from bot.routers.image import chosen_model
+from bot.telegram.keyboards import topup_button, topup_keyboard
+from bot.telegram.routers.image import chosen_model
 from generation import ledger
 from generation.archives import MEGABYTE, TRAINING_ARCHIVE
 from generation.catalog import Kind

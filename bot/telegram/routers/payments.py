@@ -19,7 +19,7 @@ from aiogram.types import (
 )
 from loguru import logger
 
-from bot.keyboards import BUY_CALLBACK, BUY_MISSING_CALLBACK, BUY_PACKAGE_CALLBACK
+from bot.telegram.keyboards import BUY_CALLBACK, BUY_MISSING_CALLBACK, BUY_PACKAGE_CALLBACK
 from generation import payments
 from generation.services import Services
 from generation.store import User

@@ -14,8 +14,9 @@ from aiogram.exceptions import TelegramAPIError
 from aiogram.filters import Command
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
-from bot.submit import Requester
+from bot.telegram.submit import Requester
 from generation.catalog import Kind
+from generation.dispatcher import Submission
 from generation.history import as_utc, can_repeat, recent_generations, repeat_fields, request_excerpt
 from generation.services import Services
 from generation.store import Generation, User, get_generation
@@ -83,12 +84,12 @@ async def repeat(
     if generation is None or fields is None or query.message is None:
         await query.answer(text("journey_repeat_unavailable", lang))
         return
-    key = f"tg:{requester.bot_name}:{query.message.chat.id}:repeat:{query.id}"
-    submission = await requester.submit(
-        query.message, kind=Kind(generation.kind), fields=fields, request_key=key
+    outcome = await requester.submit(
+        query.message, kind=Kind(generation.kind), fields=fields, event=f"repeat:{query.id}"
     )
+    started = isinstance(outcome, Submission)
     with contextlib.suppress(TelegramAPIError):  # a redelivered press: Telegram forgot the query
-        await query.answer(text("journey_repeat_started", lang) if submission is not None else None)
+        await query.answer(text("journey_repeat_started", lang) if started else None)
 
 
 def build_router() -> Router:

@@ -15,7 +15,7 @@ from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.types import Message
 
-from bot.routers.lora import Training
+from bot.telegram.routers.lora import Training
 from generation.archives import MEGABYTE, TRAINING_ARCHIVE
 from generation.catalog import Kind
 from generation.services import Services

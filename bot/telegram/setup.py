@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiogram import Bot, Dispatcher
 from aiogram.types import BotCommand
 
-from bot.conversation_storage import DatabaseStorage
-from bot.flood import FloodLimiter, FloodMiddleware
-from bot.middlewares import UserMiddleware
-from bot.routers import cancel, hints, history, image, lora, payments, speech, start, unknown, video
-from bot.routers.admin import build_admin_router
+from bot.telegram.conversation_storage import DatabaseStorage
+from bot.telegram.flood import FloodLimiter, FloodMiddleware
+from bot.telegram.middlewares import UserMiddleware
+from bot.telegram.routers import cancel, hints, history, image, lora, payments, speech, start, unknown, video
+from bot.telegram.routers.admin import build_admin_router
 from generation.dispatcher import Dispatcher as GenerationDispatcher
 from generation.services import Services
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, Message
+from aiogram.types import InaccessibleMessage, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
 from generation.texts import count_of, text
 
-# Callback data of the "Top up" button; bot/routers/payments.py answers it with the packages,
+# Callback data of the "Top up" button; bot/telegram/routers/payments.py answers it with the packages,
 # "buy-missing:<stars>" with the packages and how many stars are missing, and "buy:<package>" with that
 # package's invoice.
 BUY_CALLBACK = "buy"
@@ -25,8 +25,11 @@ def topup_keyboard(lang: str, missing: int = 0) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup(inline_keyboard=[[button]])
 
 
-async def answer_insufficient_balance(message: Message, lang: str, *, needed: int, balance: int) -> None:
-    """'Not enough stars', how many are missing, and a way forward: the Top up button."""
+async def answer_insufficient_balance(
+    message: Message | InaccessibleMessage, lang: str, *, needed: int, balance: int
+) -> None:
+    """'Not enough stars', how many are missing, and a way forward: the Top up button (in the chat of a
+    message the bot can no longer see, too: a button pressed under an old one)."""
     missing = max(needed - balance, 0)
     await message.answer(
         text(

@@ -1,0 +1,305 @@
+"""The composition root: builds a process from settings, starts it in order and closes it.
+
+Two processes (SPEC §2.1): `App` is `aibot run`, every bot, the HTTP server, Plan B and an embedded
+arq worker when Redis answers; `StandaloneWorker` is `aibot worker`, an arq worker alone. `arq
+jobs.worker.WorkerSettings` is the same worker run by arq's own command (`arq_worker_settings`).
+Each process pushes the closing of whatever it opens (a connection, a bot's session, a task) onto one
+stack the moment it opens it, so stopping closes everything in the reverse order, and a start that
+fails halfway closes what it had opened. The only module that knows every layer; settings are read
+by the caller (cli.py, or arq's entry), never at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any
+
+from aiogram import Bot
+from aiogram import Dispatcher as BotDispatcher
+from aiogram.client.default import DefaultBotProperties
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiohttp import web
+from loguru import logger
+
+from bot.http.web_app import build_web_app
+from bot.telegram.delivery import TelegramDelivery
+from bot.telegram.payment_reconciler import reconcile_forever
+from bot.telegram.setup import build_bot_dispatcher, publish_menus
+from fallback.inline import InlineRunner
+from generation.catalog import load_catalog
+from generation.delivery import ChatDelivery, NoDelivery
+from generation.dispatcher import Dispatcher
+from generation.services import Services
+from generation.store import Database
+from generation.texts import text
+from jobs.queue import ArqQueue, connect
+from jobs.runner import run_supervised, worker_options
+from migrations.runner import upgrade
+from providers.elevenlabs import ElevenLabsProvider
+from providers.replicate import ReplicateProvider
+from settings import BotMode, Settings, get_settings
+
+
+class Process:
+    """What every process opens: its services (database, catalogue, providers, and one Bot per token
+    to deliver through). On its own it is the process around a worker that arq runs itself."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bots: dict[str, Bot] = {}
+        self.services: Services | None = None
+        self._opened = contextlib.AsyncExitStack()
+
+    async def start(self) -> None:
+        try:
+            await self._open()
+        except BaseException:
+            await self._opened.aclose()
+            raise
+
+    async def stop(self) -> None:
+        """Close what was opened, last first; stopping again does nothing."""
+        await self._opened.aclose()
+
+    async def run(self) -> None:
+        """Start, serve until cancelled (a signal), then stop."""
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    async def _open(self) -> None:
+        self.bots = self._open_bots()
+        self.services = self._open_services()
+
+    def _open_bots(self) -> dict[str, Bot]:
+        """One aiogram Bot per configured token, all through TELEGRAM_API_URL."""
+        api = TelegramAPIServer.from_base(self.settings.telegram_api_url)
+        bots: dict[str, Bot] = {}
+        for name, token in self.settings.bot_tokens.items():
+            bots[name] = bot = Bot(
+                token.get_secret_value(),
+                session=AiohttpSession(api=api),
+                default=DefaultBotProperties(parse_mode=None),
+            )
+            self._opened.push_async_callback(bot.session.close)
+        return bots
+
+    def _open_services(self) -> Services:
+        settings = self.settings
+        db = Database(settings.database_url)
+        self._opened.push_async_callback(db.close)
+        replicate = ReplicateProvider(
+            api_token=settings.replicate_api_token.get_secret_value()
+            if settings.replicate_api_token
+            else None,
+            base_url=settings.replicate_base_url,
+            poll_interval=settings.replicate_poll_interval,
+            timeout=settings.provider_timeout,
+        )
+        self._opened.push_async_callback(replicate.close)
+        elevenlabs = ElevenLabsProvider(
+            api_key=settings.elevenlabs_api_key.get_secret_value() if settings.elevenlabs_api_key else None,
+            base_url=settings.elevenlabs_base_url,
+        )
+        self._opened.push_async_callback(elevenlabs.close)
+        delivery: ChatDelivery = TelegramDelivery(self.bots) if self.bots else NoDelivery()
+        return Services(
+            settings=settings,
+            db=db,
+            catalog=load_catalog(),
+            replicate=replicate,
+            elevenlabs=elevenlabs,
+            delivery=delivery,
+        )
+
+    def _run_in_background(self, work: Coroutine[Any, Any, object], name: str) -> None:
+        """A task for the life of the process, cancelled (and awaited) when it stops."""
+        task = asyncio.create_task(work, name=name)
+        self._opened.push_async_callback(_cancel, task)
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+class StandaloneWorker(Process):
+    """`aibot worker`: one set of services for the life of the process, and an arq worker around them
+    that is built anew whenever it stops (Redis outages)."""
+
+    async def _open(self) -> None:
+        await super()._open()
+        assert self.services is not None
+        self._run_in_background(run_supervised(self.settings, self.services), name="worker")
+
+
+def arq_worker_settings() -> dict[str, Any]:
+    """`arq jobs.worker.WorkerSettings`: arq builds and runs the worker itself from these options;
+    the process around it opens its services when the worker starts and closes them when it ends."""
+    settings = get_settings()
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        process = ctx["process"] = Process(settings)
+        await process.start()
+        ctx["services"] = process.services
+        logger.info("arq worker started")
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        process: Process | None = ctx.get("process")
+        if process is not None:
+            await process.stop()
+
+    return {**worker_options(settings), "on_startup": on_startup, "on_shutdown": on_shutdown}
+
+
+class App(Process):
+    """`aibot run`: the whole monolith in one process; also what the end-to-end tests start and stop
+    in-process."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.queue: ArqQueue | None = None
+        self.inline: InlineRunner | None = None
+        self.generations: Dispatcher | None = None
+        self.bot_dispatcher: BotDispatcher | None = None
+        self.web_runner: web.AppRunner | None = None
+        self.http_port: int | None = None
+        self._grace = 10.0
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking work, give Plan B runs `grace` seconds to finish (the rest resume at the next
+        start), then close everything."""
+        self._grace = grace
+        await super().stop()
+
+    async def _open(self) -> None:
+        settings = self.settings
+        await asyncio.to_thread(upgrade, settings.database_url)
+        await super()._open()
+        assert self.services is not None
+        services = self.services
+        self.queue = await self._connect_queue()
+        self.inline = InlineRunner(services)
+        self._opened.push_async_callback(self._close_inline)
+        self.generations = Dispatcher(
+            services, self.inline, self.queue, on_plan_change=self._report_plan_change
+        )
+        if self.queue is not None and settings.embedded_worker:
+            self._run_in_background(run_supervised(settings, services), name="embedded-worker")
+            logger.info("embedded arq worker started")
+        await self._start_bots()
+        await self._start_http()
+        resumed = await self.inline.resume_interrupted()
+        if resumed:
+            logger.info("resumed {} interrupted Plan B generation(s)", len(resumed))
+        self._run_in_background(self._resume_plan_b_orphans(), name="plan-b-reconciler")
+        if self.bots:
+            self._run_in_background(
+                reconcile_forever(services, self.bots, settings.payment_reconcile_every),
+                name="payment-reconciler",
+            )
+        mode, source = await self.generations.mode()
+        logger.info("aibot running: plan mode {} (from {}), {} bot(s)", mode.value, source, len(self.bots))
+
+    async def _connect_queue(self) -> ArqQueue | None:
+        settings = self.settings
+        if not settings.use_queue or settings.fallback_mode:
+            logger.info("Plan A is off (USE_QUEUE=false or FALLBACK_MODE=true): generations run on Plan B")
+            return None
+        try:
+            pool = await asyncio.wait_for(connect(settings.redis_url, settings.redis_timeout), timeout=5)
+        except Exception as error:
+            logger.warning(
+                "Redis is not reachable ({}): running on Plan B (inline), no embedded worker",
+                type(error).__name__,
+            )
+            return None
+        queue = ArqQueue(pool, timeout=settings.redis_timeout)
+        self._opened.push_async_callback(queue.close)
+        return queue
+
+    async def _close_inline(self) -> None:
+        assert self.inline is not None
+        await self.inline.close(self._grace)
+
+    async def _start_bots(self) -> None:
+        assert self.services is not None and self.generations is not None
+        if not self.bots:
+            logger.info("no bot tokens configured (BOT_TOKENS): serving the HTTP server only")
+            return
+        self.bot_dispatcher = build_bot_dispatcher(self.services, self.generations, self.bots)
+        try:
+            await publish_menus(self.bots)
+        except Exception as error:
+            logger.warning("could not publish the command menus: {}", type(error).__name__)
+        if self.settings.bot_mode is BotMode.webhook:
+            await self._set_webhooks()
+            return
+        for name, bot in self.bots.items():
+            try:  # a webhook left from webhook mode would make getUpdates fail
+                await bot.delete_webhook(drop_pending_updates=False)
+            except Exception as error:
+                logger.warning("could not remove the webhook of bot {}: {}", name, type(error).__name__)
+        self._run_in_background(
+            self.bot_dispatcher.start_polling(
+                *self.bots.values(), handle_signals=False, close_bot_session=False
+            ),
+            name="polling",
+        )
+        self._opened.push_async_callback(self._stop_polling)
+        logger.info("polling {} bot(s): {}", len(self.bots), ", ".join(self.bots))
+
+    async def _stop_polling(self) -> None:
+        assert self.bot_dispatcher is not None
+        with contextlib.suppress(RuntimeError):  # polling had not begun yet
+            await self.bot_dispatcher.stop_polling()
+
+    async def _set_webhooks(self) -> None:
+        assert self.settings.webhook_base_url and self.settings.webhook_secret
+        for name, bot in self.bots.items():
+            await bot.set_webhook(
+                f"{self.settings.webhook_base_url}/webhooks/telegram/{name}",
+                secret_token=self.settings.webhook_secret.get_secret_value(),
+            )
+        logger.info("webhooks set for {} bot(s)", len(self.bots))
+
+    async def _start_http(self) -> None:
+        assert self.services is not None and self.generations is not None
+        app = build_web_app(self.services, self.generations, self.bots, self.bot_dispatcher)
+        self.web_runner = web.AppRunner(app, access_log=None)
+        await self.web_runner.setup()
+        self._opened.push_async_callback(self.web_runner.cleanup)
+        site = web.TCPSite(self.web_runner, self.settings.http_host, self.settings.http_port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
+        logger.info("HTTP server on http://{}:{}", self.settings.http_host, self.http_port)
+
+    async def _resume_plan_b_orphans(self) -> None:
+        """Plan B's reconciler: another `aibot run` process that died leaves generations whose leases
+        expire; any live process picks them up."""
+        assert self.inline is not None
+        while True:
+            await asyncio.sleep(self.settings.reconcile_every)
+            try:
+                await self.inline.resume_interrupted()
+            except Exception as error:
+                logger.warning("could not look for interrupted Plan B generations: {!r}", error)
+
+    async def _report_plan_change(self, old: str, new: str, reason: str) -> None:
+        """Tell every admin, through the default bot (SPEC §5: every switch is reported)."""
+        assert self.services is not None
+        bot_name = self.settings.default_bot_name
+        if bot_name is None:
+            return
+        for admin_id in self.settings.admin_ids:
+            with contextlib.suppress(Exception):
+                await self.services.delivery.send_text(
+                    bot_name, admin_id, text("plan_changed_notice", "en", old=old, new=new, reason=reason)
+                )

@@ -1,0 +1,1 @@
+"""The HTTP channel (aiohttp): the API, the webhooks of Telegram and Replicate, and health."""

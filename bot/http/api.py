@@ -1,0 +1,149 @@
+"""The HTTP API (SPEC §2.3): submit a generation through the intake, read a generation, read a user."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from bot.http.keys import GENERATIONS, SERVICES
+from bot.http.responses import json_error, json_problems
+from generation import intake, ledger, payments
+from generation.catalog import Kind
+from generation.registry import PIPELINES
+from generation.requests import Problem
+from generation.store import Generation, get_generation
+from generation.users import find_user
+
+
+def _check_bearer(request: web.Request) -> web.Response | None:
+    token = request.app[SERVICES].settings.api_token
+    if token is None:
+        return json_error(503, "the HTTP API is disabled: API_TOKEN is not set")
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token.get_secret_value()):
+        return web.json_response(
+            {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+        )
+    return None
+
+
+async def create_generation(request: web.Request) -> web.Response:
+    if (denied := _check_bearer(request)) is not None:
+        return denied
+    kind = Kind.from_slug(request.match_info["kind"])
+    if kind is None:
+        return json_error(404, f"unknown kind {request.match_info['kind']!r}", kinds=[k.slug for k in Kind])
+    if kind not in PIPELINES:
+        return json_error(501, f"{kind.slug} is not available yet")
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return json_problems([Problem("body", "invalid", {"detail": "the body is not valid JSON"})])
+    if not isinstance(body, dict):
+        return json_problems([Problem("body", "invalid", {"detail": "the body must be a JSON object"})])
+    origin = intake.FromApi(request.headers.get("Idempotency-Key", "").strip())
+    outcome = await intake.submit(request.app[GENERATIONS], intake.Incoming(kind, body, origin))
+    if isinstance(outcome, intake.Refused):
+        return json_problems(outcome.problems)
+    if isinstance(outcome, intake.Unaffordable):
+        return json_error(402, "insufficient balance", needed=outcome.needed, balance=outcome.balance)
+    generation = outcome.generation
+    return web.json_response(
+        {"id": generation.id, "plan": outcome.plan.value, "status": generation.status}, status=202
+    )
+
+
+async def read_generation(request: web.Request) -> web.Response:
+    if (denied := _check_bearer(request)) is not None:
+        return denied
+    generation = await get_generation(request.app[SERVICES].db, request.match_info["id"])
+    if generation is None:
+        return json_error(404, "no such generation")
+    return web.json_response(describe(generation))
+
+
+# Telegram user ids are positive and fit in 52 bits; anything else names no user.
+TELEGRAM_ID_SHAPE = re.compile(r"^[1-9][0-9]{0,15}$")
+
+
+async def read_user(request: web.Request) -> web.Response:
+    """For operators: one user of one bot, with the balance, the recent ledger lines and orders."""
+    if (denied := _check_bearer(request)) is not None:
+        return denied
+    raw_id = request.match_info["telegram_id"]
+    if not TELEGRAM_ID_SHAPE.match(raw_id):
+        return json_problems([Problem("telegram_id", "invalid", {"detail": "a positive Telegram user id"})])
+    services = request.app[SERVICES]
+    async with services.db.sessions() as session:
+        user = await find_user(session, request.match_info["bot_name"], int(raw_id))
+        if user is None:
+            return json_error(404, "no such user of this bot")
+        entries = await ledger.recent_entries(session, user.id, limit=20)
+    orders = await payments.orders_of(services.db, user.id, limit=20)
+    return web.json_response(
+        {
+            "bot_name": user.bot_name,
+            "telegram_id": user.telegram_id,
+            "username": user.username,
+            "language": user.language,
+            "balance": user.balance,
+            "created_at": _iso(user.created_at),
+            "ledger": [
+                {
+                    "operation": entry.operation_key,
+                    "amount": entry.amount,
+                    "balance_after": entry.balance_after,
+                    "generation_id": entry.generation_id,
+                    "note": entry.note,
+                    "created_at": _iso(entry.created_at),
+                }
+                for entry in entries
+            ],
+            "orders": [
+                {
+                    "id": order.id,
+                    "package": order.package,
+                    "stars": order.stars,
+                    "amount": order.amount,
+                    "currency": payments.CURRENCY,
+                    "status": order.status,
+                    "charge_id": order.charge_id,
+                    "refunded_stars": order.refunded_stars,
+                    "created_at": _iso(order.created_at),
+                    "paid_at": _iso(order.paid_at),
+                    "refunded_at": _iso(order.refunded_at),
+                }
+                for order in orders
+            ],
+        }
+    )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def describe(generation: Generation) -> dict[str, Any]:
+    result = generation.result or {}
+    return {
+        "id": generation.id,
+        "kind": generation.kind,
+        "model": generation.model,
+        "status": generation.status,
+        "plan": generation.plan,
+        "attempts": generation.attempts,
+        "price": generation.price - generation.refunded,
+        "charged": generation.price,
+        "refunded": generation.refunded,
+        "urls": result.get("urls", []),
+        "result": result,  # the kind's own outcome too (e.g. a cloned voice_id)
+        "error": generation.error,
+        "created_at": generation.created_at.isoformat() if generation.created_at else None,
+        "finished_at": generation.finished_at.isoformat() if generation.finished_at else None,
+    }

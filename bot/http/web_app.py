@@ -1,0 +1,36 @@
+"""The aiohttp app (SPEC §2.3): the API, the Telegram and Replicate webhooks, and health, on one server."""
+
+from __future__ import annotations
+
+from aiogram import Bot
+from aiogram import Dispatcher as BotDispatcher
+from aiohttp import web
+
+from bot.http import api, health, webhooks
+from bot.http.keys import BOT_DISPATCHER, BOTS, GENERATIONS, SERVICES, WEBHOOK_TASKS
+from generation.dispatcher import Dispatcher
+from generation.services import Services
+
+MAX_BODY = 1024 * 1024
+
+
+def build_web_app(
+    services: Services,
+    generations: Dispatcher,
+    bots: dict[str, Bot],
+    bot_dispatcher: BotDispatcher | None,
+) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    app[SERVICES] = services
+    app[GENERATIONS] = generations
+    app[BOTS] = bots
+    app[WEBHOOK_TASKS] = set()
+    if bot_dispatcher is not None:
+        app[BOT_DISPATCHER] = bot_dispatcher
+    app.router.add_post("/api/generation/{kind}", api.create_generation)
+    app.router.add_get("/api/generations/{id}", api.read_generation)
+    app.router.add_get("/api/users/{bot_name}/{telegram_id}", api.read_user)
+    app.router.add_post("/webhooks/telegram/{bot_name}", webhooks.telegram_webhook)
+    app.router.add_post("/webhooks/replicate", webhooks.replicate_webhook)
+    app.router.add_get("/healthz", health.health)
+    return app

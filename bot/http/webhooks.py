@@ -1,0 +1,69 @@
+"""Webhooks: Telegram's updates (webhook mode) handed to the bots' dispatcher, and Replicate's callbacks
+with a prediction's or training's final state."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+
+from aiogram.types import Update
+from aiohttp import web
+from loguru import logger
+
+from bot.http.keys import BOT_DISPATCHER, BOTS, GENERATIONS, SERVICES, WEBHOOK_TASKS
+from bot.http.responses import json_error
+from generation.callbacks import take_job_result
+from providers.replicate import verify_webhook
+
+
+async def telegram_webhook(request: web.Request) -> web.Response:
+    bots = request.app[BOTS]
+    bot = bots.get(request.match_info["bot_name"])
+    if bot is None or BOT_DISPATCHER not in request.app:
+        return json_error(404, "no such bot")
+    secret = request.app[SERVICES].settings.webhook_secret
+    given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+    if secret is None or not hmac.compare_digest(given, secret.get_secret_value()):
+        return json_error(401, "wrong secret token")
+    try:
+        update = Update.model_validate(await request.json(), context={"bot": bot})
+    except Exception:
+        return json_error(400, "not a Telegram update")
+    # Answer Telegram at once; the update is handled in the background (Telegram resends on slow answers).
+    task = asyncio.create_task(request.app[BOT_DISPATCHER].feed_update(bot, update))
+    tasks = request.app[WEBHOOK_TASKS]
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return web.json_response({"ok": True})
+
+
+async def replicate_webhook(request: web.Request) -> web.Response:
+    """A prediction's or training's final state, signed by Replicate; verified before anything is read."""
+    services = request.app[SERVICES]
+    secret = services.settings.replicate_webhook_secret
+    if secret is None:
+        return json_error(404, "Replicate webhooks are not configured (REPLICATE_WEBHOOK_SECRET)")
+    body = await request.text()
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    if not verify_webhook(headers, body, secret.get_secret_value()):
+        logger.warning("Replicate webhook with a bad or missing signature refused")
+        return json_error(401, "bad signature")
+    try:
+        payload = json.loads(body)
+    except json.JSONDecodeError:
+        return json_error(400, "not JSON")
+    generation_id = request.query.get("generation", "")
+    step = request.query.get("step", "")
+    if not isinstance(payload, dict) or not generation_id or not step:
+        return json_error(400, "a callback names its generation and step")
+    generation = await take_job_result(services.db, headers["webhook-id"], generation_id, step, payload)
+    if generation is not None:
+        logger.bind(generation=generation.id, plan=generation.plan).info("{} result arrived by webhook", step)
+        queue = request.app[GENERATIONS].queue
+        if generation.plan == "A" and queue is not None:
+            try:
+                await asyncio.wait_for(queue.wake(generation.id), timeout=services.settings.redis_timeout)
+            except Exception as error:  # the deferred retry comes anyway; the result is journaled
+                logger.warning("could not wake the job: {!r}", error)
+    return web.json_response({"ok": True})

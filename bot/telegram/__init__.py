@@ -1,0 +1,1 @@
+"""The Telegram channel (aiogram): routers per feature, middlewares, keyboards, delivery to chats."""

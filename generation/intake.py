@@ -1,0 +1,119 @@
+"""The one way in for a generation, whatever the channel: validate, check, then submit (the dispatcher
+prepares, records and charges, then runs it on a plan).
+
+A channel (Telegram, the HTTP API) hands over what it received as an `Incoming` and translates the
+`Outcome` back: into messages, or into 202/422/402. Nothing here knows a channel's library; what a
+channel adds is where the request came from, which makes its request key (SPEC §4.2).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from generation.catalog import Kind
+from generation.dispatcher import Dispatcher, Submission
+from generation.ledger import InsufficientBalance
+from generation.registry import CHECKERS
+from generation.requests import GenerationRequest, InvalidRequest, Problem, validate_request
+from generation.store import find_by_request_key
+
+# The bot of an API request that names none, when the server runs no bot: results stay in the database.
+API_ONLY_BOT = "api"
+MAX_IDEMPOTENCY_KEY = 120
+
+
+@dataclass(frozen=True)
+class FromTelegram:
+    """A message, or a button pressed under one, in a chat with one of the bots. Its request key is the
+    bot, the chat and the event: the same update delivered twice is the same generation."""
+
+    bot_name: str
+    chat_id: int
+    event: str  # the message id, or "repeat:<callback query id>" for a button that repeats a generation
+
+    def bot_for(self, request: GenerationRequest, default_bot: str | None) -> str:
+        return self.bot_name
+
+    def request_key(self, bot_name: str, request: GenerationRequest) -> str:
+        return f"tg:{bot_name}:{self.chat_id}:{self.event}"
+
+
+@dataclass(frozen=True)
+class FromApi:
+    """An HTTP API call. Its request key is the client's Idempotency-Key, scoped to the bot and user so
+    two users' keys never collide; without one, every call is new."""
+
+    idempotency_key: str = ""
+
+    def bot_for(self, request: GenerationRequest, default_bot: str | None) -> str:
+        return request.bot_name or default_bot or API_ONLY_BOT
+
+    def request_key(self, bot_name: str, request: GenerationRequest) -> str:
+        if len(self.idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            detail = f"at most {MAX_IDEMPOTENCY_KEY} characters"
+            raise InvalidRequest([Problem("Idempotency-Key", "invalid", {"detail": detail})])
+        return f"http:{bot_name}:{request.telegram_id}:{self.idempotency_key or uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """What a channel received: the kind, its fields (the seed's and the kind's own, not yet
+    validated), and where it came from."""
+
+    kind: Kind
+    fields: Mapping[str, Any]
+    origin: FromTelegram | FromApi
+
+
+class Stage(enum.StrEnum):
+    """Where a request was refused."""
+
+    request = "request"  # its fields (validation)
+    inputs = "inputs"  # what it points to, fetched and judged (a checker: a training's archive)
+    account = "account"  # the user's own state (a preparer: no trained model yet)
+
+
+@dataclass(frozen=True)
+class Refused:
+    problems: list[Problem]
+    stage: Stage
+
+
+@dataclass(frozen=True)
+class Unaffordable:
+    needed: int
+    balance: int
+
+
+Outcome = Submission | Refused | Unaffordable
+
+
+async def submit(generations: Dispatcher, incoming: Incoming) -> Outcome:
+    """Validate, check, then submit; nothing is recorded or charged unless the outcome is a
+    Submission (whose `created` is False when the request key was seen before)."""
+    services = generations.services
+    try:
+        valid = validate_request(
+            incoming.kind, dict(incoming.fields), services.catalog, set(services.settings.bot_tokens)
+        )
+        bot_name = incoming.origin.bot_for(valid.request, services.settings.default_bot_name)
+        request_key = incoming.origin.request_key(bot_name, valid.request)
+    except InvalidRequest as invalid:
+        return Refused(invalid.problems, Stage.request)
+    checker = CHECKERS.get(incoming.kind)
+    # A checker may fetch for seconds: a repeat of a request already recorded is answered from the record.
+    if checker is not None and await find_by_request_key(services.db, request_key) is None:
+        try:
+            await checker(services, bot_name, valid.request.model_dump(mode="json"))
+        except InvalidRequest as invalid:
+            return Refused(invalid.problems, Stage.inputs)
+    try:
+        return await generations.submit(valid, request_key, bot_name)
+    except InvalidRequest as invalid:  # raised by the kind's preparer, inside the recording transaction
+        return Refused(invalid.problems, Stage.account)
+    except InsufficientBalance as error:
+        return Unaffordable(needed=error.needed, balance=error.balance)

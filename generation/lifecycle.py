@@ -1,0 +1,239 @@
+"""A generation's life in one place: every status change, the lease, and the money rule.
+
+    recorded (queued, charged)  --claim-->  running (leased)  --settle-->  done | failed
+         |  Plan A enqueue failed: moved to Plan B            |  a try that may pass: released, queued again
+         +--cancel-->  canceled (refunded)  <--cancel---------+
+
+Statuses are the SPEC's: queued, running, done, failed, canceled. A generation waiting for a slot or
+for the provider, or being delivered, is `running` (Plan A releases its lease while it waits; the
+journal says how far it got). Each change is one conditional UPDATE, so two runners, a runner and a
+cancellation, or the two plans never both win: that is what keeps a generation on one plan, run once,
+refunded once.
+
+The money rule: what was delivered is paid, the rest is refunded once (`refund:<generation>` is
+unique in the ledger), whether the generation ends done, failed or canceled.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from generation import ledger
+from generation.store import Database, Generation, GenerationStatus, LedgerEntry, Plan, Step, User
+
+ACTIVE = (GenerationStatus.queued, GenerationStatus.running)
+DELIVER_STEP = "deliver"
+
+
+def refund_due(generation: Generation, delivered_units: int) -> int:
+    """The money rule: the price of what was not delivered."""
+    delivered_price = min(generation.price, delivered_units * generation.unit_price)
+    return generation.price - delivered_price
+
+
+def delivered_units(deliver_result: Any) -> int:
+    """Units a journaled `deliver` step reached the chat with (its message ids), 0 if none."""
+    return len(deliver_result) if isinstance(deliver_result, list) else 0
+
+
+@dataclass
+class Claim:
+    """What a runner needs to run a claimed generation, read in the claim's own transaction."""
+
+    generation: Generation
+    user: User
+    journal: dict[str, Any]  # the step journal as it stands
+
+
+async def claim(db: Database, generation_id: str, plan: Plan, owner: str, lease: float) -> Claim | None:
+    """Take the right to run a generation, atomically: only on its own plan, only if nobody holds it.
+
+    Claimable: queued, or running under a lease that expired (its runner died). The generation, its
+    user and its journal come back from the same transaction, so the run starts without re-reading."""
+    now = time.time()
+    async with db.transaction() as session:
+        claimed = await session.scalar(
+            update(Generation)
+            .where(
+                Generation.id == generation_id,
+                Generation.plan == plan,
+                (Generation.status == GenerationStatus.queued)
+                | (
+                    (Generation.status == GenerationStatus.running)
+                    & ((Generation.lease_expires_at.is_(None)) | (Generation.lease_expires_at < now))
+                ),
+            )
+            .values(
+                status=GenerationStatus.running,
+                attempts=Generation.attempts + 1,
+                lease_owner=owner,
+                lease_expires_at=now + lease,
+            )
+            .returning(Generation)
+        )
+        if claimed is None:
+            return None
+        user = await session.get(User, claimed.user_id)
+        assert user is not None
+        rows = await session.execute(
+            select(Step.name, Step.result).where(Step.generation_id == generation_id)
+        )
+        return Claim(claimed, user, {name: result for name, result in rows})
+
+
+async def release(db: Database, generation_id: str, owner: str, *, failed: bool = False) -> None:
+    """Give a claim back without finishing (a retry will claim it again); `failed` counts the try."""
+    async with db.transaction() as session:
+        await session.execute(
+            update(Generation)
+            .where(Generation.id == generation_id, Generation.lease_owner == owner)
+            .values(
+                lease_owner=None,
+                lease_expires_at=None,
+                failures=Generation.failures + (1 if failed else 0),
+            )
+        )
+
+
+async def renew_lease(db: Database, generation_id: str, owner: str, lease: float) -> None:
+    async with db.transaction() as session:
+        await session.execute(
+            update(Generation)
+            .where(Generation.id == generation_id, Generation.lease_owner == owner)
+            .values(lease_expires_at=time.time() + lease)
+        )
+
+
+async def move_to_plan_b(db: Database, generation_id: str) -> bool:
+    """Hand a Plan A generation that could not be enqueued to Plan B, unless a worker already took it."""
+    async with db.transaction() as session:
+        result = await session.execute(
+            update(Generation)
+            .where(
+                Generation.id == generation_id,
+                Generation.plan == Plan.A,
+                Generation.status == GenerationStatus.queued,
+            )
+            .values(plan=Plan.B)
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def is_canceled(db: Database, generation_id: str) -> bool:
+    async with db.sessions() as session:
+        status = await session.scalar(select(Generation.status).where(Generation.id == generation_id))
+    return status == GenerationStatus.canceled
+
+
+async def balance_after_refund(db: Database, generation: Generation, refund: int) -> int:
+    """The balance once this generation's refund is in: the final message says it before the refund
+    commits, so that one transaction can journal the message, refund and end the generation."""
+    async with db.sessions() as session:
+        balance = await ledger.balance_of(session, generation.user_id)
+        refunded = await session.scalar(
+            select(LedgerEntry.id).where(LedgerEntry.operation_key == ledger.refund_key(generation.id))
+        )
+    return balance if refunded is not None or refund <= 0 else balance + refund
+
+
+async def settle(
+    session: AsyncSession,
+    generation: Generation,
+    status: GenerationStatus,
+    refund: int,
+    *,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> bool:
+    """End a running generation as done or failed and refund what was not delivered, in the caller's
+    transaction; False (nothing changed) when a cancellation ended it first."""
+    finished = await session.execute(
+        update(Generation)
+        .where(Generation.id == generation.id, Generation.status == GenerationStatus.running)
+        .values(
+            status=status,
+            refunded=refund,
+            result=result,
+            error=error,
+            lease_owner=None,
+            lease_expires_at=None,
+            finished_at=func.now(),
+        )
+    )
+    if not finished.rowcount:  # type: ignore[attr-defined]
+        return False
+    if refund > 0:
+        await ledger.credit(
+            session, generation.user_id, refund, ledger.refund_key(generation.id), generation_id=generation.id
+        )
+    return True
+
+
+@dataclass(frozen=True)
+class Canceled:
+    generation: Generation
+    refund: int
+    balance: int
+
+
+async def cancel(db: Database, generation_id: str) -> Canceled | None:
+    """Final at once and refunded for what was not delivered, in one transaction; None when the
+    generation had already ended. A runner still working finds the status final and stops."""
+    async with db.transaction() as session:
+        moved = await session.scalar(
+            update(Generation)
+            .where(Generation.id == generation_id, Generation.status.in_(ACTIVE))
+            .values(
+                status=GenerationStatus.canceled,
+                error="canceled by the user",
+                lease_owner=None,
+                lease_expires_at=None,
+                finished_at=func.now(),
+            )
+            .returning(Generation)
+        )
+        if moved is None:
+            return None
+        delivered = await session.scalar(
+            select(Step.result).where(Step.generation_id == generation_id, Step.name == DELIVER_STEP)
+        )
+        refund = refund_due(moved, delivered_units(delivered))
+        balance = await ledger.balance_of(session, moved.user_id)
+        if refund > 0:
+            posting = await ledger.credit(
+                session, moved.user_id, refund, ledger.refund_key(generation_id), generation_id=generation_id
+            )
+            refund = refund if posting.applied else 0
+            balance = posting.balance
+            moved.refunded = moved.refunded + refund
+        return Canceled(generation=moved, refund=refund, balance=balance)
+
+
+async def orphans(db: Database, plan: Plan, *, older_than: float = 0.0) -> list[tuple[str, bool]]:
+    """Unfinished generations of a plan that no live runner holds (no lease, or an expired one) and
+    that were recorded at least `older_than` seconds ago: (id, whether a runner died holding it).
+    Plan A's reconciler re-enqueues them; Plan B's runner resumes them."""
+    now = time.time()
+    async with db.sessions() as session:
+        rows = await session.execute(
+            select(Generation.id, Generation.created_at, Generation.lease_expires_at).where(
+                Generation.plan == plan,
+                Generation.status.in_(ACTIVE),
+                (Generation.lease_expires_at.is_(None)) | (Generation.lease_expires_at < now),
+            )
+        )
+        return [(id_, lease is not None) for id_, created, lease in rows if _age(created, now) >= older_than]
+
+
+def _age(created: datetime | None, now: float) -> float:
+    if created is None:
+        return float("inf")
+    # SQLite gives naive datetimes (the server's UTC clock): read them as UTC.
+    aware = created if created.tzinfo is not None else created.replace(tzinfo=UTC)
+    return now - aware.timestamp()
