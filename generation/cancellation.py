@@ -12,22 +12,14 @@ from loguru import logger
 from sqlalchemy import select
 
 from generation import lifecycle
-from generation.kinds.speech import STORED_STEP
+from generation.catalog import Kind
 from generation.lifecycle import ACTIVE, Canceled
+from generation.registry import spec_of
 from generation.services import Services
-from generation.store import Generation, Step
+from generation.steps import StepJournal
+from generation.store import Generation
 
 __all__ = ["Canceled", "active_generations", "cancel_generation"]
-
-# The steps that name a provider job still worth stopping (or, for a clone, undoing).
-PROVIDER_STEPS = [
-    "prediction:id",
-    "prediction:result",
-    "training:id",
-    "training:result",
-    "clone:id",
-    STORED_STEP,
-]
 
 
 async def cancel_generation(services: Services, generation_id: str) -> Canceled | None:
@@ -39,30 +31,20 @@ async def cancel_generation(services: Services, generation_id: str) -> Canceled 
     logger.bind(generation=generation_id, plan=canceled.generation.plan).info(
         "canceled; {} returned", canceled.refund
     )
-    await _cancel_at_provider(services, generation_id)
+    await _cancel_at_provider(services, canceled.generation)
     return canceled
 
 
-async def _cancel_at_provider(services: Services, generation_id: str) -> None:
-    """Stop the provider's job too, when one was started (best effort: the refund does not wait on it)."""
-    async with services.db.sessions() as session:
-        rows = await session.execute(
-            select(Step.name, Step.result).where(
-                Step.generation_id == generation_id,
-                Step.name.in_(PROVIDER_STEPS),
-            )
-        )
-        jobs: dict[str, object] = {name: result for name, result in rows}
+async def _cancel_at_provider(services: Services, generation: Generation) -> None:
+    """Stop the provider's work too (the kind's own canceller knows its steps); best effort: the
+    refund does not wait on it."""
+    spec = spec_of(Kind(generation.kind))
+    if spec is None or spec.cancel is None:
+        return
     try:
-        if "prediction:id" in jobs and "prediction:result" not in jobs:
-            await services.replicate.cancel(str(jobs["prediction:id"]))
-        if "training:id" in jobs and "training:result" not in jobs:
-            await services.replicate.cancel_training(str(jobs["training:id"]))
-        if "clone:id" in jobs and STORED_STEP not in jobs:
-            # A voice cloned for a generation that will not keep it: free the voice slot.
-            await services.elevenlabs.delete_voice(str(jobs["clone:id"]))
+        await spec.cancel(services, await StepJournal(services.db, generation.id).load())
     except Exception as error:
-        logger.bind(generation=generation_id).warning("could not cancel at the provider: {!r}", error)
+        logger.bind(generation=generation.id).warning("could not cancel at the provider: {!r}", error)
 
 
 async def active_generations(services: Services, user_id: int) -> list[str]:

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from generation import ledger, lifecycle
 from generation.cancellation import Canceled, cancel_generation
 from generation.plan import CircuitBreaker, PlanMode, mode_from_environment, plan_for, store_mode, stored_mode
-from generation.registry import PREPARERS
+from generation.registry import spec_of
 from generation.requests import ValidRequest
 from generation.services import Services
 from generation.store import Generation, GenerationStatus, Plan
@@ -154,10 +154,10 @@ class Dispatcher:
                     new_user_bonus=self.settings.new_user_bonus,
                 )
                 prepared = request.model_dump(mode="json")
-                preparer = PREPARERS.get(valid.kind)
-                if preparer is not None:
+                spec = spec_of(valid.kind)
+                if spec is not None and spec.preparer is not None:
                     # Raises InvalidRequest (e.g. no trained model yet): the transaction rolls back.
-                    prepared.update(await preparer(session, user, prepared))
+                    prepared.update(await spec.preparer(session, user, prepared))
                 generation = Generation(
                     request_key=request_key,
                     kind=valid.kind.value,

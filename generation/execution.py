@@ -25,7 +25,7 @@ from generation.pipelines import Delivered, PipelineContext, StillWaiting, provi
 from generation.progress import (
     CANCEL_CALLBACK as CANCEL_CALLBACK,  # bot/telegram/routers/cancel.py answers it
 )
-from generation.registry import PIPELINES
+from generation.registry import spec_of
 from generation.services import Services
 from generation.steps import StepJournal
 from generation.store import Database, Generation, GenerationStatus, Plan, User
@@ -142,11 +142,14 @@ async def _run_claimed(
         bot=user.bot_name,
     )
     model = services.catalog.get(generation.model)
+    spec = spec_of(Kind(generation.kind))
     steps = StepJournal(db, generation.id, journal=claim.journal)
     status = progress.Subject(services, generation, user.language, steps)
     try:
         if model is None:
             raise StepError(f"model {generation.model!r} is no longer in the catalogue")
+        if spec is None:
+            raise StepError(f"kind {generation.kind!r} is no longer served")
         context = PipelineContext(
             services=services,
             generation=generation,
@@ -158,7 +161,7 @@ async def _run_claimed(
         )
         log.info("running, attempt {}", generation.attempts)
         async with _working_alongside(context):
-            delivered = await PIPELINES[Kind(generation.kind)](context)
+            delivered = await spec.pipeline(context)
     except StillWaiting as waiting:
         log.debug("provider still working; back in {:.0f}s", waiting.delay)
         await lifecycle.release(db, generation.id, owner)

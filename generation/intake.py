@@ -17,7 +17,7 @@ from typing import Any
 from generation.catalog import Kind
 from generation.dispatcher import Dispatcher, Submission
 from generation.ledger import InsufficientBalance
-from generation.registry import CHECKERS
+from generation.registry import spec_of
 from generation.requests import GenerationRequest, InvalidRequest, Problem, validate_request
 from generation.store import find_by_request_key
 
@@ -104,7 +104,8 @@ async def submit(generations: Dispatcher, incoming: Incoming) -> Outcome:
         request_key = incoming.origin.request_key(bot_name, valid.request)
     except InvalidRequest as invalid:
         return Refused(invalid.problems, Stage.request)
-    checker = CHECKERS.get(incoming.kind)
+    spec = spec_of(incoming.kind)
+    checker = spec.checker if spec is not None else None
     # A checker may fetch for seconds: a repeat of a request already recorded is answered from the record.
     if checker is not None and await find_by_request_key(services.db, request_key) is None:
         try:

@@ -223,6 +223,12 @@ async def job_taken(ctx: PipelineContext, step: str, job_id: str) -> bool:
     return owner is not None
 
 
+async def cancel_prediction(services: Services, journal: dict[str, Any]) -> None:
+    """A cancelled generation's prediction, if one was started and has not ended, is stopped."""
+    if "prediction:id" in journal and "prediction:result" not in journal:
+        await services.replicate.cancel(str(journal["prediction:id"]))
+
+
 def raise_if_unsuccessful(state: PredictionState) -> None:
     if state.status == "succeeded":
         return

@@ -1,17 +1,15 @@
-"""Every kind's pipeline and preparer, from the modules of generation/kinds/."""
+"""Every kind's spec (generation/kinds/), by kind: the one table the core looks a kind up in."""
 
 from __future__ import annotations
 
 from generation.catalog import Kind
 from generation.kinds import images, lora, speech, video
-from generation.pipelines import Pipeline
-from generation.registry_types import Checker, Preparer
+from generation.kinds.spec import KindSpec
 
-PIPELINES: dict[Kind, Pipeline] = {
-    **images.PIPELINES,
-    **video.PIPELINES,
-    **speech.PIPELINES,
-    **lora.PIPELINES,
+SPECS: dict[Kind, KindSpec] = {
+    spec.kind: spec for module in (images, video, speech, lora) for spec in module.SPECS
 }
-PREPARERS: dict[Kind, Preparer] = {**video.PREPARERS, **speech.PREPARERS, **lora.PREPARERS}
-CHECKERS: dict[Kind, Checker] = {**lora.CHECKERS}
+
+
+def spec_of(kind: Kind) -> KindSpec | None:
+    return SPECS.get(kind)

@@ -14,7 +14,7 @@ from bot.http.keys import GENERATIONS, SERVICES
 from bot.http.responses import json_error, json_problems
 from generation import intake, ledger, payments
 from generation.catalog import Kind
-from generation.registry import PIPELINES
+from generation.registry import spec_of
 from generation.requests import Problem
 from generation.store import Generation, get_generation
 from generation.users import find_user
@@ -39,7 +39,7 @@ async def create_generation(request: web.Request) -> web.Response:
     kind = Kind.from_slug(request.match_info["kind"])
     if kind is None:
         return json_error(404, f"unknown kind {request.match_info['kind']!r}", kinds=[k.slug for k in Kind])
-    if kind not in PIPELINES:
+    if spec_of(kind) is None:
         return json_error(501, f"{kind.slug} is not available yet")
     try:
         body = await request.json()

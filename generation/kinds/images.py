@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from generation.catalog import Kind
+from generation.kinds.spec import KindSpec
 from generation.pipelines import (
     Delivered,
-    Pipeline,
     PipelineContext,
+    cancel_prediction,
     deliver_images,
     run_replicate_prediction,
 )
@@ -18,4 +19,6 @@ async def text_to_image(ctx: PipelineContext) -> Delivered:
     return await deliver_images(ctx, output_urls(state.output))
 
 
-PIPELINES: dict[Kind, Pipeline] = {Kind.text_to_image: text_to_image}
+SPECS = [
+    KindSpec(Kind.text_to_image, text_to_image, cancel=cancel_prediction),
+]

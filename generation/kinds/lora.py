@@ -17,11 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from generation.archives import MEGABYTE, TRAINING_ARCHIVE, check_training_archive
 from generation.catalog import Kind
 from generation.delivery import InputTooLarge
+from generation.kinds.spec import KindSpec
 from generation.pipelines import (
     Delivered,
-    Pipeline,
     PipelineContext,
     await_provider_job,
+    cancel_prediction,
     create_once,
     deliver_images,
     fetch_url,
@@ -29,7 +30,6 @@ from generation.pipelines import (
     replicate_input_url,
     run_replicate_prediction,
 )
-from generation.registry_types import Checker, Preparer
 from generation.requests import InvalidRequest, Problem
 from generation.services import Services
 from generation.store import Generation, GenerationStatus, User
@@ -199,6 +199,12 @@ async def neuro_photo(ctx: PipelineContext) -> Delivered:
     return await deliver_images(ctx, output_urls(state.output))
 
 
-PIPELINES: dict[Kind, Pipeline] = {Kind.model_training: model_training, Kind.neuro_photo: neuro_photo}
-PREPARERS: dict[Kind, Preparer] = {Kind.neuro_photo: resolve_trained_model}
-CHECKERS: dict[Kind, Checker] = {Kind.model_training: check_training_request}
+async def cancel_training(services: Services, journal: dict[str, Any]) -> None:
+    if "training:id" in journal and "training:result" not in journal:
+        await services.replicate.cancel_training(str(journal["training:id"]))
+
+
+SPECS = [
+    KindSpec(Kind.model_training, model_training, checker=check_training_request, cancel=cancel_training),
+    KindSpec(Kind.neuro_photo, neuro_photo, preparer=resolve_trained_model, cancel=cancel_prediction),
+]

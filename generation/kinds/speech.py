@@ -22,9 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from generation.catalog import Kind, load_catalog
 from generation.delivery import InputTooLarge, Media
-from generation.pipelines import Delivered, Pipeline, PipelineContext, create_once, input_bytes
-from generation.registry_types import Preparer
+from generation.kinds.spec import KindSpec
+from generation.pipelines import Delivered, PipelineContext, create_once, input_bytes
 from generation.requests import InvalidRequest, Problem
+from generation.services import Services
 from generation.store import Step, User
 from generation.texts import text
 from providers.elevenlabs import VoiceNotFound
@@ -246,8 +247,13 @@ def _sniff(audio: bytes) -> str:
     return "application/octet-stream"
 
 
-PIPELINES: dict[Kind, Pipeline] = {
-    Kind.text_to_speech: text_to_speech,
-    Kind.voice_avatar: voice_avatar,
-}
-PREPARERS: dict[Kind, Preparer] = {Kind.text_to_speech: choose_voice}
+async def forget_unkept_clone(services: Services, journal: dict[str, Any]) -> None:
+    """A voice cloned for a generation that will not keep it frees its slot (voice slots are few)."""
+    if "clone:id" in journal and STORED_STEP not in journal:
+        await services.elevenlabs.delete_voice(str(journal["clone:id"]))
+
+
+SPECS = [
+    KindSpec(Kind.text_to_speech, text_to_speech, preparer=choose_voice),
+    KindSpec(Kind.voice_avatar, voice_avatar, cancel=forget_unkept_clone),
+]

@@ -11,15 +11,15 @@ import contextlib
 from typing import Any
 
 from generation.catalog import Kind
+from generation.kinds.spec import KindSpec
 from generation.pipelines import (
     Delivered,
-    Pipeline,
     PipelineContext,
+    cancel_prediction,
     deliver_video,
     replicate_input_url,
     run_replicate_prediction,
 )
-from generation.registry_types import Preparer
 from providers.errors import StepError
 
 
@@ -46,8 +46,7 @@ async def _send_video(ctx: PipelineContext, output: Any) -> Delivered:
     return await deliver_video(ctx, output)
 
 
-PIPELINES: dict[Kind, Pipeline] = {
-    Kind.text_to_video: text_to_video,
-    Kind.image_to_video: image_to_video,
-}
-PREPARERS: dict[Kind, Preparer] = {}
+SPECS = [
+    KindSpec(Kind.text_to_video, text_to_video, cancel=cancel_prediction),
+    KindSpec(Kind.image_to_video, image_to_video, cancel=cancel_prediction),
+]

@@ -28,6 +28,17 @@ def test_every_kind_has_a_request_schema() -> None:
     assert set(REQUEST_TYPES) == set(Kind)
 
 
+def test_every_kind_is_declared_once_with_a_pipeline() -> None:
+    from generation.kinds import images, lora, speech, video
+    from generation.registry import SPECS
+
+    declared = [spec.kind for module in (images, video, speech, lora) for spec in module.SPECS]
+    assert sorted(declared) == sorted(Kind)  # each kind once, none missing
+    assert all(callable(spec.pipeline) for spec in SPECS.values())
+    # Every kind that starts a paid provider job can stop it when the user cancels.
+    assert {kind for kind, spec in SPECS.items() if spec.cancel is None} == {Kind.text_to_speech}
+
+
 def test_input_mapping_keeps_types_and_constants() -> None:
     model = load_catalog().get("flux-schnell")
     assert model is not None

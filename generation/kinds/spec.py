@@ -1,12 +1,18 @@
-"""Types of the kind registry, apart from it so kind modules can name them without a cycle."""
+"""What a kind of generation is, declared in one place: its pipeline and the hooks around it (its
+request schema lives in generation/requests.py, its models and provider in the catalogue). Adding a
+kind is one module in generation/kinds/ that exports `SPECS`, plus its catalogue entries and texts;
+nothing else names every kind."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from generation.catalog import Kind
+from generation.pipelines import Pipeline
 from generation.services import Services
 from generation.store import User
 
@@ -19,3 +25,16 @@ Preparer = Callable[[AsyncSession, User, dict[str, Any]], Awaitable[dict[str, An
 # unusable. Unlike a preparer it runs outside any transaction, since it may download for seconds.
 # Called with the services, the bot that serves the user, and the validated request.
 Checker = Callable[[Services, str, dict[str, Any]], Awaitable[None]]
+
+# A canceller stops (or undoes) the provider's work of a generation the user cancelled, from its step
+# journal: a prediction still running, a training, a cloned voice that will not be kept. Best effort.
+Canceller = Callable[[Services, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    kind: Kind
+    pipeline: Pipeline
+    preparer: Preparer | None = None
+    checker: Checker | None = None
+    cancel: Canceller | None = None
