@@ -139,7 +139,7 @@ class Dispatcher:
     ) -> tuple[Generation, bool]:
         request = valid.request
         try:
-            async with self.db.transaction() as session:
+            async with self.db.transaction(urgent=True) as session:
                 existing = await session.scalar(
                     select(Generation).where(Generation.request_key == request_key)
                 )

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
@@ -260,6 +263,41 @@ def _configure_sqlite(engine: AsyncEngine, begin: str) -> None:
         connection.exec_driver_sql(begin)
 
 
+class WriteGate:
+    """One writer at a time in this process, urgent writers first, then in arrival order."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
+
+    @asynccontextmanager
+    async def turn(self, urgent: bool) -> AsyncIterator[None]:
+        if self._busy or self._waiting:
+            ticket = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiting, (0 if urgent else 1, next(self._arrivals), ticket))
+            try:
+                await ticket
+            except asyncio.CancelledError:
+                if ticket.done() and not ticket.cancelled():
+                    self._hand_over()  # it was our turn: pass it on
+                raise
+        else:
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        while self._waiting:
+            _, _, ticket = heapq.heappop(self._waiting)
+            if not ticket.done():
+                ticket.set_result(None)  # still busy: the turn passes straight to this waiter
+                return
+        self._busy = False
+
+
 class Database:
     """The engines and session factories: `transaction()` is the unit of work that writes, `sessions()`
     reads (on SQLite through connections that do not take the write lock)."""
@@ -273,12 +311,22 @@ class Database:
             else self.engine
         )
         self._writes = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._write_gate = WriteGate() if database_url.startswith("sqlite") else None
         self.sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncSession]:
-        async with self._writes() as session, session.begin():
+    async def transaction(self, *, urgent: bool = False) -> AsyncIterator[AsyncSession]:
+        """A write transaction. On SQLite the process's writers take turns here, `urgent` ones (the
+        accept path: a user waits on it) before the rest, instead of all contending for SQLite's one
+        write lock, whose busy handler sleeps in growing steps and would let a new request queue
+        behind running generations' journal writes."""
+        async with self._write_turn(urgent), self._writes() as session, session.begin():
             yield session
+
+    def _write_turn(self, urgent: bool) -> contextlib.AbstractAsyncContextManager[None]:
+        if self._write_gate is None:
+            return contextlib.nullcontext()
+        return self._write_gate.turn(urgent)
 
     async def ping(self) -> bool:
         try:

@@ -41,7 +41,7 @@ class UserMiddleware(BaseMiddleware):
         async with self.services.db.sessions() as session:
             user = await find_user(session, bot_name, sender.id)
         if user is None or (sender.username and user.username != sender.username):
-            async with self.services.db.transaction() as session:
+            async with self.services.db.transaction(urgent=True) as session:
                 user, _ = await ensure_user(
                     session,
                     bot_name,
