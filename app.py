@@ -27,6 +27,7 @@ from loguru import logger
 from bot.http.web_app import build_web_app
 from bot.telegram.delivery import TelegramDelivery
 from bot.telegram.payment_reconciler import reconcile_forever
+from bot.telegram.response_types import keep_response_types
 from bot.telegram.setup import build_bot_dispatcher, publish_menus
 from fallback.inline import InlineRunner
 from generation.catalog import load_catalog
@@ -79,6 +80,8 @@ class Process:
     def _open_bots(self) -> dict[str, Bot]:
         """One aiogram Bot per configured token, all through TELEGRAM_API_URL."""
         api = TelegramAPIServer.from_base(self.settings.telegram_api_url)
+        if self.settings.bot_tokens:
+            keep_response_types()
         bots: dict[str, Bot] = {}
         for name, token in self.settings.bot_tokens.items():
             bots[name] = bot = Bot(

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     replicate_creates_per_minute: int = Field(default=600, ge=1)
     embedded_worker: bool = Field(default=True, description="`aibot run` runs an arq worker inside")
     worker_max_jobs: int = Field(default=50, ge=1)
-    worker_poll_delay: float = Field(default=0.05, gt=0, le=5)
+    worker_poll_delay: float = Field(default=0.02, gt=0, le=5)
     # Longest a generation may wait on the provider before it is failed and refunded.
     generation_deadline: float = Field(default=900.0, gt=0)
     training_deadline: float = Field(default=4 * 3600.0, gt=0)

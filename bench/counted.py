@@ -1,0 +1,87 @@
+"""Runs an `aibot` command (``python -m bench.counted run``) and counts the database transactions it
+ends, for the benchmarks.
+
+The count is kept in a small file shared by memory map (``BENCH_COUNTER_FILE``): two little-endian
+64-bit integers, the COMMITs and the ROLLBACKs SQLAlchemy issued on any engine of the process. The
+benchmark reads the file whenever it likes, without disturbing the process. Everything else is the
+product's own console script (the ``aibot`` entry point), unchanged; with ``BENCH_PROFILE_FILE`` it
+runs under cProfile and leaves its statistics there at exit.
+
+On SQLite the product begins every transaction itself (BEGIN / BEGIN IMMEDIATE), so every commit
+counted is a COMMIT the database executed; on PostgreSQL the benchmark also reads the server's own
+count (pg_stat_database.xact_commit), which additionally sees statements run outside a transaction.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+COUNTER = struct.Struct("<qq")
+
+
+def read_counter(path: Path) -> tuple[int, int]:
+    """(commits, rollbacks) so far; (0, 0) before the process made the file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0, 0
+    if len(data) < COUNTER.size:
+        return 0, 0
+    commits, rollbacks = COUNTER.unpack_from(data)
+    return int(commits), int(rollbacks)
+
+
+def install_counter(path: Path) -> None:
+    path.write_bytes(bytes(COUNTER.size))
+    descriptor = os.open(path, os.O_RDWR)
+    shared = mmap.mmap(descriptor, COUNTER.size)
+    os.close(descriptor)
+    counts = [0, 0]
+
+    def on_commit(_connection: Any) -> None:
+        counts[0] += 1
+        COUNTER.pack_into(shared, 0, counts[0], counts[1])
+
+    def on_rollback(_connection: Any) -> None:
+        counts[1] += 1
+        COUNTER.pack_into(shared, 0, counts[0], counts[1])
+
+    # Listening on the Engine class reaches every engine the process makes, async ones included.
+    event.listen(Engine, "commit", on_commit)
+    event.listen(Engine, "rollback", on_rollback)
+
+
+def main() -> None:
+    counter_file = os.environ.get("BENCH_COUNTER_FILE")
+    if counter_file:
+        install_counter(Path(counter_file))
+    (script,) = entry_points(group="console_scripts", name="aibot")
+    sys.argv = ["aibot", *sys.argv[1:]]
+    command = script.load()
+    profile_file = os.environ.get("BENCH_PROFILE_FILE")
+    if not profile_file:
+        command()
+        return
+    # Where the event loop's thread spends its CPU (the database driver's thread is not seen).
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        command()
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile_file)
+
+
+if __name__ == "__main__":
+    main()
