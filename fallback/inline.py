@@ -19,7 +19,7 @@ from generation import lifecycle, progress
 from generation.execution import execute
 from generation.limits import Limits
 from generation.services import Services
-from generation.store import Plan, get_generation
+from generation.store import Generation, Plan, get_generation
 
 
 class KeyedLimits:
@@ -55,12 +55,13 @@ class InlineRunner:
         self.tasks: dict[str, asyncio.Task[object]] = {}
         self.limits = KeyedLimits()
 
-    def start(self, generation_id: str) -> asyncio.Task[object]:
+    def start(self, generation_id: str, generation: Generation | None = None) -> asyncio.Task[object]:
+        """Run it in this process; `generation`: the row as just recorded, so the run need not read it."""
         running = self.tasks.get(generation_id)
         if running is not None and not running.done():
             return running
         task: asyncio.Task[object] = asyncio.create_task(
-            self.run(generation_id), name=f"plan-b-{generation_id}"
+            self.run(generation_id, generation), name=f"plan-b-{generation_id}"
         )
         self.tasks[generation_id] = task
         task.add_done_callback(lambda _: self.tasks.pop(generation_id, None))
@@ -72,9 +73,9 @@ class InlineRunner:
         if task is not None:
             task.cancel()
 
-    async def run(self, generation_id: str) -> object:
+    async def run(self, generation_id: str, generation: Generation | None = None) -> object:
         try:
-            async with self._turn(generation_id):
+            async with self._turn(generation_id, generation):
                 return await execute(
                     self.services,
                     generation_id,
@@ -91,12 +92,13 @@ class InlineRunner:
             return None
 
     @asynccontextmanager
-    async def _turn(self, generation_id: str) -> AsyncIterator[None]:
+    async def _turn(self, generation_id: str, generation: Generation | None) -> AsyncIterator[None]:
         """Wait until this generation's user, provider and the process have room (the same limits as
         Plan A, counted in this process); while a limit is full the user is told so, with the place
         in line (generation/progress.py, as on Plan A)."""
         settings = self.services.settings
-        generation = await get_generation(self.services.db, generation_id)
+        if generation is None:
+            generation = await get_generation(self.services.db, generation_id)
         if generation is None:
             yield
             return

@@ -46,7 +46,7 @@ class JobQueue(Protocol):
 class InlineRunner(Protocol):
     """Plan B (fallback/inline.py): run a generation in this process, one attempt."""
 
-    def start(self, generation_id: str) -> asyncio.Task[object]: ...
+    def start(self, generation_id: str, generation: Generation | None = None) -> asyncio.Task[object]: ...
 
     def stop(self, generation_id: str) -> None: ...
 
@@ -131,7 +131,7 @@ class Dispatcher:
             log.bind(plan="B").warning("queue unavailable: running on Plan B instead")
         else:
             log.bind(plan="B").info("recorded; running inline")
-        task = self.inline.start(generation.id)
+        task = self.inline.start(generation.id, generation)
         return Submission(generation=generation, created=True, plan=Plan.B, inline_task=task)
 
     async def _record(

@@ -232,10 +232,10 @@ async def settle_success(
 ) -> bool:
     """Charge what was delivered, refund the rest, tell the user; False when it was cancelled meanwhile
     (the cancellation refunded and told the user)."""
-    if await lifecycle.is_canceled(services.db, generation.id):
-        return False
     refund = lifecycle.refund_due(generation, delivered.units)
     balance = await lifecycle.balance_after_refund(services.db, generation, refund)
+    if balance is None:
+        return False
     charged = generation.price - refund
     if refund:
         message = text(
@@ -265,12 +265,12 @@ async def settle_failure(
     services: Services, generation: Generation, user: User, steps: StepJournal, error: BaseException
 ) -> bool:
     """Refund what was not delivered and tell the user why; False when it was cancelled meanwhile."""
-    if await lifecycle.is_canceled(services.db, generation.id):
-        return False
     refund = lifecycle.refund_due(
         generation, lifecycle.delivered_units(await steps.saved(lifecycle.DELIVER_STEP))
     )
     balance = await lifecycle.balance_after_refund(services.db, generation, refund)
+    if balance is None:
+        return False
     reason = error.reason if isinstance(error, StepError) else "failed_generic"
     message = text(reason, user.language, refund=refund, balance=balance)
     return await _settle(

@@ -125,16 +125,14 @@ async def move_to_plan_b(db: Database, generation_id: str) -> bool:
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def is_canceled(db: Database, generation_id: str) -> bool:
+async def balance_after_refund(db: Database, generation: Generation, refund: int) -> int | None:
+    """The balance once this generation's refund is in, or None when a cancellation ended it (and
+    refunded it) meanwhile. One read: the final message says the balance before the refund commits,
+    so that one transaction can journal the message, refund and end the generation."""
     async with db.sessions() as session:
-        status = await session.scalar(select(Generation.status).where(Generation.id == generation_id))
-    return status == GenerationStatus.canceled
-
-
-async def balance_after_refund(db: Database, generation: Generation, refund: int) -> int:
-    """The balance once this generation's refund is in: the final message says it before the refund
-    commits, so that one transaction can journal the message, refund and end the generation."""
-    async with db.sessions() as session:
+        status = await session.scalar(select(Generation.status).where(Generation.id == generation.id))
+        if status == GenerationStatus.canceled:
+            return None
         balance = await ledger.balance_of(session, generation.user_id)
         refunded = await session.scalar(
             select(LedgerEntry.id).where(LedgerEntry.operation_key == ledger.refund_key(generation.id))
