@@ -213,20 +213,33 @@ async def cancel(db: Database, generation_id: str) -> Canceled | None:
         return Canceled(generation=moved, refund=refund, balance=balance)
 
 
-async def orphans(db: Database, plan: Plan, *, older_than: float = 0.0) -> list[tuple[str, bool]]:
+async def orphans(
+    db: Database, plan: Plan, *, older_than: float = 0.0, untouched_for: float | None = None
+) -> list[tuple[str, bool]]:
     """Unfinished generations of a plan that no live runner holds (no lease, or an expired one) and
-    that were recorded at least `older_than` seconds ago: (id, whether a runner died holding it).
-    Plan A's reconciler re-enqueues them; Plan B's runner resumes them."""
+    that were recorded at least `older_than` seconds ago: (id, whether its runner is gone). A runner is
+    gone when its lease expired, or (with `untouched_for`) when nobody has touched the generation for
+    that long since a runner released it: a worker that lost Redis just as it handed the job back
+    leaves Redis believing the job still runs. Plan A's reconciler re-enqueues them; Plan B's runner
+    resumes them."""
     now = time.time()
     async with db.sessions() as session:
         rows = await session.execute(
-            select(Generation.id, Generation.created_at, Generation.lease_expires_at).where(
+            select(
+                Generation.id, Generation.created_at, Generation.updated_at, Generation.lease_expires_at
+            ).where(
                 Generation.plan == plan,
                 Generation.status.in_(ACTIVE),
                 (Generation.lease_expires_at.is_(None)) | (Generation.lease_expires_at < now),
             )
         )
-        return [(id_, lease is not None) for id_, created, lease in rows if _age(created, now) >= older_than]
+        found = []
+        for id_, created, updated, lease in rows:
+            if _age(created, now) < older_than:
+                continue
+            untouched = untouched_for is not None and _age(updated, now) >= untouched_for
+            found.append((id_, lease is not None or untouched))
+        return found
 
 
 def _age(created: datetime | None, now: float) -> float:

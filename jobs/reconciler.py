@@ -21,11 +21,18 @@ from generation.services import Services
 from generation.store import Plan
 from jobs.queue import ArqQueue
 
+# A released generation (waiting for the provider, or between tries) that nobody has touched for this
+# long, yet whose job Redis still marks as running, lost that job with its worker's Redis connection.
+STALE_AFTER = 10.0
+
 
 async def orphaned_plan_a(services: Services) -> list[tuple[str, bool]]:
     """Plan A generations that no live runner holds: (id, whether a runner died holding it). Fresher
     than the grace period, one may still be on its way into Redis."""
-    return await lifecycle.orphans(services.db, Plan.A, older_than=services.settings.reconcile_grace)
+    grace = services.settings.reconcile_grace
+    return await lifecycle.orphans(
+        services.db, Plan.A, older_than=grace, untouched_for=max(STALE_AFTER, 4 * grace)
+    )
 
 
 async def reconcile(services: Services, pool: ArqRedis) -> list[str]:
