@@ -1,0 +1,66 @@
+"""The lifecycle's orphan query (both plans' reconcilers) on SQLite and PostgreSQL."""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import update
+
+from generation import lifecycle
+from generation.store import Database, Generation, GenerationStatus, Plan
+from generation.users import ensure_user
+from migrations.runner import upgrade
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    await asyncio.to_thread(upgrade, database_url)
+    database = Database(database_url)
+    yield database
+    await database.close()
+
+
+async def record(db: Database, key: str, *, lease_expires_at: float | None, touched_ago: float) -> str:
+    async with db.transaction() as session:
+        user, _ = await ensure_user(session, "main", 1, username=None, language="en")
+        generation = Generation(
+            request_key=key,
+            kind="text_to_image",
+            user_id=user.id,
+            bot_name="main",
+            model="flux-schnell",
+            request={},
+            plan=Plan.A,
+            status=GenerationStatus.running,
+            lease_owner="w" if lease_expires_at else None,
+            lease_expires_at=lease_expires_at,
+        )
+        session.add(generation)
+        await session.flush()
+        moment = datetime.now(UTC) - timedelta(seconds=touched_ago)
+        await session.execute(
+            update(Generation)
+            .where(Generation.id == generation.id)
+            .values(created_at=moment, updated_at=moment)
+        )
+        return generation.id
+
+
+async def test_orphans_tell_a_dead_runner_from_a_waiting_one(db: Database) -> None:
+    now = time.time()
+    held = await record(db, "held", lease_expires_at=now + 30, touched_ago=60)
+    expired = await record(db, "expired", lease_expires_at=now - 1, touched_ago=60)
+    released_long_ago = await record(db, "released-long-ago", lease_expires_at=None, touched_ago=60)
+    released_now = await record(db, "released-now", lease_expires_at=None, touched_ago=0)
+
+    found = dict(await lifecycle.orphans(db, Plan.A, untouched_for=30))
+    assert held not in found  # a live runner holds it
+    assert found[expired] is True  # its runner stopped renewing the lease
+    assert found[released_long_ago] is True  # released, then nobody touched it: its job was lost
+    assert found[released_now] is False  # released a moment ago: its job waits in Redis
+    # Without `untouched_for` only an expired lease tells of a dead runner; too fresh ones are left.
+    assert dict(await lifecycle.orphans(db, Plan.A))[released_long_ago] is False
+    assert released_now not in dict(await lifecycle.orphans(db, Plan.A, older_than=30))
+    assert await lifecycle.orphans(db, Plan.B) == []
