@@ -7,7 +7,7 @@ Queries only; the channels word and lay them out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from generation.catalog import Kind
 from generation.requests import REQUEST_TYPES, GenerationRequest
-from generation.store import Database, Generation, LedgerEntry
+from generation.store import Database, Generation, LedgerEntry, as_utc
 
 # A repeat trains no second model and clones no second voice by accident: those are deliberate acts,
 # and their inputs (a ZIP, a recording) are better sent again on purpose.
@@ -124,11 +124,6 @@ def request_excerpt(generation: Generation, length: int = 60) -> str:
     words = str(request.get("prompt") or request.get("text") or request.get("trigger_word") or "")
     words = " ".join(words.split())
     return words if len(words) <= length else words[: length - 1].rstrip() + "…"
-
-
-def as_utc(moment: datetime) -> datetime:
-    """SQLite gives back naive datetimes (stored in UTC), PostgreSQL aware ones."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _kind(value: str | None) -> Kind | None:

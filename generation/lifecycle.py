@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from generation import ledger
-from generation.store import Database, Generation, GenerationStatus, LedgerEntry, Plan, Step, User
+from generation.store import Database, Generation, GenerationStatus, LedgerEntry, Plan, Step, User, as_utc
 
 ACTIVE = (GenerationStatus.queued, GenerationStatus.running)
 DELIVER_STEP = "deliver"
@@ -243,8 +243,4 @@ async def orphans(
 
 
 def _age(created: datetime | None, now: float) -> float:
-    if created is None:
-        return float("inf")
-    # SQLite gives naive datetimes (the server's UTC clock): read them as UTC.
-    aware = created if created.tzinfo is not None else created.replace(tzinfo=UTC)
-    return now - aware.timestamp()
+    return float("inf") if created is None else now - as_utc(created).timestamp()

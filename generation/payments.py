@@ -234,15 +234,15 @@ async def _debit_what_is_left(session: AsyncSession, user_id: int, stars: int, k
         return debit, posting.balance
 
 
-async def orders_of(db: Database, user_id: int, limit: int = 10) -> list[Order]:
-    async with db.sessions() as session:
-        rows = await session.scalars(
-            select(Order)
-            .where(Order.user_id == user_id)
-            .order_by(Order.created_at.desc(), Order.id)
-            .limit(limit)
-        )
-        return list(rows)
+async def recent_orders(session: AsyncSession, user_id: int, limit: int = 10) -> list[Order]:
+    """A user's latest orders, newest first."""
+    rows = await session.scalars(
+        select(Order)
+        .where(Order.user_id == user_id)
+        .order_by(Order.created_at.desc(), Order.id.desc())
+        .limit(limit)
+    )
+    return list(rows)
 
 
 async def unnotified_payments(

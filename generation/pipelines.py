@@ -13,7 +13,6 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import Any
 
 import httpx
@@ -25,7 +24,7 @@ from generation.catalog import CatalogModel
 from generation.delivery import DOWNLOAD_LIMIT, UPLOAD_LIMIT, InputTooLarge, Media
 from generation.services import Services
 from generation.steps import StepJournal
-from generation.store import Generation, Step
+from generation.store import Generation, Step, as_utc
 from generation.texts import text
 from providers.errors import ProviderFailed, ProviderRejected, ProviderUnavailable
 from providers.replicate import PredictionState, output_urls
@@ -181,7 +180,7 @@ async def create_once(
     # Journals written before this release kept an explicit intent; either tells of an earlier run.
     intent = await ctx.steps.saved(f"{step}:intent")
     earlier_run = intent is not None or ctx.generation.attempts > 1
-    since = float(intent) if intent is not None else _recorded_at(ctx.generation)
+    since = float(intent) if intent is not None else as_utc(ctx.generation.created_at).timestamp()
 
     async def adopt_or_create() -> str:
         if earlier_run:
@@ -196,12 +195,6 @@ async def create_once(
     also = {f"{step}:deadline": time.time() + deadline} if deadline is not None else None
     job_id: str = await ctx.steps.run(f"{step}:id", adopt_or_create, shielded=True, also=also)
     return job_id
-
-
-def _recorded_at(generation: Generation) -> float:
-    created = generation.created_at
-    # SQLite gives naive datetimes (the server's UTC clock): read them as UTC.
-    return (created if created.tzinfo is not None else created.replace(tzinfo=UTC)).timestamp()
 
 
 async def provider_job_started(steps: StepJournal) -> bool:

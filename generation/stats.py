@@ -15,7 +15,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, case, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from generation import ledger, payments
 from generation.store import Database, Generation, GenerationStatus, LedgerEntry, Order, OrderStatus, User
+from generation.users import find_user
 
 # Orders whose Stars we hold: paid, and paid with a refund under way (not returned yet).
 KEPT_ORDER_STATUSES = (OrderStatus.paid, OrderStatus.refunding)
@@ -258,39 +260,19 @@ async def user_account(
 ) -> UserAccount | None:
     """The user of this bot with their latest orders, generations and ledger lines (newest first)."""
     async with db.sessions() as session:
-        user = await session.scalar(
-            select(User).where(User.bot_name == bot_name, User.telegram_id == telegram_id)
-        )
+        user = await find_user(session, bot_name, telegram_id)
         if user is None:
             return None
-        recent_orders = await session.scalars(
-            select(Order)
-            .where(Order.user_id == user.id)
-            .order_by(Order.created_at.desc(), Order.id.desc())
-            .limit(orders)
-        )
+        latest_orders = await payments.recent_orders(session, user.id, orders)
         recent_generations = await session.scalars(
             select(Generation)
             .where(Generation.user_id == user.id)
             .order_by(Generation.created_at.desc(), Generation.id.desc())
             .limit(generations)
         )
-        entries = await session.scalars(
-            select(LedgerEntry)
-            .where(LedgerEntry.user_id == user.id)
-            .order_by(LedgerEntry.id.desc())
-            .limit(ledger_lines)
-        )
         return UserAccount(
             user=user,
-            orders=list(recent_orders),
+            orders=latest_orders,
             generations=list(recent_generations),
-            ledger=list(entries),
+            ledger=await ledger.recent_entries(session, user.id, ledger_lines),
         )
-
-
-def as_utc(moment: datetime | None) -> datetime | None:
-    """A stored time in UTC: SQLite gives it back without a zone (it is stored in UTC)."""
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

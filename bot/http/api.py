@@ -85,7 +85,7 @@ async def read_user(request: web.Request) -> web.Response:
         if user is None:
             return json_error(404, "no such user of this bot")
         entries = await ledger.recent_entries(session, user.id, limit=20)
-    orders = await payments.orders_of(services.db, user.id, limit=20)
+        orders = await payments.recent_orders(session, user.id, limit=20)
     return web.json_response(
         {
             "bot_name": user.bot_name,

@@ -101,7 +101,8 @@ async def test_two_payments_of_one_order_are_both_credited(db: Database) -> None
     first, second = await pay(db, order, "charge-1"), await pay(db, order, "charge-2")
     assert first.credited and second.credited
     assert await balance_and_sum(db, user.id) == (200, 200)
-    assert len(await payments.orders_of(db, user.id)) == 2
+    async with db.sessions() as session:
+        assert len(await payments.recent_orders(session, user.id)) == 2
 
 
 async def test_a_payment_for_no_order_of_this_user_credits_nothing(db: Database) -> None:

@@ -16,6 +16,7 @@ from generation import ledger, stats
 from generation.dispatcher import Dispatcher
 from generation.plan import PlanMode
 from generation.services import Services
+from generation.store import as_utc
 from generation.texts import count_of, text
 from generation.users import find_user
 
@@ -282,8 +283,7 @@ def _named(prefix: str, value: str, known: tuple[str, ...], lang: str) -> str:
 
 
 def _date(moment: datetime | None) -> str:
-    utc = stats.as_utc(moment)
-    return utc.strftime("%Y-%m-%d %H:%M") if utc is not None else "-"
+    return as_utc(moment).strftime("%Y-%m-%d %H:%M") if moment is not None else "-"
 
 
 async def plan_status(generations: Dispatcher, lang: str) -> str:

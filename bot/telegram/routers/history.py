@@ -17,9 +17,9 @@ from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMar
 from bot.telegram.submit import Requester
 from generation.catalog import Kind
 from generation.dispatcher import Submission
-from generation.history import as_utc, can_repeat, recent_generations, repeat_fields, request_excerpt
+from generation.history import can_repeat, recent_generations, repeat_fields, request_excerpt
 from generation.services import Services
-from generation.store import Generation, User, get_generation
+from generation.store import Generation, User, as_utc, get_generation
 from generation.texts import text
 
 REPEAT_CALLBACK = "repeat:"

@@ -17,9 +17,9 @@ from bot.telegram.routers.image import chosen_model
 from generation import ledger
 from generation.archives import MEGABYTE, TRAINING_ARCHIVE
 from generation.catalog import Kind
-from generation.history import LedgerLine, Purpose, as_utc, recent_ledger_lines
+from generation.history import LedgerLine, Purpose, recent_ledger_lines
 from generation.services import Services
-from generation.store import User
+from generation.store import User, as_utc
 from generation.texts import text
 
 # The price each command line quotes: the cheapest model of its kind.
