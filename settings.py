@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     # The fewest seconds between two edits of one chat's status message (Telegram allows about one
     # message a second per chat; edits beyond that earn a 429).
     progress_edit_interval: float = Field(default=3.0, ge=0)
+    # The most status edits per second each bot makes over all its chats (0: no bound). Telegram lets
+    # a bot send about 30 messages a second in all; results and first statuses need the rest, and
+    # when thousands wait, their places in line are not worth a flood of edits.
+    progress_edits_per_second: float = Field(default=20.0, ge=0)
 
     @field_validator("bot_tokens", mode="before")
     @classmethod

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from loguru import logger
 
@@ -22,30 +24,76 @@ from generation.services import Services
 from generation.store import Generation, Plan, get_generation
 
 
+class _Slots:
+    """One limit's slots: how many are free, and who waits for one, first come first served."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free = size
+        self.waiting: deque[tuple[str, asyncio.Future[None]]] = deque()
+
+
 class KeyedLimits:
     """In-process concurrency limits by key (a user, a provider, everything): Plan B's counterpart of
-    jobs/limits.py. A generation over a limit waits its turn, still queued and unclaimed."""
+    jobs/limits.py. A generation over a limit waits its turn in a line of its own, still queued and
+    unclaimed: a freed slot goes straight to the first in line (no polling), and `place` answers
+    from memory where a waiting one stands."""
 
     def __init__(self) -> None:
-        self._semaphores: dict[str, asyncio.Semaphore] = {}
-        self._users: dict[str, int] = {}
+        self._slots: dict[str, _Slots] = {}
 
     def is_full(self, key: str) -> bool:
         """Whether `hold(key, ...)` would wait now (every slot taken, or others already waiting)."""
-        semaphore = self._semaphores.get(key)
-        return semaphore is not None and semaphore.locked()
+        slots = self._slots.get(key)
+        return slots is not None and (slots.free <= 0 or bool(slots.waiting))
+
+    def place(self, key: str, holder: str) -> int | None:
+        """1 for the first in line for `key`; None when `holder` does not wait for it."""
+        slots = self._slots.get(key)
+        if slots is None:
+            return None
+        for place, (waiting, _) in enumerate(slots.waiting, start=1):
+            if waiting == holder:
+                return place
+        return None
 
     @asynccontextmanager
-    async def hold(self, key: str, limit: int) -> AsyncIterator[None]:
-        semaphore = self._semaphores.setdefault(key, asyncio.Semaphore(limit))
-        self._users[key] = self._users.get(key, 0) + 1
+    async def hold(self, key: str, limit: int, holder: str = "") -> AsyncIterator[None]:
+        slots = self._slots.get(key)
+        if slots is None:
+            slots = self._slots[key] = _Slots(limit)
+        if slots.free > 0 and not slots.waiting:
+            slots.free -= 1
+        else:
+            entry = (holder, asyncio.get_running_loop().create_future())
+            slots.waiting.append(entry)
+            try:
+                await entry[1]
+            except asyncio.CancelledError:
+                if entry[1].done() and not entry[1].cancelled():
+                    self._release(key, slots)  # the slot was handed over just now: pass it on
+                else:
+                    with contextlib.suppress(ValueError):
+                        slots.waiting.remove(entry)
+                    self._forget_if_idle(key, slots)
+                raise
         try:
-            async with semaphore:
-                yield
+            yield
         finally:
-            self._users[key] -= 1
-            if not self._users[key]:  # nobody holds or waits: forget the key (users come and go)
-                del self._users[key], self._semaphores[key]
+            self._release(key, slots)
+
+    def _release(self, key: str, slots: _Slots) -> None:
+        while slots.waiting:
+            _, turn = slots.waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)  # the slot passes straight to the first in line
+                return
+        slots.free += 1
+        self._forget_if_idle(key, slots)
+
+    def _forget_if_idle(self, key: str, slots: _Slots) -> None:
+        if slots.free >= slots.size and not slots.waiting and self._slots.get(key) is slots:
+            del self._slots[key]  # nobody holds or waits: forget the key (users come and go)
 
 
 class InlineRunner:
@@ -108,9 +156,11 @@ class InlineRunner:
             for key, limit in limits:
                 waiting: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
                 if self.limits.is_full(key):
-                    waiting = progress.told_while_waiting(self.services, generation, key)
+                    waiting = progress.told_while_waiting(
+                        self.services, generation, key, place=partial(self.limits.place, key, generation_id)
+                    )
                 async with waiting:
-                    await held.enter_async_context(self.limits.hold(key, limit))
+                    await held.enter_async_context(self.limits.hold(key, limit, generation_id))
             yield
 
     async def resume_interrupted(self) -> list[str]:

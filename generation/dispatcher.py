@@ -19,7 +19,15 @@ from sqlalchemy.exc import IntegrityError
 
 from generation import ledger, lifecycle
 from generation.cancellation import Canceled, cancel_generation
-from generation.plan import CircuitBreaker, PlanMode, mode_from_environment, plan_for, store_mode, stored_mode
+from generation.plan import (
+    CircuitBreaker,
+    PlanMode,
+    mode_from_environment,
+    plan_for,
+    read_stored_mode,
+    store_mode,
+    stored_mode,
+)
 from generation.registry import spec_of
 from generation.requests import ValidRequest
 from generation.services import Services
@@ -113,11 +121,10 @@ class Dispatcher:
     async def submit(self, valid: ValidRequest, request_key: str, bot_name: str) -> Submission:
         """Record the generation and charge for it (raises ledger.InsufficientBalance, recording
         nothing), then hand it to a plan. A request key seen before answers the earlier generation."""
-        mode, _ = await self.mode()
-        plan = plan_for(mode, self.queue is not None, self.breaker)
-        generation, created = await self._record(valid, request_key, bot_name, plan)
+        generation, created = await self._record(valid, request_key, bot_name)
         if not created:
             return Submission(generation=generation, created=False, plan=Plan(generation.plan))
+        plan = Plan(generation.plan)
         log = logger.bind(generation=generation.id, kind=generation.kind, user=valid.request.telegram_id)
         if plan is Plan.A:
             if await self._enqueue(generation.id):
@@ -134,9 +141,9 @@ class Dispatcher:
         task = self.inline.start(generation.id, generation)
         return Submission(generation=generation, created=True, plan=Plan.B, inline_task=task)
 
-    async def _record(
-        self, valid: ValidRequest, request_key: str, bot_name: str, plan: Plan
-    ) -> tuple[Generation, bool]:
+    async def _record(self, valid: ValidRequest, request_key: str, bot_name: str) -> tuple[Generation, bool]:
+        """Record and charge in one transaction, which also reads the plan mode in force (no read of
+        its own per request) to choose the plan."""
         request = valid.request
         try:
             async with self.db.transaction(urgent=True) as session:
@@ -153,6 +160,8 @@ class Dispatcher:
                     language=request.language,
                     new_user_bonus=self.settings.new_user_bonus,
                 )
+                mode = await read_stored_mode(session) or self.environment_mode
+                plan = plan_for(mode, self.queue is not None, self.breaker)
                 prepared = request.model_dump(mode="json")
                 spec = spec_of(valid.kind)
                 if spec is not None and spec.preparer is not None:

@@ -102,8 +102,11 @@ async def await_provider_job(
     started_at = give_up_at - deadline  # journaled on the first wait: the same clock on every rerun
     poll_interval = ctx.services.settings.replicate_poll_interval
     try_ends_at = time.monotonic() + ctx.wait_budget
+    # The first look trusts the journal as this run read it (a job created a moment ago has no
+    # webhook result yet); after each pause the database is read again, as a webhook may have
+    # journaled the result meanwhile and saves a poll.
+    journaled = await ctx.steps.saved(f"{step}:result")
     while True:
-        journaled = await ctx.steps.refresh(f"{step}:result")
         if journaled is not None:
             return PredictionState.from_json(journaled)
         state = await fetch(job_id)
@@ -119,6 +122,7 @@ async def await_provider_job(
             raise ProviderUnavailable(f"{step} {job_id} still {state.status} after {ctx.wait_budget:.0f}s")
         await progress.rendering(ctx, started_at)
         await asyncio.sleep(poll_interval)
+        journaled = await ctx.steps.refresh(f"{step}:result")
 
 
 def _after(seconds: float) -> Callable[[], Awaitable[float]]:

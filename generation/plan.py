@@ -7,6 +7,7 @@ import time
 from enum import StrEnum
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from generation.store import Database, Plan, RuntimeFlag
 from settings import Settings
@@ -28,7 +29,12 @@ def mode_from_environment(settings: Settings) -> PlanMode:
 
 async def stored_mode(db: Database) -> PlanMode | None:
     async with db.sessions() as session:
-        value = await session.scalar(select(RuntimeFlag.value).where(RuntimeFlag.key == PLAN_MODE_FLAG))
+        return await read_stored_mode(session)
+
+
+async def read_stored_mode(session: AsyncSession) -> PlanMode | None:
+    """The mode `/plan` persisted, read in the caller's session (the dispatcher's record transaction)."""
+    value = await session.scalar(select(RuntimeFlag.value).where(RuntimeFlag.key == PLAN_MODE_FLAG))
     try:
         return PlanMode(value) if value else None
     except ValueError:

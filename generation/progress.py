@@ -112,11 +112,16 @@ class ChatThrottle:
     # Past this many chats, those free again are forgotten (users come and go).
     PRUNE_AT = 10_000
 
-    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, interval: float, clock: Callable[[], float] = time.monotonic, *, per_bot_per_second: float = 0.0
+    ) -> None:
         self.interval = interval
         self.clock = clock
         self._next_edit: dict[ChatKey, float] = {}
         self._paused_until: dict[ChatKey, float] = {}
+        # Each bot's edits over all its chats: a token bucket of `per_bot_per_second` (0: unbounded).
+        self.per_bot_per_second = per_bot_per_second
+        self._bot_tokens: dict[str, tuple[float, float]] = {}  # bot -> (tokens, when counted)
 
     def due_in(self, chat: ChatKey) -> float:
         """Seconds until the chat may have an edit (0: now)."""
@@ -129,13 +134,30 @@ class ChatThrottle:
     def paused(self, chat: ChatKey) -> bool:
         return self._paused_until.get(chat, 0.0) > self.clock()
 
+    def bot_has_budget(self, bot: str) -> bool:
+        """Whether the bot may make another edit now (its per-second budget over all chats)."""
+        return self._bot_tokens_now(bot) >= 1.0
+
     def take(self, chat: ChatKey) -> bool:
-        """Claim the chat's next edit: False when it is not due yet."""
+        """Claim the chat's next edit: False when it is not due yet, or its bot spent its budget."""
         if not self.ready(chat):
             return False
+        if self.per_bot_per_second > 0:
+            tokens = self._bot_tokens_now(chat[0])
+            if tokens < 1.0:
+                return False
+            self._bot_tokens[chat[0]] = (tokens - 1.0, self.clock())
         self._prune()
         self._next_edit[chat] = self.clock() + self.interval
         return True
+
+    def _bot_tokens_now(self, bot: str) -> float:
+        rate = self.per_bot_per_second
+        if rate <= 0:
+            return float("inf")
+        now = self.clock()
+        tokens, counted_at = self._bot_tokens.get(bot, (rate, now))
+        return min(rate, tokens + (now - counted_at) * rate)
 
     def note_sent(self, chat: ChatKey) -> None:
         """A message that went out whatever the interval (a generation's first status: the user must
@@ -185,7 +207,9 @@ class _Board:
         or the chat is paused by Telegram."""
         chat = _chat(generation)
         known = generation.id in self.shown
-        return self.throttle.paused(chat) or (known and not self.throttle.ready(chat))
+        return self.throttle.paused(chat) or (
+            known and not (self.throttle.ready(chat) and self.throttle.bot_has_budget(chat[0]))
+        )
 
 
 def _put(remembered: OrderedDict[str, _T], key: str, value: _T, limit: int) -> None:
@@ -203,7 +227,11 @@ _boards: weakref.WeakKeyDictionary[ChatDelivery, _Board] = weakref.WeakKeyDictio
 def _board(services: Services) -> _Board:
     board = _boards.get(services.delivery)
     if board is None:
-        board = _boards[services.delivery] = _Board(ChatThrottle(services.settings.progress_edit_interval))
+        throttle = ChatThrottle(
+            services.settings.progress_edit_interval,
+            per_bot_per_second=services.settings.progress_edits_per_second,
+        )
+        board = _boards[services.delivery] = _Board(throttle)
     return board
 
 
@@ -251,29 +279,47 @@ async def rendering(target: Target, started_at: float) -> None:
     await _show(target, compose)
 
 
-async def waiting_for_slot(services: Services, generation: Generation, limit: str) -> None:
+async def waiting_for_slot(
+    services: Services,
+    generation: Generation,
+    limit: str,
+    *,
+    subject: Subject | None = None,
+    place: Callable[[], int | None] | None = None,
+) -> Subject | None:
     """The generation waits for a free slot of `limit` (a limiter's name for it: "user:7",
     "provider:replicate", "global"...): say so, with its place in line. Both plans call this each
-    time they look at their limiter; the place is only counted when something may be shown."""
+    time they look at their limiter; the place is only counted when something may be shown, from
+    `place` when the limiter knows it (Plan B's, in memory), else from the database. Answers the
+    `subject` to pass again next time (it saves reading the user and the journal again)."""
     board = _board(services)
     if not _can_show(services, generation) or board.edit_not_due(generation):
-        return
+        return subject
     if generation.id in board.shown and not board.look_due(generation.id):
-        return
-    try:
-        subject = await subject_of(services, generation)
-    except Exception as error:  # the database is having a moment: the next look tells the user
-        logger.bind(generation=generation.id).debug("no status this time: {!r}", error)
-        return
+        return subject
+    if subject is None:
+        try:
+            subject = await subject_of(services, generation)
+        except Exception as error:  # the database is having a moment: the next look tells the user
+            logger.bind(generation=generation.id).debug("no status this time: {!r}", error)
+            return None
+    known = subject
 
     async def compose() -> str:
-        return await _waiting_text(subject, limit)
+        return await _waiting_text(known, limit, place() if place is not None else None)
 
     await _show(subject, compose)
+    return subject
 
 
 @contextlib.asynccontextmanager
-async def told_while_waiting(services: Services, generation: Generation, limit: str) -> AsyncIterator[None]:
+async def told_while_waiting(
+    services: Services,
+    generation: Generation,
+    limit: str,
+    *,
+    place: Callable[[], int | None] | None = None,
+) -> AsyncIterator[None]:
     """Around a wait that has no retries of its own to report from (Plan B's in-process limiter): tell
     the user at once, then again every few seconds (the place in line moves as others finish)."""
     ended = asyncio.Event()
@@ -281,8 +327,9 @@ async def told_while_waiting(services: Services, generation: Generation, limit: 
     throttle = _board(services).throttle
 
     async def tell() -> None:
+        subject: Subject | None = None
         while not ended.is_set():
-            await waiting_for_slot(services, generation, limit)
+            subject = await waiting_for_slot(services, generation, limit, subject=subject, place=place)
             # Back as soon as the chat's next edit is due, when that is sooner: on a fixed beat this
             # could keep arriving just after another status of the chat took its turn.
             due_in = throttle.due_in(_chat(generation))
@@ -313,7 +360,9 @@ async def _show(target: Target, compose: Callable[[], Awaitable[str]]) -> None:
         return
     try:
         message_id = await target.steps.saved(STATUS_STEP)
-        if message_id is not None and not board.throttle.ready(chat):
+        if message_id is not None and not (
+            board.throttle.ready(chat) and board.throttle.bot_has_budget(chat[0])
+        ):
             return
         wanted = await compose()
         if message_id is not None and board.shown.get(generation.id) == wanted:
@@ -373,8 +422,9 @@ async def _still_active(services: Services, generation_id: str) -> bool:
 # --- what the stages say --------------------------------------------------------------------------
 
 
-async def _waiting_text(subject: Subject, limit: str) -> str:
-    place = await place_in_line(subject.services, subject.generation, limit)
+async def _waiting_text(subject: Subject, limit: str, place: int | None = None) -> str:
+    if place is None:
+        place = await place_in_line(subject.services, subject.generation, limit)
     language = subject.language
     if limit.partition(":")[0] == "user":
         running = count_of(subject.services.settings.limit_per_user, "generation", language)

@@ -7,6 +7,7 @@ import contextlib
 import heapq
 import itertools
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -236,9 +238,17 @@ class _WholeStatementConnection(aiosqlite.Connection):
             self._conn.rollback()
 
 
+# A pooled connection idle longer than this is pinged before use (a server restart or an idle timeout
+# may have closed it); one in steady use is not, as a ping is a round trip and about half the CPU of
+# a short query.
+PING_IDLE_AFTER = 5.0
+
+
 def create_engine(database_url: str, *, for_writes: bool = True) -> AsyncEngine:
     if not database_url.startswith("sqlite"):
-        return create_async_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+        engine = create_async_engine(database_url, pool_size=10, max_overflow=10)
+        _ping_when_idle(engine)
+        return engine
     path = make_url(database_url).database or ":memory:"
 
     async def connect() -> aiosqlite.Connection:
@@ -247,6 +257,25 @@ def create_engine(database_url: str, *, for_writes: bool = True) -> AsyncEngine:
     engine = create_async_engine(database_url, async_creator=connect)
     _configure_sqlite(engine, begin="BEGIN IMMEDIATE" if for_writes else "BEGIN")
     return engine
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """SQLAlchemy's `pool_pre_ping` pings at every checkout; this pings only a connection that sat
+    idle in the pool, and a dead one is replaced (with every connection older than it) before use."""
+
+    @event.listens_for(engine.sync_engine.pool, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine.pool, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_IDLE_AFTER:
+            return  # new, or in steady use
+        try:
+            dbapi_connection.ping()
+        except Exception as error:
+            raise InvalidatePoolError("an idle pooled connection is gone") from error
 
 
 def _configure_sqlite(engine: AsyncEngine, begin: str) -> None:

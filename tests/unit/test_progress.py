@@ -44,6 +44,21 @@ def test_one_edit_per_interval_per_chat() -> None:
     assert throttle.take(CHAT)
 
 
+def test_each_bot_has_a_budget_of_edits_per_second_over_all_its_chats() -> None:
+    clock = Clock()
+    throttle = ChatThrottle(3.0, clock, per_bot_per_second=2.0)
+    chats = [("image_bot", 2000 + n) for n in range(5)]
+    assert [throttle.take(chat) for chat in chats] == [True, True, False, False, False]
+    assert not throttle.bot_has_budget("image_bot")
+    assert throttle.take(("other_bot", 1)) and throttle.bot_has_budget("other_bot")  # its own budget
+    clock.now += 0.5  # one more edit's worth
+    assert throttle.take(chats[2]) and not throttle.take(chats[3])
+    clock.now += 10.0  # the budget refills to one second's worth, no more
+    assert [throttle.take(chat) for chat in chats[3:]] == [True, True]
+    assert not throttle.take(("image_bot", 3000))
+    assert ChatThrottle(3.0, clock).bot_has_budget("image_bot")  # 0: no bound
+
+
 def test_a_refused_take_does_not_push_the_next_edit_back() -> None:
     clock = Clock()
     throttle = ChatThrottle(3.0, clock)
