@@ -32,3 +32,14 @@ class Limits:
         if provider in self.per_provider:
             slots.append((f"provider:{provider}", self.per_provider[provider]))
         return slots
+
+    def size_of(self, slot: str) -> int | None:
+        """The size of a slot named as `slots` names it ("user:7", "global", "provider:replicate")."""
+        scope, _, name = slot.partition(":")
+        if scope == "user":
+            return self.per_user
+        if scope == "global":
+            return self.overall
+        if scope == "provider":
+            return self.per_provider.get(name)
+        return None

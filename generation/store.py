@@ -130,7 +130,11 @@ class Generation(Base):
     # Who runs it now and until when: a runner that died leaves a lease that expires, so another may resume.
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Set here, to the microsecond (SQLite's own clock keeps whole seconds): the order generations
+    # were recorded in is the order they wait in for a slot.
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=lambda: datetime.now(UTC), server_default=func.now()
+    )
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )

@@ -5,31 +5,77 @@ A generation holds its slots from its first run until it settles, waits included
 the provider even while no worker holds it). Each slot is a sorted-set member scored by when it
 expires, refreshed on every run: a worker that dies frees its slots when they expire. One Lua script
 checks and takes all slots at once, so two workers never both take the last one.
+
+A generation refused a slot waits in that limit's line (a sorted set scored by when the generation
+was recorded), and its job is deferred for long: nothing polls. Whoever frees a slot (a generation
+settling) wakes the first in line, whose job then runs at once; a newcomer does not take a slot that
+someone recorded before it waits for, so the line is served in order. A waiter refused by another
+limit moves to that limit's line and passes on the wake it got. A periodic sweep (`waking_heads`)
+wakes the heads of lines whose limit has room: slots that expired with a dead worker, or a wake that
+reached a job just as it was being deferred.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
 
 from generation.limits import Limits
 
 PREFIX = "aibot:limits:"
+LINE_PREFIX = PREFIX + "line:"
+# The names of the lines that may have waiters, for the sweep (no SCAN over the keyspace).
+LINES = PREFIX + "lines"
 
-# KEYS: the slot sets, then the per-minute window when ARGV[4] is 1.
-# ARGV: member, now (ms), expiry (ms), has window (0/1), the window's limit, then each slot set's limit.
-_ACQUIRE = """
+# A waiting job is deferred this long (with a spread): a wake brings it back sooner, so this only
+# bounds how long a waiter whose every wake was lost could sleep. Thousands waiting cost nothing.
+WAIT_RECHECK = 300.0
+
+_COMMON = """
+local function free(slot, limit, now)
+  redis.call('ZREMRANGEBYSCORE', slot, '-inf', now)
+  return limit - redis.call('ZCARD', slot)
+end
+local function heads(line, count, skip, wake)
+  if count <= 0 then return end
+  for _, id in ipairs(redis.call('ZRANGE', line, 0, count - 1)) do
+    if id ~= skip then table.insert(wake, id) end
+  end
+end
+"""
+
+# KEYS: n slot sets, their n lines, the set of line names, then the per-minute window when ARGV[4] is 1.
+# ARGV: member, now (ms), expiry (ms), has window (0/1), the window's limit, arrival score, n, limits.
+# Answers {0} when every slot is taken, {i, wait ms, place in line, ids to wake...} when slot set i
+# (or the window, i = #KEYS) is full.
+_ACQUIRE = (
+    _COMMON
+    + """
 local member, now, expires = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local has_window = ARGV[4] == '1'
-local slots = #KEYS
-if has_window then slots = #KEYS - 1 end
-for i = 1, slots do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+local has_window, arrival, n = ARGV[4] == '1', tonumber(ARGV[6]), tonumber(ARGV[7])
+for i = 1, n do
   if not redis.call('ZSCORE', KEYS[i], member) then
-    if redis.call('ZCARD', KEYS[i]) >= tonumber(ARGV[5 + i]) then return {i, 0} end
+    local room = free(KEYS[i], tonumber(ARGV[7 + i]), now)
+    -- those recorded earlier who wait for this slot go first
+    local ahead = redis.call('ZCOUNT', KEYS[n + i], '-inf', '(' .. arrival)
+    if room <= ahead then
+      redis.call('ZADD', KEYS[n + i], 'NX', arrival, member)
+      redis.call('SADD', KEYS[2 * n + 1], KEYS[n + i])
+      local wake = {}
+      for j = 1, n do
+        if j ~= i then
+          redis.call('ZREM', KEYS[n + j], member)
+          -- it may have been woken for line j, which has room its next waiters must hear of
+          heads(KEYS[n + j], free(KEYS[j], tonumber(ARGV[7 + j]), now), member, wake)
+        end
+      end
+      local place = redis.call('ZRANK', KEYS[n + i], member) + 1
+      return {i, 0, place, unpack(wake)}
+    end
   end
 end
 if has_window then
@@ -38,26 +84,65 @@ if has_window then
   if not redis.call('ZSCORE', window, member) then
     if redis.call('ZCARD', window) >= tonumber(ARGV[5]) then
       local oldest = redis.call('ZRANGE', window, 0, 0, 'WITHSCORES')
-      return {#KEYS, tonumber(oldest[2]) + 60000 - now}
+      return {#KEYS, tonumber(oldest[2]) + 60000 - now, 0}
     end
     redis.call('ZADD', window, now, member)
     redis.call('PEXPIRE', window, 61000)
   end
 end
-for i = 1, slots do
+for i = 1, n do
   redis.call('ZADD', KEYS[i], expires, member)
   redis.call('PEXPIRE', KEYS[i], expires - now + 1000)
+  redis.call('ZREM', KEYS[n + i], member)
 end
-return {0, 0}
+return {0}
 """
+)
+
+# KEYS: n slot sets, their n lines, the set of line names. ARGV: member, now (ms), n, limits.
+# Frees the member's slots and its place in any line; answers the waiters to wake.
+_RELEASE = (
+    _COMMON
+    + """
+local member, now, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local wake = {}
+for i = 1, n do
+  redis.call('ZREM', KEYS[i], member)
+  redis.call('ZREM', KEYS[n + i], member)
+  if redis.call('ZCARD', KEYS[n + i]) == 0 then
+    redis.call('SREM', KEYS[2 * n + 1], KEYS[n + i])
+  else
+    heads(KEYS[n + i], free(KEYS[i], tonumber(ARGV[3 + i]), now), member, wake)
+  end
+end
+return wake
+"""
+)
+
+# KEYS: a slot set, its line, the set of line names. ARGV: now (ms), the limit. The waiters to wake.
+_SWEEP = (
+    _COMMON
+    + """
+if redis.call('ZCARD', KEYS[2]) == 0 then
+  redis.call('SREM', KEYS[3], KEYS[2])
+  return {}
+end
+local wake = {}
+heads(KEYS[2], free(KEYS[1], tonumber(ARGV[2]), tonumber(ARGV[1])), '', wake)
+return wake
+"""
+)
 
 
 @dataclass(frozen=True)
 class Refusal:
-    """Which limit is full, and when to look again (seconds)."""
+    """Which limit is full, when to look again (seconds), the place in its line (None for the
+    per-minute window, which has no line), and the waiters this look found room for (to wake)."""
 
     limit: str
     retry_in: float
+    place: int | None = None
+    wake: tuple[str, ...] = field(default=())
 
 
 class ConcurrencyLimiter:
@@ -65,32 +150,68 @@ class ConcurrencyLimiter:
         self.redis = redis
         self.limits = limits
         self.slot_ttl = slot_ttl
-        self._script = redis.register_script(_ACQUIRE)
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._release = redis.register_script(_RELEASE)
+        self._sweep = redis.register_script(_SWEEP)
 
-    def _slot_keys(self, user_id: int, provider: str) -> list[tuple[str, int]]:
-        return [(PREFIX + name, size) for name, size in self.limits.slots(user_id, provider)]
+    def _slots(self, user_id: int, provider: str) -> list[tuple[str, int]]:
+        return self.limits.slots(user_id, provider)
 
-    async def acquire(self, generation_id: str, user_id: int, provider: str) -> Refusal | None:
-        """Take (or refresh) every slot of this generation; None when taken, else which one is full."""
-        slots = self._slot_keys(user_id, provider)
-        keys = [key for key, _ in slots]
+    async def acquire(
+        self, generation_id: str, user_id: int, provider: str, *, arrival: float = 0.0
+    ) -> Refusal | None:
+        """Take (or refresh) every slot of this generation; None when taken, else which one is full
+        (the generation then waits in its line; `arrival`, when it was recorded, orders the line)."""
+        slots = self._slots(user_id, provider)
+        keys = [PREFIX + name for name, _ in slots]
+        keys += [LINE_PREFIX + name for name, _ in slots]
+        keys.append(LINES)
         rate = self.limits.creates_per_minute.get(provider)
         if rate is not None:
             keys.append(f"{PREFIX}rate:{provider}")
         now = int(time.time() * 1000)
         arguments: list[str | int] = [generation_id, now, now + int(self.slot_ttl * 1000)]
-        arguments += [1 if rate is not None else 0, rate or 0]
-        arguments += [limit for _, limit in slots]
-        full, wait_ms = await self._script(keys=keys, args=arguments)
-        if int(full) == 0:
+        arguments += [1 if rate is not None else 0, rate or 0, int(arrival * 1000), len(slots)]
+        arguments += [size for _, size in slots]
+        answer = await self._acquire(keys=keys, args=arguments)
+        full = int(answer[0])
+        if full == 0:
             return None
-        name = keys[int(full) - 1].removeprefix(PREFIX)
-        # Waiting generations look again soon, spread out so they do not all come back at once.
-        retry_in = max(float(wait_ms) / 1000, 0.5) + random.uniform(0, 0.5)
-        return Refusal(limit=name, retry_in=retry_in)
+        if full == len(keys):  # the per-minute window: the time it frees is known
+            retry_in = max(float(answer[1]) / 1000, 0.5) + random.uniform(0, 0.5)
+            return Refusal(limit=f"rate:{provider}", retry_in=retry_in)
+        wake = tuple(_text(member) for member in answer[3:])
+        return Refusal(
+            limit=slots[full - 1][0],
+            retry_in=WAIT_RECHECK * random.uniform(0.9, 1.1),
+            place=int(answer[2]),
+            wake=wake,
+        )
 
-    async def release(self, generation_id: str, user_id: int, provider: str) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for key, _ in self._slot_keys(user_id, provider):
-            pipe.zrem(key, generation_id)
-        await pipe.execute()
+    async def release(self, generation_id: str, user_id: int, provider: str) -> list[str]:
+        """Free the generation's slots (it settled); answers the waiters now first in line for them."""
+        slots = self._slots(user_id, provider)
+        keys = [PREFIX + name for name, _ in slots] + [LINE_PREFIX + name for name, _ in slots] + [LINES]
+        arguments: list[str | int] = [generation_id, int(time.time() * 1000), len(slots)]
+        arguments += [size for _, size in slots]
+        return _unique(await self._release(keys=keys, args=arguments))
+
+    async def waking_heads(self) -> list[str]:
+        """The waiters first in the lines of limits that have room now (the periodic sweep)."""
+        wake: list[bytes | str] = []
+        now = int(time.time() * 1000)
+        for line in await self.redis.smembers(LINES):  # type: ignore[misc]
+            name = _text(line).removeprefix(LINE_PREFIX)
+            size = self.limits.size_of(name)
+            if size is None:  # a line of a limit no longer configured: nobody can free it
+                continue
+            wake += await self._sweep(keys=[PREFIX + name, _text(line), LINES], args=[now, size])
+        return _unique(wake)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _unique(members: Sequence[bytes | str]) -> list[str]:
+    return list(dict.fromkeys(_text(member) for member in members))

@@ -51,10 +51,13 @@ class ArqQueue:
         # enqueue (a retried submit, the reconciler) never makes a second job.
         await self.pool.enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)
 
-    async def wake(self, generation_id: str) -> None:
+    async def wake(self, *generation_ids: str) -> None:
         # arq keeps a deferred job in its queue, a sorted set scored by when it may run: moving the
         # score to now runs it at the next poll. XX: only a job still queued (never re-add one).
-        await self.pool.zadd(self.pool.default_queue_name, {generation_id: int(time.time() * 1000)}, xx=True)
+        if generation_ids:
+            now = int(time.time() * 1000)
+            scores: dict[str, float] = {generation_id: now for generation_id in generation_ids}
+            await self.pool.zadd(self.pool.default_queue_name, scores, xx=True)
 
     async def stop(self, generation_id: str) -> None:
         if await self.pool.exists(in_progress_key_prefix + generation_id):

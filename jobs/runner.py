@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from arq import Retry
@@ -23,12 +24,15 @@ from generation import progress
 from generation.execution import RetryLater, RetryPolicy, execute
 from generation.limits import Limits
 from generation.services import Services
-from generation.store import GenerationStatus, Plan, get_generation
+from generation.store import GenerationStatus, Plan, as_utc, get_generation
 from jobs.limits import ConcurrencyLimiter
-from jobs.queue import JOB_FUNCTION, deserialize, serialize
+from jobs.queue import JOB_FUNCTION, ArqQueue, deserialize, serialize
 from jobs.queue import redis_settings as arq_redis_settings
 from jobs.reconciler import reconcile_job
 from settings import Settings
+
+# When the sweep looks for lines with room (every 5 s): a lost wake costs a waiter at most that.
+WAKE_SWEEP_SECONDS = set(range(0, 60, 5))
 
 # A try must end (settle or ask for a retry) before arq's job timeout cancels it: keep a margin.
 TIMEOUT_MARGIN = 20.0
@@ -47,14 +51,19 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     provider = services.catalog.provider_of(generation.model)
     limiter = _limiter(ctx, settings)
     if not GenerationStatus(generation.status).is_final:
+        arrival = as_utc(generation.created_at).timestamp()
         try:
-            refusal = await limiter.acquire(generation.id, generation.user_id, provider)
+            refusal = await limiter.acquire(generation.id, generation.user_id, provider, arrival=arrival)
         except RedisError as error:  # Redis went away under this job: come back when it may be back
             raise Retry(defer=2) from error
         if refusal is not None:
             logger.bind(generation=generation.id, plan="A").debug("waits its turn: {} is full", refusal.limit)
+            await _wake(ctx, refusal.wake)
             # Every look at the limiter tells the user (throttled): never waiting in silence.
-            await progress.waiting_for_slot(services, generation, refusal.limit)
+            place = refusal.place
+            await progress.waiting_for_slot(
+                services, generation, refusal.limit, place=None if place is None else lambda: place
+            )
             raise Retry(defer=refusal.retry_in)
     try:
         result = await execute(
@@ -75,10 +84,24 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     settled = await get_generation(services.db, generation_id)
     if settled is not None and GenerationStatus(settled.status).is_final:
         try:
-            await limiter.release(generation.id, generation.user_id, provider)
+            await _wake(ctx, await limiter.release(generation.id, generation.user_id, provider))
         except RedisError as error:  # the slots expire on their own; the generation is settled
             logger.bind(generation=generation.id).warning("could not free its slots: {!r}", error)
     return result.value
+
+
+async def _wake(ctx: dict[str, Any], generation_ids: Sequence[str]) -> None:
+    """Run now the deferred jobs of generations a slot was freed for (first in their lines)."""
+    if generation_ids:
+        await ArqQueue(ctx["redis"]).wake(*generation_ids)
+
+
+async def wake_waiting_job(ctx: dict[str, Any]) -> int:
+    """arq cron: wake the first in every line whose limit has room (slots that expired with a dead
+    worker, a wake lost as its job was being deferred); a cheap look at a few Redis keys."""
+    waiting = await _limiter(ctx, ctx["services"].settings).waking_heads()
+    await _wake(ctx, waiting)
+    return len(waiting)
 
 
 def _limiter(ctx: dict[str, Any], settings: Settings) -> ConcurrencyLimiter:
@@ -105,7 +128,10 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "functions": [
             func(run_generation, name=JOB_FUNCTION, max_tries=ARQ_MAX_TRIES, timeout=settings.job_timeout)
         ],
-        "cron_jobs": [cron(reconcile_job, name="reconcile", second=seconds, run_at_startup=True, timeout=60)],
+        "cron_jobs": [
+            cron(reconcile_job, name="reconcile", second=seconds, run_at_startup=True, timeout=60),
+            cron(wake_waiting_job, name="wake-waiting", second=WAKE_SWEEP_SECONDS, timeout=30),
+        ],
         "redis_settings": arq_redis_settings(settings.redis_url, settings.redis_timeout),
         "ctx": {"worker_id": f"worker-{uuid.uuid4().hex[:8]}"},
         "max_jobs": settings.worker_max_jobs,

@@ -4,7 +4,11 @@ their turn without failing."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import pytest
+
+from jobs.limits import ConcurrencyLimiter
 from tests.conftest import AppFactory
 from tests.e2e.helpers import Chat, all_settled
 from tests.fakes.replicate import FakeReplicate, Outcome
@@ -70,3 +74,46 @@ async def test_plan_b_keeps_the_per_user_limit_too(
     generations = await all_settled(app, 4, timeout=30)
     assert [g.status for g in generations] == ["done"] * 4 and {g.plan for g in generations} == {"B"}
     assert replicate.create_count(FLUX) == 4
+
+
+async def test_plan_a_waiters_cost_no_polling_and_are_served_in_order(
+    make_app: AppFactory,
+    telegram: FakeTelegram,
+    replicate: FakeReplicate,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One provider slot, eight users: seven wait in the provider's line. While they wait nobody
+    looks at the limiter again (no polling); each slot freed goes to the next recorded."""
+    looks: list[str] = []
+    acquire = ConcurrencyLimiter.acquire
+
+    async def counted(self: ConcurrencyLimiter, generation_id: str, *args: Any, **kwargs: Any) -> Any:
+        looks.append(generation_id)
+        return await acquire(self, generation_id, *args, **kwargs)
+
+    monkeypatch.setattr(ConcurrencyLimiter, "acquire", counted)
+    app = await make_app(redis_url=redis_url, limit_replicate=1, job_wait_budget=0.1, long_wait_poll=0.2)
+    holds = [asyncio.Event() for _ in range(8)]
+    replicate.script(FLUX, *[Outcome(hold=hold) for hold in holds])
+    chats = [Chat(telegram, user_id=7000 + index) for index in range(8)]
+    chats[0].send("/image first")
+    await replicate.wait_for_create(1, timeout=20)
+    for index, chat in enumerate(chats[1:], start=2):
+        chat.send(f"/image number {index}")  # recorded one after another: the line's order
+        await chat.reply(f"Place in line: {index - 1}", timeout=20)
+
+    first = looks[0]  # the running one, which looks again each time it comes back to the provider
+    waiters_looks = len([look for look in looks if look != first])
+    assert waiters_looks == 7
+    await asyncio.sleep(3)  # the old limiter had each waiter look again about every second
+    assert len([look for look in looks if look != first]) == waiters_looks
+    assert replicate.create_count(FLUX) == 1
+
+    for index, hold in enumerate(holds):
+        hold.set()
+        await replicate.wait_for_create(min(index + 2, 8), timeout=20)
+    generations = await all_settled(app, 8, timeout=30)
+    assert [g.status for g in generations] == ["done"] * 8
+    prompts = [create["input"]["prompt"] for create in replicate.creates]
+    assert prompts == ["first", *[f"number {index}" for index in range(2, 9)]]

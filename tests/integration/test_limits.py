@@ -70,3 +70,57 @@ async def test_creates_per_minute_say_when_to_come_back(pool: ArqRedis) -> None:
     refused = await limits.acquire("r2", user_id=2, provider="replicate")
     assert refused is not None and refused.limit == "rate:replicate"
     assert 50 < refused.retry_in <= 61  # the oldest create leaves the window in about a minute
+
+
+async def test_waiters_line_up_by_arrival_and_a_release_wakes_the_first(pool: ArqRedis) -> None:
+    limits = limiter(pool, per_user=10)  # the provider allows 3 at once
+    for index in range(3):
+        assert await limits.acquire(f"h{index}", user_id=index, provider="replicate", arrival=index) is None
+    # Three more arrive, out of order: each waits, and knows its place by when it was recorded.
+    late = await limits.acquire("w5", user_id=5, provider="replicate", arrival=5)
+    early = await limits.acquire("w3", user_id=3, provider="replicate", arrival=3)
+    middle = await limits.acquire("w4", user_id=4, provider="replicate", arrival=4)
+    assert late is not None and early is not None and middle is not None
+    assert (early.place, middle.place) == (1, 2) and late.limit == "provider:replicate"
+    assert late.retry_in > 60  # nothing polls: a wake brings it back
+
+    assert await limits.release("h0", user_id=0, provider="replicate") == ["w3"]
+    # A newcomer does not take the slot the first in line was woken for...
+    refused = await limits.acquire("new", user_id=9, provider="replicate", arrival=9)
+    assert refused is not None and refused.place == 4
+    # ...and a waiter behind the first does not either.
+    assert await limits.acquire("w4", user_id=4, provider="replicate", arrival=4) is not None
+    assert await limits.acquire("w3", user_id=3, provider="replicate", arrival=3) is None
+    assert await limits.release("h1", user_id=1, provider="replicate") == ["w4"]
+    assert await limits.acquire("w4", user_id=4, provider="replicate", arrival=4) is None
+
+
+async def test_a_waiter_stopped_by_another_limit_passes_its_wake_on(pool: ArqRedis) -> None:
+    limits = limiter(pool, per_user=1)
+    assert await limits.acquire("a", user_id=1, provider="replicate", arrival=1) is None
+    assert await limits.acquire("b", user_id=2, provider="replicate", arrival=2) is None
+    assert await limits.acquire("c", user_id=3, provider="replicate", arrival=3) is None
+    first = await limits.acquire("x", user_id=4, provider="replicate", arrival=4)
+    second = await limits.acquire("y", user_id=5, provider="replicate", arrival=5)
+    assert first is not None and second is not None and (first.place, second.place) == (1, 2)
+    # Meanwhile x's user starts another generation, which takes the user's only slot elsewhere.
+    assert await limits.acquire("x-other", user_id=4, provider="elevenlabs", arrival=6) is None
+    assert await limits.release("a", user_id=1, provider="replicate") == ["x"]
+    moved = await limits.acquire("x", user_id=4, provider="replicate", arrival=4)
+    assert moved is not None and moved.limit == "user:4"
+    assert moved.wake == ("y",)  # the provider slot x was woken for goes to the next in line
+    assert await limits.acquire("y", user_id=5, provider="replicate", arrival=5) is None
+    assert await limits.release("x-other", user_id=4, provider="elevenlabs") == ["x"]
+
+
+async def test_the_sweep_wakes_the_first_in_line_when_a_dead_workers_slots_expire(pool: ArqRedis) -> None:
+    limits = limiter(pool, per_user=1, ttl=0.3)
+    assert await limits.acquire("dead", user_id=7, provider="replicate", arrival=1) is None
+    assert await limits.acquire("waiting", user_id=7, provider="replicate", arrival=2) is not None
+    assert await limits.waking_heads() == []  # no room yet
+    await asyncio.sleep(0.4)
+    assert await limits.waking_heads() == ["waiting"]
+    assert await limits.acquire("waiting", user_id=7, provider="replicate", arrival=2) is None
+    assert await limits.release("waiting", user_id=7, provider="replicate") == []
+    assert await limits.waking_heads() == []
+    assert not await pool.exists("aibot:limits:lines")  # empty lines are forgotten
