@@ -215,7 +215,7 @@ class App(Process):
             logger.info("Plan A is off (USE_QUEUE=false or FALLBACK_MODE=true): generations run on Plan B")
             return None
         try:
-            pool = await asyncio.wait_for(connect(settings.redis_url, settings.redis_timeout), timeout=5)
+            pool = await asyncio.wait_for(connect(settings), timeout=5)
         except Exception as error:
             logger.warning(
                 "Redis is not reachable ({}): running on Plan B (inline), no embedded worker",
@@ -250,7 +250,10 @@ class App(Process):
                 logger.warning("could not remove the webhook of bot {}: {}", name, type(error).__name__)
         self._run_in_background(
             self.bot_dispatcher.start_polling(
-                *self.bots.values(), handle_signals=False, close_bot_session=False
+                *self.bots.values(),
+                handle_signals=False,
+                close_bot_session=False,
+                tasks_concurrency_limit=self.settings.updates_in_flight,  # fetch no more than that
             ),
             name="polling",
         )
@@ -268,6 +271,7 @@ class App(Process):
             await bot.set_webhook(
                 f"{self.settings.webhook_base_url}/webhooks/telegram/{name}",
                 secret_token=self.settings.webhook_secret.get_secret_value(),
+                max_connections=self.settings.updates_in_flight,
             )
         logger.info("webhooks set for {} bot(s)", len(self.bots))
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -41,6 +43,13 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///./aibot.db"
     redis_url: str = "redis://localhost:6379/0"
+    # Redis behind Sentinel: the sentinels to ask for the master ("host:port,host:port"; port 26379 when
+    # left out). REDIS_URL then gives the scheme (rediss:// for TLS to the master), the password and the
+    # database only; its host is not used.
+    redis_sentinels: Annotated[list[tuple[str, int]], NoDecode] = Field(default_factory=list)
+    redis_sentinel_master: str = "mymaster"
+    # A PEM bundle of the CA that signed a rediss:// server's certificate, when it is not a public one.
+    redis_tls_ca_file: str | None = None
     use_queue: bool = True
     fallback_mode: bool = False
 
@@ -77,12 +86,14 @@ class Settings(BaseSettings):
     reconcile_every: int = Field(default=30, description="seconds between reconciler runs", ge=1, le=60)
     # A generation this fresh may still be on its way into Redis: the reconciler leaves it alone.
     reconcile_grace: float = Field(default=10.0, ge=0)
-    # Plan A concurrency limits: generations in flight (waits included) per user, per provider and
-    # overall, and provider creates per minute (Replicate allows 600). Over a limit a generation waits
-    # its turn without failing and without holding a worker.
+    # Concurrency limits (both plans): generations in flight (waits included) per user, per provider
+    # and overall, and provider creates per minute. Over a limit a generation waits its turn in line,
+    # without failing, polling or holding a worker. Replicate limits creates (600 a minute), not
+    # predictions running at once, and a generation waiting on a long prediction costs nothing, so
+    # its cap is high; ElevenLabs limits concurrent requests by plan (10 on Pro).
     limit_per_user: int = Field(default=2, ge=1)
-    limit_overall: int = Field(default=200, ge=1)
-    limit_replicate: int = Field(default=50, ge=1)
+    limit_overall: int = Field(default=2000, ge=1)
+    limit_replicate: int = Field(default=1000, ge=1)
     limit_elevenlabs: int = Field(default=10, ge=1)
     replicate_creates_per_minute: int = Field(default=600, ge=1)
     embedded_worker: bool = Field(default=True, description="`aibot run` runs an arq worker inside")
@@ -124,6 +135,11 @@ class Settings(BaseSettings):
     # a bot send about 30 messages a second in all; results and first statuses need the rest, and
     # when thousands wait, their places in line are not worth a flood of edits.
     progress_edits_per_second: float = Field(default=20.0, ge=0)
+    # The most Telegram updates a process handles at once. In webhook mode it is also the
+    # max_connections Telegram is given, and an update is answered only once handled (recorded and
+    # charged): past the bound the process answers 503 and Telegram delivers it again later, so a
+    # burst slows answers instead of piling up in memory. In polling mode no more are fetched.
+    updates_in_flight: int = Field(default=40, ge=1, le=100)
 
     @field_validator("bot_tokens", mode="before")
     @classmethod
@@ -162,7 +178,38 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str) -> str:
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        # Checked here because arq would only fail at the first connection; the URL may hold a
+        # password, so the messages never quote it.
+        address = urlsplit(value)
+        try:
+            _ = address.port
+        except ValueError:
+            raise ValueError("has a port that is not a number from 1 to 65535") from None
+        database = address.path.lstrip("/")
+        if address.scheme != "unix" and database and not database.isdigit():
+            raise ValueError("must end with the database number, e.g. redis://host:6379/0")
         return value
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _parse_redis_sentinels(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return [_sentinel_address(entry) for entry in value.split(",") if entry.strip()]
+
+    @field_validator("redis_sentinel_master")
+    @classmethod
+    def _check_redis_sentinel_master(cls, value: str) -> str:
+        if not value or any(character.isspace() for character in value):
+            raise ValueError("must be the master's name as the sentinels know it, without spaces")
+        return value
+
+    @field_validator("redis_tls_ca_file")
+    @classmethod
+    def _check_redis_tls_ca_file(cls, value: str | None) -> str | None:
+        if value and not Path(value).is_file():
+            raise ValueError(f"no such file: {value}")
+        return value or None
 
     @field_validator("telegram_api_url", "replicate_base_url", "elevenlabs_base_url", "webhook_base_url")
     @classmethod
@@ -180,6 +227,20 @@ class Settings(BaseSettings):
         if level not in {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return level
+
+    @model_validator(mode="after")
+    def _check_redis_connection(self) -> Settings:
+        if self.redis_sentinels and self.redis_url.startswith("unix://"):
+            raise ValueError("REDIS_SENTINELS needs REDIS_URL to be redis:// or rediss://, not unix://")
+        if self.redis_tls_ca_file and not self.redis_url.startswith("rediss://"):
+            raise ValueError("REDIS_TLS_CA_FILE is used only with TLS: make REDIS_URL rediss://")
+        if self.redis_tls_ca_file and self.redis_sentinels:
+            # arq hands Sentinel no CA file: say so rather than connect without the one asked for.
+            raise ValueError(
+                "REDIS_TLS_CA_FILE cannot be used with REDIS_SENTINELS (arq passes no CA through "
+                "Sentinel): add the CA to the system's trust store instead"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_webhook_mode(self) -> Settings:
@@ -202,6 +263,19 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def _sentinel_address(entry: str) -> tuple[str, int]:
+    """'host:port', '[ipv6]:port' or a bare host (Sentinel's usual port, 26379)."""
+    problem = ValueError(f"{entry.strip()!r} is not host:port (a comma-separated list of sentinels)")
+    try:
+        address = urlsplit("//" + entry.strip())
+        port = 26379 if address.port is None else address.port
+    except ValueError:  # a port that is not a number or above 65535, an unclosed '['
+        raise problem from None
+    if not address.hostname or port == 0 or address.username or address.path or address.query:
+        raise problem
+    return address.hostname, port
 
 
 def _json_value(variable: str, raw: str, expected: str) -> Any:

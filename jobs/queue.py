@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import unquote
 
 import msgpack
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import abort_jobs_ss, in_progress_key_prefix
+
+from settings import Settings
 
 JOB_FUNCTION = "run_generation"
 
@@ -23,17 +27,50 @@ def deserialize(raw: bytes) -> Any:
     return msgpack.unpackb(raw, raw=False)
 
 
-def redis_settings(redis_url: str, connect_timeout: float) -> RedisSettings:
+def redis_settings(
+    redis_url: str,
+    connect_timeout: float,
+    *,
+    sentinels: Sequence[tuple[str, int]] = (),
+    sentinel_master: str = "mymaster",
+    tls_ca_file: str | None = None,
+) -> RedisSettings:
+    """arq's connection settings: REDIS_URL alone, or the master that the sentinels name (the URL then
+    gives the scheme, credentials and database). rediss:// is TLS, the certificate checked."""
     settings = RedisSettings.from_dsn(redis_url)
+    # arq keeps the URL's credentials percent-encoded (a password with '@' or '/' must be written so).
+    settings.username = unquote(settings.username) if settings.username else None
+    settings.password = unquote(settings.password) if settings.password else None
+    if settings.ssl:
+        # arq checks the chain but not the name by default: a certificate for any host would do.
+        settings.ssl_check_hostname = True
+        settings.ssl_ca_certs = tls_ca_file
+    if sentinels:
+        # Through Sentinel arq gives the master connections only `ssl` (no CA file, no host name
+        # check) and the sentinels no TLS or password: settings.py refuses a CA file with sentinels.
+        settings.host = list(sentinels)
+        settings.sentinel = True
+        settings.sentinel_master = sentinel_master
     # Fail fast: a dead Redis must not hold a request (the dispatcher falls back to Plan B).
     settings.conn_timeout = max(1, int(connect_timeout))
     settings.conn_retries = 0
     return settings
 
 
-async def connect(redis_url: str, connect_timeout: float) -> ArqRedis:
+def redis_settings_for(settings: Settings) -> RedisSettings:
+    """The one way every process reaches Redis: the queue, the worker and the limits share it."""
+    return redis_settings(
+        settings.redis_url,
+        settings.redis_timeout,
+        sentinels=settings.redis_sentinels,
+        sentinel_master=settings.redis_sentinel_master,
+        tls_ca_file=settings.redis_tls_ca_file,
+    )
+
+
+async def connect(settings: Settings) -> ArqRedis:
     pool: ArqRedis = await create_pool(
-        redis_settings(redis_url, connect_timeout),
+        redis_settings_for(settings),
         job_serializer=serialize,
         job_deserializer=deserialize,
     )

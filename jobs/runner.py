@@ -26,8 +26,7 @@ from generation.limits import Limits
 from generation.services import Services
 from generation.store import GenerationStatus, Plan, as_utc, get_generation
 from jobs.limits import ConcurrencyLimiter
-from jobs.queue import JOB_FUNCTION, ArqQueue, deserialize, serialize
-from jobs.queue import redis_settings as arq_redis_settings
+from jobs.queue import JOB_FUNCTION, ArqQueue, deserialize, redis_settings_for, serialize
 from jobs.reconciler import reconcile_job
 from settings import Settings
 
@@ -132,7 +131,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             cron(reconcile_job, name="reconcile", second=seconds, run_at_startup=True, timeout=60),
             cron(wake_waiting_job, name="wake-waiting", second=WAKE_SWEEP_SECONDS, timeout=30),
         ],
-        "redis_settings": arq_redis_settings(settings.redis_url, settings.redis_timeout),
+        "redis_settings": redis_settings_for(settings),
         "ctx": {"worker_id": f"worker-{uuid.uuid4().hex[:8]}"},
         "max_jobs": settings.worker_max_jobs,
         "job_timeout": settings.job_timeout,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 from aiogram import Bot
 from aiogram import Dispatcher as BotDispatcher
 from aiohttp import web
 
+from bot.http.ingest import UpdatesInFlight
 from generation.dispatcher import Dispatcher
 from generation.services import Services
 
@@ -16,4 +14,4 @@ SERVICES = web.AppKey("services", Services)
 GENERATIONS = web.AppKey("generations", Dispatcher)
 BOTS = web.AppKey("bots", dict[str, Bot])
 BOT_DISPATCHER = web.AppKey("bot_dispatcher", BotDispatcher)  # only when the server runs bots
-WEBHOOK_TASKS = web.AppKey("webhook_tasks", set[asyncio.Task[Any]])
+UPDATES_IN_FLIGHT = web.AppKey("updates_in_flight", UpdatesInFlight)

@@ -7,7 +7,8 @@ from aiogram import Dispatcher as BotDispatcher
 from aiohttp import web
 
 from bot.http import api, health, webhooks
-from bot.http.keys import BOT_DISPATCHER, BOTS, GENERATIONS, SERVICES, WEBHOOK_TASKS
+from bot.http.ingest import UpdatesInFlight
+from bot.http.keys import BOT_DISPATCHER, BOTS, GENERATIONS, SERVICES, UPDATES_IN_FLIGHT
 from generation.dispatcher import Dispatcher
 from generation.services import Services
 
@@ -24,7 +25,7 @@ def build_web_app(
     app[SERVICES] = services
     app[GENERATIONS] = generations
     app[BOTS] = bots
-    app[WEBHOOK_TASKS] = set()
+    app[UPDATES_IN_FLIGHT] = UpdatesInFlight(services.settings.updates_in_flight)
     if bot_dispatcher is not None:
         app[BOT_DISPATCHER] = bot_dispatcher
     app.router.add_post("/api/generation/{kind}", api.create_generation)

@@ -10,11 +10,20 @@ import json
 from aiogram.types import Update
 from aiohttp import web
 from loguru import logger
+from sqlalchemy.exc import DBAPIError
 
-from bot.http.keys import BOT_DISPATCHER, BOTS, GENERATIONS, SERVICES, WEBHOOK_TASKS
+from bot.http.keys import BOT_DISPATCHER, BOTS, GENERATIONS, SERVICES, UPDATES_IN_FLIGHT
 from bot.http.responses import json_error
 from generation.callbacks import take_job_result
 from providers.replicate import verify_webhook
+
+# Failures that another delivery of the same update may not meet: the database or the network had a
+# bad moment. Telegram redelivers an update answered with an error; a request key per update makes a
+# redelivery of one already recorded answer the earlier generation.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (DBAPIError, OSError, TimeoutError)
+
+# Seconds Telegram is asked to wait before delivering a refused update again.
+RETRY_AFTER = "1"
 
 
 async def telegram_webhook(request: web.Request) -> web.Response:
@@ -30,12 +39,27 @@ async def telegram_webhook(request: web.Request) -> web.Response:
         update = Update.model_validate(await request.json(), context={"bot": bot})
     except Exception:
         return json_error(400, "not a Telegram update")
-    # Answer Telegram at once; the update is handled in the background (Telegram resends on slow answers).
-    task = asyncio.create_task(request.app[BOT_DISPATCHER].feed_update(bot, update))
-    tasks = request.app[WEBHOOK_TASKS]
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
+    in_flight = request.app[UPDATES_IN_FLIGHT]
+    if not in_flight.try_enter():
+        return _try_again_later("too many updates in flight")
+    try:
+        await request.app[BOT_DISPATCHER].feed_update(bot, update)
+    except TRANSIENT_ERRORS as error:
+        logger.warning("update {} not handled now ({!r}): Telegram sends it again", update.update_id, error)
+        return _try_again_later("not handled now")
+    except Exception:
+        # A handler's bug fails the same way every time: an error answer would only make Telegram
+        # retry it and hold back the updates behind it.
+        logger.exception("update {} failed in its handler", update.update_id)
+    finally:
+        in_flight.leave()
     return web.json_response({"ok": True})
+
+
+def _try_again_later(reason: str) -> web.Response:
+    response = json_error(503, reason)
+    response.headers["Retry-After"] = RETRY_AFTER
+    return response
 
 
 async def replicate_webhook(request: web.Request) -> web.Response:

@@ -106,3 +106,43 @@ async def test_plan_a_gives_up_after_the_last_try_and_refunds_once(
     assert (generation.status, generation.attempts, generation.refunded) == ("failed", 3, 2)
     assert sum("returned" in text for text in chat.texts()) == 1
     assert await balance_and_ledger_sum(app) == (10, 10)
+
+
+async def test_a_webhook_update_is_answered_once_handled_and_refused_past_the_bound(
+    make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate
+) -> None:
+    app = await make_app(
+        bot_mode="webhook",
+        webhook_base_url="https://bots.example.com",
+        webhook_secret=WEBHOOK_SECRET,
+        updates_in_flight=2,
+    )
+    assert telegram.webhook_of(Chat(telegram).token)["max_connections"] == 2  # type: ignore[index]
+    url = f"http://127.0.0.1:{app.http_port}/webhooks/telegram/image_bot"
+    headers = {"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET}
+    chats = [Chat(telegram, user_id=8100 + index) for index in range(3)]
+    held = telegram.hold("sendMessage")  # /start's answer hangs: its update stays in flight
+    async with aiohttp.ClientSession() as http:
+
+        async def post(update: dict[str, object]) -> int:
+            async with http.post(url, json=update, headers=headers) as response:
+                return response.status
+
+        first = asyncio.create_task(post(chats[0].send("/start")))
+        second = asyncio.create_task(post(chats[1].send("/start")))
+        await asyncio.wait_for(held.arrived.wait(), 10)
+        await asyncio.sleep(0.2)
+        assert not first.done() and not second.done()  # not answered before they are handled
+        third = chats[2].send("/start")
+        async with http.post(url, json=third, headers=headers) as refused:
+            assert refused.status == 503 and refused.headers["Retry-After"] == "1"
+        held.release.set()
+        assert await first == 200 and await second == 200
+        assert await post(third) == 200  # Telegram's later delivery is taken
+
+        # A generation is recorded and charged before its update is answered.
+        assert await post(chats[0].send("/image answered once recorded")) == 200
+        [generation] = await generations_of(app)
+        assert generation.price == 1
+    await chats[0].reply("Charged 1 ⭐")
+    await all_settled(app, 1)
