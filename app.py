@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 from aiogram import Bot
 from aiogram import Dispatcher as BotDispatcher
@@ -24,6 +24,7 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiohttp import web
 from loguru import logger
 
+from bot.http.health import Readiness, probes_app
 from bot.http.web_app import build_web_app
 from bot.telegram.delivery import TelegramDelivery
 from bot.telegram.payment_reconciler import reconcile_forever
@@ -33,26 +34,58 @@ from fallback.inline import InlineRunner
 from generation.catalog import load_catalog
 from generation.delivery import ChatDelivery, NoDelivery
 from generation.dispatcher import Dispatcher
+from generation.drain import CLOSE_WITHIN, Drain, interrupt, within
 from generation.services import Services
 from generation.store import Database
 from generation.texts import text
 from jobs.queue import ArqQueue, connect
-from jobs.runner import run_supervised, worker_options
+from jobs.runner import SupervisedWorker, worker_options
 from migrations.runner import upgrade
 from providers.elevenlabs import ElevenLabsProvider
 from providers.replicate import ReplicateProvider
 from settings import BotMode, Settings, get_settings
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class _Closings(contextlib.AsyncExitStack):
+    """What a process opened, closed last first when it stops. Each closing is bounded in time (a
+    process told to stop must stop), and one that fails does not keep the others from closing."""
+
+    def push_async_callback(
+        self, callback: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Callable[P, Awaitable[T]]:
+        async def bounded() -> None:
+            try:
+                await within(CLOSE_WITHIN, callback(*args, **kwargs))
+            except Exception as error:
+                name = getattr(callback, "__qualname__", repr(callback))
+                logger.warning("closing {} failed or took too long: {!r}", name, error)
+
+        super().push_async_callback(bounded)
+        return callback
+
 
 class Process:
     """What every process opens: its services (database, catalogue, providers, and one Bot per token
-    to deliver through). On its own it is the process around a worker that arq runs itself."""
+    to deliver through). On its own it is the process around a worker that arq runs itself.
+
+    Stopping is graceful (generation/drain.py): the process takes no new work at once, lets running
+    work finish for up to DRAIN_TIMEOUT seconds (a second signal cuts that short), hands the rest
+    back, then closes everything it opened."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.bots: dict[str, Bot] = {}
         self.services: Services | None = None
-        self._opened = contextlib.AsyncExitStack()
+        self.worker: SupervisedWorker | None = None
+        # /readyz: the checks are added as what they check is opened.
+        self.readiness = Readiness({})
+        self._opened = _Closings()
+        self._stop_asked = asyncio.Event()
+        self._drain_cut_short = asyncio.Event()
+        self._drained = False
 
     async def start(self) -> None:
         try:
@@ -61,17 +94,54 @@ class Process:
             await self._opened.aclose()
             raise
 
-    async def stop(self) -> None:
-        """Close what was opened, last first; stopping again does nothing."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Take no new work, let running work finish for `grace` seconds (DRAIN_TIMEOUT by default;
+        `request_stop` again cuts it short), hand the rest back, then close what was opened, last
+        first. Stopping again does nothing."""
+        if not self._drained:
+            self._drained = True
+            seconds = self.settings.drain_timeout if grace is None else grace
+            try:
+                await self._drain(Drain.lasting(seconds, self._drain_cut_short))
+            except Exception:
+                logger.exception("the drain failed; closing all the same")
         await self._opened.aclose()
 
+    def request_stop(self) -> None:
+        """What a signal (SIGTERM, SIGINT) asks: the first stops the process gracefully (`run`
+        returns), the next cuts the drain short."""
+        if not self._stop_asked.is_set():
+            logger.info(
+                "asked to stop: taking no new work, draining for up to {:.0f}s", self.settings.drain_timeout
+            )
+            self._stop_asked.set()
+        elif not self._drain_cut_short.is_set():
+            logger.warning("asked again to stop: cutting the drain short")
+            self._drain_cut_short.set()
+
     async def run(self) -> None:
-        """Start, serve until cancelled (a signal), then stop."""
-        await self.start()
+        """Start, serve until asked to stop (`request_stop`: a signal) or cancelled, then stop. Asked
+        during the start, the start is abandoned (closing what it had opened)."""
+        starting = asyncio.ensure_future(self.start())
+        asked = asyncio.ensure_future(self._stop_asked.wait())
         try:
-            await asyncio.Event().wait()
+            await asyncio.wait([starting, asked], return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()  # a start that failed raises (it closed what it had opened)
+                await asked
         finally:
-            await self.stop()
+            asked.cancel()
+            if not starting.done():
+                logger.info("asked to stop while starting: the start is abandoned")
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+            elif not starting.cancelled() and starting.exception() is None:
+                await self.stop()
+
+    async def _drain(self, drain: Drain) -> None:
+        """Stop taking new work at once, let running work finish until the drain is over, then
+        interrupt and hand back the rest. Nothing to do for a process around arq's own worker (arq
+        drains it: `job_completion_wait`)."""
 
     async def _open(self) -> None:
         self.bots = self._open_bots()
@@ -83,13 +153,14 @@ class Process:
         if self.settings.bot_tokens:
             keep_response_types()
         bots: dict[str, Bot] = {}
+        # All at once: each session's close waits a quarter of a second for its connections to end.
+        self._opened.push_async_callback(_close_sessions, bots)
         for name, token in self.settings.bot_tokens.items():
-            bots[name] = bot = Bot(
+            bots[name] = Bot(
                 token.get_secret_value(),
                 session=AiohttpSession(api=api),
                 default=DefaultBotProperties(parse_mode=None),
             )
-            self._opened.push_async_callback(bot.session.close)
         return bots
 
     def _open_services(self) -> Services:
@@ -120,10 +191,24 @@ class Process:
             delivery=delivery,
         )
 
-    def _run_in_background(self, work: Coroutine[Any, Any, object], name: str) -> None:
+    def _run_in_background(self, work: Coroutine[Any, Any, object], name: str) -> asyncio.Task[object]:
         """A task for the life of the process, cancelled (and awaited) when it stops."""
         task = asyncio.create_task(work, name=name)
         self._opened.push_async_callback(_cancel, task)
+        return task
+
+    async def _serve_http(self, app: web.Application, port: int) -> tuple[web.AppRunner, int]:
+        """Serve `app` on HTTP_HOST:`port` (0: any free port) until the process stops; answers the
+        runner and the port. Requests still running when it closes get a second to end (a drain has
+        waited for the ones that take work)."""
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        self._opened.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, self.settings.http_host, port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        return runner, sockets[0].getsockname()[1] if sockets else port
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:
@@ -131,14 +216,36 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
     await asyncio.gather(task, return_exceptions=True)
 
 
+async def _close_sessions(bots: dict[str, Bot]) -> None:
+    await asyncio.gather(*(bot.session.close() for bot in bots.values()))
+
+
 class StandaloneWorker(Process):
     """`aibot worker`: one set of services for the life of the process, and an arq worker around them
-    that is built anew whenever it stops (Redis outages)."""
+    that is built anew whenever it stops (Redis outages). With WORKER_HTTP_PORT, a small HTTP server
+    answers /livez and /readyz (ready: the database and Redis answer, and it is not draining)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.probes_port: int | None = None
 
     async def _open(self) -> None:
         await super()._open()
         assert self.services is not None
-        self._run_in_background(run_supervised(self.settings, self.services), name="worker")
+        self.worker = SupervisedWorker(self.settings, self.services)
+        self._run_in_background(self.worker.run(), name="worker")
+        self.readiness.checks["database"] = self.services.db.ping
+        self.readiness.checks["redis"] = self.worker.redis_answers
+        if self.settings.worker_http_port:
+            _, self.probes_port = await self._serve_http(
+                probes_app(self.readiness), self.settings.worker_http_port
+            )
+            logger.info("/livez and /readyz on http://{}:{}", self.settings.http_host, self.probes_port)
+
+    async def _drain(self, drain: Drain) -> None:
+        self.readiness.draining = True
+        if self.worker is not None:
+            await self.worker.drain(drain)
 
 
 def arq_worker_settings() -> dict[str, Any]:
@@ -172,13 +279,42 @@ class App(Process):
         self.bot_dispatcher: BotDispatcher | None = None
         self.web_runner: web.AppRunner | None = None
         self.http_port: int | None = None
-        self._grace = 10.0
+        # What looks for work on its own (interrupted Plan B runs, lost payments): stopped first.
+        self._lookers: list[asyncio.Task[object]] = []
 
-    async def stop(self, grace: float = 10.0) -> None:
-        """Stop taking work, give Plan B runs `grace` seconds to finish (the rest resume at the next
-        start), then close everything."""
-        self._grace = grace
-        await super().stop()
+    async def _drain(self, drain: Drain) -> None:
+        """Take no new work, at once: /readyz answers 503 and the routes that take work refuse it,
+        no more updates are fetched and no more jobs taken. Then running work (requests and updates
+        being handled, Plan B runs, Plan A jobs) gets until the end of the drain, and the rest is
+        interrupted and handed back."""
+        self.readiness.draining = True
+        if self.worker is not None:
+            self.worker.stop_taking_jobs()
+        for looker in self._lookers:
+            looker.cancel()
+        if self.bot_dispatcher is not None and self.settings.bot_mode is BotMode.polling:
+            with contextlib.suppress(TimeoutError):
+                await within(CLOSE_WITHIN, self._stop_polling())
+        await asyncio.gather(
+            self._drain_updates(drain),
+            self.inline.close(drain) if self.inline is not None else asyncio.sleep(0),
+            self.worker.drain(drain) if self.worker is not None else asyncio.sleep(0),
+        )
+
+    async def _drain_updates(self, drain: Drain) -> None:
+        """Requests and Telegram updates being handled may still record generations: they get the
+        drain. Updates still being handled then are interrupted (an update not recorded is fetched
+        again by the next process: its offset was not confirmed); requests are left to the HTTP
+        server's shutdown."""
+
+        def updates() -> list[asyncio.Task[Any]]:
+            handling = getattr(self.bot_dispatcher, "_handle_update_tasks", None)
+            return list(handling or ())
+
+        await drain.wait(lambda: [*self.readiness.taking_work, *updates()])
+        still = await interrupt(updates)
+        if still:
+            logger.warning("{} Telegram update(s) still being handled at exit", len(still))
 
     async def _open(self) -> None:
         settings = self.settings
@@ -188,23 +324,27 @@ class App(Process):
         services = self.services
         self.queue = await self._connect_queue()
         self.inline = InlineRunner(services)
-        self._opened.push_async_callback(self._close_inline)
+        # After a drain this does nothing; after a start that failed halfway it interrupts at once.
+        self._opened.push_async_callback(self.inline.close, 0.0)
         self.generations = Dispatcher(
             services, self.inline, self.queue, on_plan_change=self._report_plan_change
         )
         if self.queue is not None and settings.embedded_worker:
-            self._run_in_background(run_supervised(settings, services), name="embedded-worker")
+            self.worker = SupervisedWorker(settings, services)
+            self._run_in_background(self.worker.run(), name="embedded-worker")
             logger.info("embedded arq worker started")
         await self._start_bots()
         await self._start_http()
         resumed = await self.inline.resume_interrupted()
         if resumed:
             logger.info("resumed {} interrupted Plan B generation(s)", len(resumed))
-        self._run_in_background(self._resume_plan_b_orphans(), name="plan-b-reconciler")
+        self._lookers.append(self._run_in_background(self._resume_plan_b_orphans(), name="plan-b-reconciler"))
         if self.bots:
-            self._run_in_background(
-                reconcile_forever(services, self.bots, settings.payment_reconcile_every),
-                name="payment-reconciler",
+            self._lookers.append(
+                self._run_in_background(
+                    reconcile_forever(services, self.bots, settings.payment_reconcile_every),
+                    name="payment-reconciler",
+                )
             )
         mode, source = await self.generations.mode()
         logger.info("aibot running: plan mode {} (from {}), {} bot(s)", mode.value, source, len(self.bots))
@@ -225,10 +365,6 @@ class App(Process):
         queue = ArqQueue(pool, timeout=settings.redis_timeout)
         self._opened.push_async_callback(queue.close)
         return queue
-
-    async def _close_inline(self) -> None:
-        assert self.inline is not None
-        await self.inline.close(self._grace)
 
     async def _start_bots(self) -> None:
         assert self.services is not None and self.generations is not None
@@ -277,15 +413,11 @@ class App(Process):
 
     async def _start_http(self) -> None:
         assert self.services is not None and self.generations is not None
-        app = build_web_app(self.services, self.generations, self.bots, self.bot_dispatcher)
-        self.web_runner = web.AppRunner(app, access_log=None)
-        await self.web_runner.setup()
-        self._opened.push_async_callback(self.web_runner.cleanup)
-        site = web.TCPSite(self.web_runner, self.settings.http_host, self.settings.http_port)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.http_port = sockets[0].getsockname()[1] if sockets else self.settings.http_port
+        self.readiness.checks["database"] = self.services.db.ping
+        app = build_web_app(
+            self.services, self.generations, self.bots, self.bot_dispatcher, readiness=self.readiness
+        )
+        self.web_runner, self.http_port = await self._serve_http(app, self.settings.http_port)
         logger.info("HTTP server on http://{}:{}", self.settings.http_host, self.http_port)
 
     async def _resume_plan_b_orphans(self) -> None:

@@ -103,9 +103,19 @@ class Settings(BaseSettings):
     generation_deadline: float = Field(default=900.0, gt=0)
     training_deadline: float = Field(default=4 * 3600.0, gt=0)
     # Plan A waits on a provider inside a job this long, then frees the worker slot and looks again
-    # after `long_wait_poll` seconds (sooner when a webhook arrives).
-    job_wait_budget: float = Field(default=30.0, gt=0)
+    # after about `long_wait_poll` seconds (spread ±20 %; sooner when a webhook arrives). Short: a job
+    # polling a slow prediction holds one of WORKER_MAX_JOBS slots that others could use meanwhile.
+    job_wait_budget: float = Field(default=5.0, gt=0)
     long_wait_poll: float = Field(default=15.0, gt=0)
+
+    # Graceful stop (SIGTERM, SIGINT): a process takes no new work at once and lets running
+    # generations finish for up to this many seconds; the rest are then handed back (leases released,
+    # Plan A jobs put back in the queue) and the process exits within a few more seconds. Kept under
+    # an orchestrator's grace period (Kubernetes: 30 s). A second signal cuts the drain short.
+    drain_timeout: float = Field(default=25.0, ge=0, le=3600)
+    # `aibot worker`: the port of its small HTTP server answering GET /livez and /readyz on HTTP_HOST
+    # (0: none).
+    worker_http_port: int = Field(default=0, ge=0, le=65535)
 
     # Payments in Telegram Stars: the texts /paysupport and /terms answer (Telegram requires both of a
     # bot that sells for Stars). The packages and their prices live in the catalogue.

@@ -23,6 +23,12 @@ Control API (JSON, loopback only):
 * ``GET /wait-quiet?ms=q&timeout=s``: answers once no request is in flight and none started for q ms.
 * ``GET /chats?count=n&timeout=s``: answers once the bot sent a message to n distinct chats (or at the
   timeout), with how many it sent to.
+* ``POST /hold``: every prediction created from now on stays "processing" at the provider until
+  ``POST /release``, which lets every held one finish at its next poll (and new ones as ``--polls``
+  says again); both answer how many predictions were held so far.
+* ``GET /creates?since=i``: the prompts of the accepted (2xx) prediction creates from index i on, in
+  the order the fake accepted them (null for an input without one); their times are in ``/events``.
+* ``GET /wait-creates?count=n&timeout=s``: answers once n prediction creates were accepted.
 """
 
 from __future__ import annotations
@@ -139,7 +145,50 @@ def timed_applications(recorder: Recorder, service: str) -> Iterator[None]:
         web.Application.__init__ = original  # type: ignore[method-assign]
 
 
-def control_app(recorder: Recorder, telegram: FakeTelegram) -> web.Application:
+class Holds:
+    """Holding every new prediction at the fake provider ("processing") until released, and the
+    prompts of the accepted creates in the order the fake accepted them."""
+
+    def __init__(self, replicate: FakeReplicate, polls: int) -> None:
+        self.replicate = replicate
+        self.polls = polls
+        self.event: asyncio.Event | None = None
+        self.held = 0
+        self.prompts: list[str | None] = []
+        self._seen = 0  # how many of replicate.creates were looked at
+
+    def hold(self) -> None:
+        self.accepted()
+        if self.event is None or self.event.is_set():
+            self.event = asyncio.Event()
+        self.replicate.default_outcome = Outcome(hold=self.event)
+
+    def release(self) -> None:
+        self.accepted()
+        self.replicate.default_outcome = Outcome(polls=self.polls)
+        if self.event is not None:
+            self.event.set()
+
+    def accepted(self) -> list[str | None]:
+        """The prompts of the accepted (2xx) creates so far, in order (the outcome of a prediction is
+        fixed at its create, so counting the held ones at every hold and release is exact)."""
+        creates = self.replicate.creates
+        holding = self.event is not None and not self.event.is_set()
+        for create in creates[self._seen :]:
+            if 200 <= int(create.get("status_answered", 0)) < 300:
+                self.prompts.append(_prompt(create))
+                self.held += 1 if holding else 0
+        self._seen = len(creates)
+        return self.prompts
+
+
+def _prompt(create: dict[str, Any]) -> str | None:
+    given = create.get("input")
+    prompt = given.get("prompt") if isinstance(given, dict) else None
+    return prompt if isinstance(prompt, str) else None
+
+
+def control_app(recorder: Recorder, telegram: FakeTelegram, holds: Holds) -> web.Application:
     async def updates(request: web.Request) -> web.Response:
         made = [
             telegram.user_message(
@@ -203,6 +252,24 @@ def control_app(recorder: Recorder, telegram: FakeTelegram) -> web.Application:
         )
         return web.json_response({"reached": reached, "chats": count_chats()})
 
+    async def hold(request: web.Request) -> web.Response:
+        holds.hold()
+        return web.json_response({"held": holds.held})
+
+    async def release(request: web.Request) -> web.Response:
+        holds.release()
+        return web.json_response({"held": holds.held})
+
+    async def creates(request: web.Request) -> web.Response:
+        since = int(request.query.get("since", "0"))
+        accepted = holds.accepted()
+        return web.json_response({"prompts": accepted[since:], "next": len(accepted)})
+
+    async def wait_creates(request: web.Request) -> web.Response:
+        count = int(request.query["count"])
+        reached = await recorder.wait(lambda: len(holds.accepted()) >= count, float(request.query["timeout"]))
+        return web.json_response({"reached": reached, "creates": len(holds.accepted())})
+
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/updates", updates)
     app.router.add_get("/state", state)
@@ -210,6 +277,10 @@ def control_app(recorder: Recorder, telegram: FakeTelegram) -> web.Application:
     app.router.add_get("/wait-photos", wait_photos)
     app.router.add_get("/wait-quiet", wait_quiet)
     app.router.add_get("/chats", chats)
+    app.router.add_post("/hold", hold)
+    app.router.add_post("/release", release)
+    app.router.add_get("/creates", creates)
+    app.router.add_get("/wait-creates", wait_creates)
     return app
 
 
@@ -224,7 +295,8 @@ async def serve(ready_file: Path, polls: int) -> None:
     telegram.add_bot(BOT_TOKEN, BOT_NAME)
     replicate.default_outcome = Outcome(polls=polls)
 
-    runner = web.AppRunner(control_app(recorder, telegram), access_log=None)
+    holds = Holds(replicate, polls)
+    runner = web.AppRunner(control_app(recorder, telegram, holds), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

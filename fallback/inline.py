@@ -18,6 +18,7 @@ from functools import partial
 from loguru import logger
 
 from generation import lifecycle, progress
+from generation.drain import INTERRUPT_WITHIN, Drain, interrupt
 from generation.execution import execute
 from generation.limits import Limits
 from generation.services import Services
@@ -164,22 +165,44 @@ class InlineRunner:
             yield
 
     async def resume_interrupted(self) -> list[str]:
-        """Start the Plan B generations a dead process left unfinished (expired or no lease)."""
-        ids = [generation_id for generation_id, _ in await lifecycle.orphans(self.services.db, Plan.B)]
+        """Start the Plan B generations a dead process left unfinished (expired or no lease).
+
+        One never claimed is left alone while it is fresh: with several fronts on one database it is
+        most likely another live front's, just recorded and on its way to its run there (or waiting
+        in that front's line); taking it would run it here instead, around that front's limits."""
+        found = await lifecycle.orphans(
+            self.services.db, Plan.B, unclaimed_older_than=self.services.settings.reconcile_grace
+        )
+        ids = [generation_id for generation_id, _ in found]
         for generation_id in ids:
             logger.bind(generation=generation_id, plan="B").info("resuming an interrupted generation")
             self.start(generation_id)
         return ids
 
-    async def close(self, grace: float = 10.0) -> None:
-        """Let running generations finish for `grace` seconds; the rest resume at the next start."""
-        tasks = list(self.tasks.values())
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            unfinished = [generation_id for generation_id, task in self.tasks.items() if task in pending]
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            # Give their leases back so the next start resumes them at once.
-            for generation_id in unfinished:
-                await lifecycle.release(self.services.db, generation_id, self.owner)
+    async def close(self, drain: Drain | float = 10.0) -> None:
+        """Let running generations finish until the drain is over (a number: that many seconds), then
+        interrupt the rest (generation/drain.py) and give their leases back, so that the next start,
+        or another process's look for interrupted work, resumes them at once. Closing again does
+        nothing more."""
+        if not isinstance(drain, Drain):
+            drain = Drain.lasting(drain)
+        await drain.wait(self.tasks.values)
+        interrupted: set[str] = set()
+
+        def running() -> list[asyncio.Task[object]]:
+            # Runs started meanwhile (a request already being handled when the drain began) too.
+            interrupted.update(self.tasks)
+            return list(self.tasks.values())
+
+        if self.tasks:
+            logger.info("Plan B: interrupting {} generation(s), to resume at next start", len(self.tasks))
+        still = await interrupt(running)
+        if still:
+            logger.warning("Plan B: {} generation(s) did not end in time after being interrupted", len(still))
+        for generation_id in sorted(interrupted):
+            try:
+                await asyncio.wait_for(
+                    lifecycle.release(self.services.db, generation_id, self.owner), timeout=INTERRUPT_WITHIN
+                )
+            except Exception as error:  # its lease expires on its own
+                logger.bind(generation=generation_id, plan="B").warning("lease not released: {!r}", error)

@@ -165,7 +165,8 @@ async def _run_claimed(
     except StillWaiting as waiting:
         log.debug("provider still working; back in {:.0f}s", waiting.delay)
         await lifecycle.release(db, generation.id, owner)
-        raise RetryLater(waiting.delay, waiting) from waiting
+        # Spread: thousands of long waits started together must not all poll the provider at once.
+        raise RetryLater(waiting.delay * random.uniform(0.8, 1.2), waiting) from waiting
     except Exception as error:
         retryable = (isinstance(error, StepError) and error.retryable) or not isinstance(error, StepError)
         failures = generation.failures + 1

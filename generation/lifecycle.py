@@ -214,19 +214,28 @@ async def cancel(db: Database, generation_id: str) -> Canceled | None:
 
 
 async def orphans(
-    db: Database, plan: Plan, *, older_than: float = 0.0, untouched_for: float | None = None
+    db: Database,
+    plan: Plan,
+    *,
+    older_than: float = 0.0,
+    untouched_for: float | None = None,
+    unclaimed_older_than: float = 0.0,
 ) -> list[tuple[str, bool]]:
     """Unfinished generations of a plan that no live runner holds (no lease, or an expired one) and
-    that were recorded at least `older_than` seconds ago: (id, whether its runner is gone). A runner is
-    gone when its lease expired, or (with `untouched_for`) when nobody has touched the generation for
-    that long since a runner released it: a worker that lost Redis just as it handed the job back
-    leaves Redis believing the job still runs. Plan A's reconciler re-enqueues them; Plan B's runner
-    resumes them."""
+    that were recorded at least `older_than` seconds ago (`unclaimed_older_than` for one never claimed
+    yet): (id, whether its runner is gone). A runner is gone when its lease expired, or (with
+    `untouched_for`) when nobody has touched the generation for that long since a runner released it:
+    a worker that lost Redis just as it handed the job back leaves Redis believing the job still runs.
+    Plan A's reconciler re-enqueues them; Plan B's runner resumes them."""
     now = time.time()
     async with db.sessions() as session:
         rows = await session.execute(
             select(
-                Generation.id, Generation.created_at, Generation.updated_at, Generation.lease_expires_at
+                Generation.id,
+                Generation.created_at,
+                Generation.updated_at,
+                Generation.lease_expires_at,
+                Generation.attempts,
             ).where(
                 Generation.plan == plan,
                 Generation.status.in_(ACTIVE),
@@ -234,8 +243,9 @@ async def orphans(
             )
         )
         found = []
-        for id_, created, updated, lease in rows:
-            if _age(created, now) < older_than:
+        for id_, created, updated, lease, attempts in rows:
+            age = _age(created, now)
+            if age < older_than or (not attempts and age < unclaimed_older_than):
                 continue
             untouched = untouched_for is not None and _age(updated, now) >= untouched_for
             found.append((id_, lease is not None or untouched))

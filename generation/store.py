@@ -9,6 +9,7 @@ import itertools
 import sqlite3
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -238,8 +239,35 @@ class _WholeStatementConnection(aiosqlite.Connection):
             raise
 
     def _roll_back_if_open(self) -> None:
-        if self._conn.in_transaction:
-            self._conn.rollback()
+        with contextlib.suppress(sqlite3.ProgrammingError):  # a cancelled close(): nothing left to end
+            if self._conn.in_transaction:
+                self._conn.rollback()
+
+    @property
+    def is_open(self) -> bool:
+        """Neither closed nor being closed (aiosqlite marks it stopped as its close begins to end)."""
+        return bool(self._running) and self._connection is not None
+
+
+class SqliteConnections:
+    """Every SQLite connection a Database's engines open, so that closing the database closes each of
+    them. Disposing an engine closes only the connections resting in its pool: one that a task held
+    across the dispose is checked in afterwards to the discarded pool and never closed. Each owns a
+    thread (aiosqlite's, not a daemon) that would keep the process from exiting."""
+
+    def __init__(self) -> None:
+        self._open: weakref.WeakSet[_WholeStatementConnection] = weakref.WeakSet()
+
+    def opened(self, connection: _WholeStatementConnection) -> None:
+        self._open.add(connection)
+
+    async def close_all(self, within: float = 2.0) -> None:
+        """Stop each connection still open: its thread closes the connection and ends (after the
+        statement it may be running). Waits at most `within` seconds for them."""
+        stopping = [connection.stop() for connection in list(self._open) if connection.is_open]
+        waiting = [future for future in stopping if future is not None]
+        if waiting:
+            await asyncio.wait(waiting, timeout=within)
 
 
 # A pooled connection idle longer than this is pinged before use (a server restart or an idle timeout
@@ -248,15 +276,21 @@ class _WholeStatementConnection(aiosqlite.Connection):
 PING_IDLE_AFTER = 5.0
 
 
-def create_engine(database_url: str, *, for_writes: bool = True) -> AsyncEngine:
+def create_engine(
+    database_url: str, *, for_writes: bool = True, sqlite_connections: SqliteConnections | None = None
+) -> AsyncEngine:
     if not database_url.startswith("sqlite"):
         engine = create_async_engine(database_url, pool_size=10, max_overflow=10)
         _ping_when_idle(engine)
         return engine
     path = make_url(database_url).database or ":memory:"
+    connections = sqlite_connections or SqliteConnections()
 
     async def connect() -> aiosqlite.Connection:
-        return await _WholeStatementConnection(lambda: sqlite3.connect(path, timeout=30), 64)
+        connection = _WholeStatementConnection(lambda: sqlite3.connect(path, timeout=30), 64)
+        await connection
+        connections.opened(connection)
+        return connection
 
     engine = create_async_engine(database_url, async_creator=connect)
     _configure_sqlite(engine, begin="BEGIN IMMEDIATE" if for_writes else "BEGIN")
@@ -343,9 +377,10 @@ class Database:
 
     def __init__(self, database_url: str) -> None:
         self.url = database_url
-        self.engine = create_engine(database_url)
+        self._sqlite_connections = SqliteConnections()
+        self.engine = create_engine(database_url, sqlite_connections=self._sqlite_connections)
         self.read_engine = (
-            create_engine(database_url, for_writes=False)
+            create_engine(database_url, for_writes=False, sqlite_connections=self._sqlite_connections)
             if database_url.startswith("sqlite")
             else self.engine
         )
@@ -376,9 +411,15 @@ class Database:
             return False
 
     async def close(self) -> None:
-        await self.engine.dispose()
-        if self.read_engine is not self.engine:
-            await self.read_engine.dispose()
+        """Dispose the engines; on SQLite also close every connection they opened that is still open
+        (see SqliteConnections), so no connection's thread outlives the database. As with SQLAlchemy's
+        dispose, the database may be used again (and is then closed again)."""
+        try:
+            await self.engine.dispose()
+            if self.read_engine is not self.engine:
+                await self.read_engine.dispose()
+        finally:
+            await self._sqlite_connections.close_all()
 
 
 # --- generation queries shared by the dispatcher, the runners and the HTTP API -----------------------

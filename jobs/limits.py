@@ -40,10 +40,15 @@ local function free(slot, limit, now)
   redis.call('ZREMRANGEBYSCORE', slot, '-inf', now)
   return limit - redis.call('ZCARD', slot)
 end
+-- the first `count` of a line, as id, arrival, id, arrival...
 local function heads(line, count, skip, wake)
   if count <= 0 then return end
-  for _, id in ipairs(redis.call('ZRANGE', line, 0, count - 1)) do
-    if id ~= skip then table.insert(wake, id) end
+  local found = redis.call('ZRANGE', line, 0, count - 1, 'WITHSCORES')
+  for k = 1, #found, 2 do
+    if found[k] ~= skip then
+      table.insert(wake, found[k])
+      table.insert(wake, found[k + 1])
+    end
   end
 end
 """
@@ -142,7 +147,7 @@ class Refusal:
     limit: str
     retry_in: float
     place: int | None = None
-    wake: tuple[str, ...] = field(default=())
+    wake: dict[str, float] = field(default_factory=dict)
 
 
 class ConcurrencyLimiter:
@@ -180,7 +185,7 @@ class ConcurrencyLimiter:
         if full == len(keys):  # the per-minute window: the time it frees is known
             retry_in = max(float(answer[1]) / 1000, 0.5) + random.uniform(0, 0.5)
             return Refusal(limit=f"rate:{provider}", retry_in=retry_in)
-        wake = tuple(_text(member) for member in answer[3:])
+        wake = _arrivals(answer[3:])
         return Refusal(
             limit=slots[full - 1][0],
             retry_in=WAIT_RECHECK * random.uniform(0.9, 1.1),
@@ -188,15 +193,16 @@ class ConcurrencyLimiter:
             wake=wake,
         )
 
-    async def release(self, generation_id: str, user_id: int, provider: str) -> list[str]:
-        """Free the generation's slots (it settled); answers the waiters now first in line for them."""
+    async def release(self, generation_id: str, user_id: int, provider: str) -> dict[str, float]:
+        """Free the generation's slots (it settled); answers the waiters now first in line for them,
+        with when each was recorded (ms): woken in that order, the line keeps its order in arq's queue."""
         slots = self._slots(user_id, provider)
         keys = [PREFIX + name for name, _ in slots] + [LINE_PREFIX + name for name, _ in slots] + [LINES]
         arguments: list[str | int] = [generation_id, int(time.time() * 1000), len(slots)]
         arguments += [size for _, size in slots]
-        return _unique(await self._release(keys=keys, args=arguments))
+        return _arrivals(await self._release(keys=keys, args=arguments))
 
-    async def waking_heads(self) -> list[str]:
+    async def waking_heads(self) -> dict[str, float]:
         """The waiters first in the lines of limits that have room now (the periodic sweep)."""
         wake: list[bytes | str] = []
         now = int(time.time() * 1000)
@@ -206,12 +212,16 @@ class ConcurrencyLimiter:
             if size is None:  # a line of a limit no longer configured: nobody can free it
                 continue
             wake += await self._sweep(keys=[PREFIX + name, _text(line), LINES], args=[now, size])
-        return _unique(wake)
+        return _arrivals(wake)
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _unique(members: Sequence[bytes | str]) -> list[str]:
-    return list(dict.fromkeys(_text(member) for member in members))
+def _arrivals(flat: Sequence[bytes | str]) -> dict[str, float]:
+    """Lua's id, arrival, id, arrival... as {id: arrival ms}, in line order, each id once."""
+    arrivals: dict[str, float] = {}
+    for index in range(0, len(flat) - 1, 2):
+        arrivals.setdefault(_text(flat[index]), float(flat[index + 1]))
+    return arrivals

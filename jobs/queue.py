@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -95,6 +95,12 @@ class ArqQueue:
             now = int(time.time() * 1000)
             scores: dict[str, float] = {generation_id: now for generation_id in generation_ids}
             await self.pool.zadd(self.pool.default_queue_name, scores, xx=True)
+
+    async def wake_in_order(self, arrivals: Mapping[str, float]) -> None:
+        """Run these deferred jobs now, ordered by `arrivals` (ms, in the past: due at once). LT: a job
+        woken already keeps its earlier place, and a repeated wake never pushes one back."""
+        if arrivals:
+            await self.pool.zadd(self.pool.default_queue_name, dict(arrivals), xx=True, lt=True)
 
     async def stop(self, generation_id: str) -> None:
         if await self.pool.exists(in_progress_key_prefix + generation_id):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from arq import Retry
@@ -20,7 +20,8 @@ from arq.worker import Worker, func
 from loguru import logger
 from redis.exceptions import RedisError
 
-from generation import progress
+from generation import lifecycle, progress
+from generation.drain import CLOSE_WITHIN, INTERRUPT_WITHIN, Drain, interrupt, within
 from generation.execution import RetryLater, RetryPolicy, execute
 from generation.limits import Limits
 from generation.services import Services
@@ -89,10 +90,10 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     return result.value
 
 
-async def _wake(ctx: dict[str, Any], generation_ids: Sequence[str]) -> None:
+async def _wake(ctx: dict[str, Any], arrivals: Mapping[str, float]) -> None:
     """Run now the deferred jobs of generations a slot was freed for (first in their lines)."""
-    if generation_ids:
-        await ArqQueue(ctx["redis"]).wake(*generation_ids)
+    if arrivals:
+        await ArqQueue(ctx["redis"]).wake_in_order(arrivals)
 
 
 async def wake_waiting_job(ctx: dict[str, Any]) -> int:
@@ -119,13 +120,39 @@ def _limiter(ctx: dict[str, Any], settings: Settings) -> ConcurrencyLimiter:
 ARQ_MAX_TRIES = 100_000
 
 
+async def run_generation_handing_back(ctx: dict[str, Any], generation_id: str) -> str:
+    """The job arq runs: `run_generation`. Interrupted (a stopping worker hands its jobs back, arq's
+    job timeout, a lost Redis connection), it first gives the generation's lease back, so that the
+    runner that takes the job next claims it at once instead of after the lease expires. A paid call
+    in progress has been journaled by then (generation/steps.py)."""
+    try:
+        return await run_generation(ctx, generation_id)
+    except asyncio.CancelledError:
+        services: Services = ctx["services"]
+        try:
+            await within(INTERRUPT_WITHIN, lifecycle.release(services.db, generation_id, _lease_owner(ctx)))
+        except Exception as error:  # its lease expires on its own
+            logger.bind(generation=generation_id, plan="A").warning("lease not released: {!r}", error)
+        raise
+
+
+def _lease_owner(ctx: dict[str, Any]) -> str:
+    """Whom `run_generation` claims a generation for: this worker, this try of the job."""
+    return f"{ctx['worker_id']}:{ctx.get('job_try', 1)}"
+
+
 def worker_options(settings: Settings) -> dict[str, Any]:
     """An arq worker's options (keyword arguments of arq's `Worker`), read from settings when a worker
     is built, never at import. Jobs find the process's services in ctx["services"]."""
     seconds = set(range(0, 60, settings.reconcile_every))
     return {
         "functions": [
-            func(run_generation, name=JOB_FUNCTION, max_tries=ARQ_MAX_TRIES, timeout=settings.job_timeout)
+            func(
+                run_generation_handing_back,
+                name=JOB_FUNCTION,
+                max_tries=ARQ_MAX_TRIES,
+                timeout=settings.job_timeout,
+            )
         ],
         "cron_jobs": [
             cron(reconcile_job, name="reconcile", second=seconds, run_at_startup=True, timeout=60),
@@ -140,6 +167,9 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "job_deserializer": deserialize,
         "keep_result": 3600,
         "allow_abort_jobs": True,  # /cancel interrupts a running job
+        # Under arq's own command (its signal handlers): on SIGTERM it stops taking jobs, waits this
+        # long for the running ones, then interrupts them once. `aibot` drains with SupervisedWorker.
+        "job_completion_wait": max(1, round(settings.drain_timeout)),
     }
 
 
@@ -149,25 +179,120 @@ def build_worker(settings: Settings, services: Services) -> Worker:
     return Worker(**options, handle_signals=False)
 
 
-async def run_supervised(settings: Settings, services: Services, restart_delay: float = 2.0) -> None:
-    """Run a worker until cancelled, building it anew whenever it stops: arq's worker exits when its
-    Redis connection is lost, and a Redis restart must not end Plan A for good."""
-    while True:
-        worker = build_worker(settings, services)
+class SupervisedWorker:
+    """An arq worker for the life of a process (`aibot worker`, and the one `aibot run` embeds), built
+    anew whenever it stops on its own: arq's worker exits when its Redis connection is lost, and a
+    Redis restart must not end Plan A for good.
+
+    It stops gracefully (generation/drain.py): `stop_taking_jobs` at once, then `drain` lets running
+    jobs end until the drain is over and interrupts the rest. An interrupted job gives its lease back
+    (`run_generation_handing_back`) and arq puts it back in the queue no longer marked as running, so
+    another worker, or the next start, runs it at once. Then the worker and its Redis pool close."""
+
+    def __init__(self, settings: Settings, services: Services, restart_delay: float = 2.0) -> None:
+        self.settings = settings
+        self.services = services
+        self.restart_delay = restart_delay
+        self.worker: Worker | None = None
+        self._stopping = asyncio.Event()
+        self._handed_back = asyncio.Event()
+        self._ended = asyncio.Event()
+
+    async def run(self) -> None:
+        """Run workers until `drain` (or a cancellation) stops them."""
         try:
-            await worker.async_run()
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            logger.warning(
-                "arq worker stopped ({}); starting it again in {:.0f}s", type(error).__name__, restart_delay
-            )
-            # Jobs in flight need the database and the providers, not Redis: let them settle rather
-            # than cancel them halfway (a cancelled one waits for its lease to expire to be resumed).
-            running = [task for task in worker.tasks.values() if not task.done()]
-            if running:
-                await asyncio.wait(running, timeout=settings.job_timeout)
+            while not self._stopping.is_set():
+                worker = self.worker = build_worker(self.settings, self.services)
+                try:
+                    await worker.async_run()
+                except asyncio.CancelledError:
+                    if not self._stopping.is_set() or _cancelled_itself():
+                        raise  # not `drain` ending the worker's loop
+                except Exception as error:
+                    if not self._stopping.is_set():
+                        logger.warning(
+                            "arq worker stopped ({}); starting it again in {:.0f}s",
+                            type(error).__name__,
+                            self.restart_delay,
+                        )
+                    await self._let_jobs_settle(worker)
+                finally:
+                    await _close(worker)
+                if not self._stopping.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), timeout=self.restart_delay)
         finally:
+            self._ended.set()
+
+    def stop_taking_jobs(self) -> None:
+        self._stopping.set()
+        if self.worker is not None:
+            self.worker.allow_pick_jobs = False
+
+    async def drain(self, drain: Drain) -> None:
+        """Stop taking jobs, let the running ones end until the drain is over, hand the rest back to
+        the queue, then end the worker (its Redis pool closes)."""
+        self.stop_taking_jobs()
+        worker = self.worker
+        try:
+            if worker is not None:
+                await drain.wait(lambda: _running_jobs(worker))
+                if _running_jobs(worker):
+                    logger.info("handing back to the queue: {}", ", ".join(sorted(worker.job_tasks)) or "-")
+                    still = await interrupt(
+                        lambda: _running_jobs(worker), to_cancel=lambda: list(worker.job_tasks.values())
+                    )
+                    if still:
+                        logger.warning("{} job(s) did not end in time after being interrupted", len(still))
+        finally:
+            self._handed_back.set()
+            if worker is not None and worker.main_task is not None:
+                worker.main_task.cancel()  # ends `run`'s worker: it closes, and no other is built
+        with contextlib.suppress(TimeoutError):
+            await within(CLOSE_WITHIN + INTERRUPT_WITHIN, self._ended.wait())
+
+    async def redis_answers(self) -> bool:
+        """For readiness: a worker is running and its Redis answers."""
+        worker = self.worker
+        if worker is None or worker.main_task is None or worker.main_task.done():
+            return False
+        if getattr(worker, "_pool", None) is None:
+            return False
+        return bool(await worker.pool.ping())
+
+    async def _let_jobs_settle(self, worker: Worker) -> None:
+        """After a lost Redis connection: jobs in flight need the database and the providers, not
+        Redis, so they are let settle rather than cancelled halfway (up to a job's timeout; once the
+        process stops, until `drain` has let them end or handed them back)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.job_timeout
+        handed_back = asyncio.ensure_future(self._handed_back.wait())
+        try:
+            while (running := _running_jobs(worker)) and not handed_back.done():
+                left = None if self._stopping.is_set() else deadline - loop.time()
+                if left is not None and left <= 0:
+                    return
+                await asyncio.wait([*running, handed_back], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            handed_back.cancel()
+
+
+def _running_jobs(worker: Worker) -> list[asyncio.Task[Any]]:
+    return [task for task in worker.tasks.values() if not task.done()]
+
+
+def _cancelled_itself() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _close(worker: Worker) -> None:
+    """Close a worker (interrupting any job still running) and its Redis pool, in bounded time."""
+    try:
+        await within(CLOSE_WITHIN, worker.close())
+    except Exception as error:
+        logger.warning("the arq worker did not close cleanly ({!r}); closing its Redis pool", error)
+        pool = getattr(worker, "_pool", None)
+        if pool is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(worker.close(), timeout=restart_delay)
-        await asyncio.sleep(restart_delay)
+                await within(1.0, pool.aclose(close_connection_pool=True))

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from generation.store import Base
 
 config = context.config
+# The advisory lock the migrations of one PostgreSQL database are run under (any fixed number).
+MIGRATION_LOCK = 0x6169626F74  # "aibot"
 target_metadata = Base.metadata
 
 
@@ -32,6 +34,12 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Processes started together (several `aibot run`, `aibot migrate`) take turns: without
+            # this the second one races the first to create the same tables and dies on a duplicate.
+            # Held until this transaction ends; the next one then reads the version it left and has
+            # nothing to do.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
 
 

@@ -175,6 +175,8 @@ def make_settings(
         "new_user_bonus": 10,
         "redis_timeout": 1.0,
         "worker_poll_delay": 0.02,
+        # A test that stops an app with work still held at the fakes need not wait DRAIN_TIMEOUT's 25 s.
+        "drain_timeout": 2.0,
     }
     if elevenlabs is not None:
         values["elevenlabs_api_key"] = elevenlabs.api_key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -46,10 +47,13 @@ Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
 # Where each started process logs: a file, not a pipe (a pipe nobody reads fills up and then blocks
 # the process on its next log line).
 LOG_FILES: dict[int, Path] = {}
+# Numbers the log files: taken before the process starts, so processes started together (asyncio.gather)
+# each get a file of their own (counting LOG_FILES would give them the same one).
+_LOG_NUMBERS = itertools.count()
 
 
 async def start_process(command: str, env: dict[str, str], cwd: Path) -> asyncio.subprocess.Process:
-    log_file = cwd / f"{command}-{len(LOG_FILES)}.log"
+    log_file = cwd / f"{command}-{next(_LOG_NUMBERS)}.log"
     with log_file.open("wb") as output:
         process = await asyncio.create_subprocess_exec(
             AIBOT, command, env=env, cwd=cwd, stdout=output, stderr=asyncio.subprocess.STDOUT
@@ -75,9 +79,11 @@ async def stop(process: asyncio.subprocess.Process) -> str:
     return logs_of(process)
 
 
-async def wait_healthy(port: int, process: asyncio.subprocess.Process) -> dict[str, object]:
+async def wait_healthy(
+    port: int, process: asyncio.subprocess.Process, timeout: float = 60.0
+) -> dict[str, object]:
     async with aiohttp.ClientSession() as http:
-        for _ in range(600):  # the process imports aiogram and friends first: allow it time
+        for _ in range(int(timeout * 10)):  # the process imports aiogram and friends first: allow it time
             if process.returncode is not None:
                 raise AssertionError("aibot exited before it served HTTP")
             try:

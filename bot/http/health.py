@@ -1,11 +1,102 @@
-"""GET /healthz: liveness and readiness (database, Redis, the plan in force)."""
+"""Health answers: GET /healthz (liveness and readiness with the database, Redis and the plan in
+force), and for an orchestrator GET /livez and GET /readyz, whose bodies say as little as possible.
+
+/livez: the process's event loop answers. /readyz: the process is not draining (stopping) and what it
+needs answers (`aibot run`: the database; `aibot worker`: the database and Redis); otherwise 503 with
+a one-word reason. While a process drains, the routes that take new work answer 503 with Retry-After
+(another instance takes the request), and the requests already being handled are waited for.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from typing import Any
+
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from loguru import logger
 
 from bot.http.keys import GENERATIONS, SERVICES
+
+# A readiness check that takes longer than this counts as not answering (a hung database or Redis
+# must not hang the probe).
+CHECK_TIMEOUT = 2.0
+# Seconds a client refused while this process drains is asked to wait before trying again.
+RETRY_AFTER = "2"
+
+
+class Readiness:
+    """What /readyz answers, and what the process tells the HTTP server when it begins to stop."""
+
+    def __init__(self, checks: Mapping[str, Callable[[], Awaitable[bool]]]) -> None:
+        self.checks = dict(checks)  # name (the reason given when it fails) -> does it answer
+        self.draining = False
+        # Requests that take new work, being handled now: a drain waits for them.
+        self.taking_work: set[asyncio.Task[Any]] = set()
+
+    async def not_ready_because(self) -> str | None:
+        if self.draining:
+            return "draining"
+        for name, answers in self.checks.items():
+            try:
+                ok = await asyncio.wait_for(answers(), timeout=CHECK_TIMEOUT)
+            except Exception:
+                ok = False
+            if not ok:
+                return name
+        return None
+
+
+READINESS = web.AppKey("readiness", Readiness)
+
+
+async def livez(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    reason = await request.app[READINESS].not_ready_because()
+    if reason is None:
+        return web.Response(text="ready")
+    return web.Response(status=503, text=reason)
+
+
+def refuse_new_work_while_draining(readiness: Readiness, paths: Collection[str]) -> Middleware:
+    """A middleware for the routes (by their path pattern) that take new work: refused with 503 and
+    Retry-After while the process drains; tracked while handled, so the drain waits for them."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        if route is None or route.canonical not in paths:
+            return await handler(request)
+        if readiness.draining:
+            return web.json_response(
+                {"error": "this server is stopping: try again shortly"},
+                status=503,
+                headers={"Retry-After": RETRY_AFTER},
+            )
+        task = asyncio.current_task()
+        assert task is not None
+        readiness.taking_work.add(task)
+        try:
+            return await handler(request)
+        finally:
+            readiness.taking_work.discard(task)
+
+    return middleware
+
+
+def probes_app(readiness: Readiness) -> web.Application:
+    """The small HTTP server of a process that has no other (`aibot worker`): /livez and /readyz."""
+    app = web.Application()
+    app[READINESS] = readiness
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    return app
 
 
 async def health(request: web.Request) -> web.Response:

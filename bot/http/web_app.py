@@ -20,8 +20,16 @@ def build_web_app(
     generations: Dispatcher,
     bots: dict[str, Bot],
     bot_dispatcher: BotDispatcher | None,
+    readiness: health.Readiness | None = None,
 ) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+    """`readiness`: what /readyz answers and where the process says it drains (by default: ready
+    while the database answers)."""
+    readiness = readiness or health.Readiness({"database": services.db.ping})
+    new_work = {"/api/generation/{kind}", "/webhooks/telegram/{bot_name}"}
+    app = web.Application(
+        client_max_size=MAX_BODY, middlewares=[health.refuse_new_work_while_draining(readiness, new_work)]
+    )
+    app[health.READINESS] = readiness
     app[SERVICES] = services
     app[GENERATIONS] = generations
     app[BOTS] = bots
@@ -34,4 +42,6 @@ def build_web_app(
     app.router.add_post("/webhooks/telegram/{bot_name}", webhooks.telegram_webhook)
     app.router.add_post("/webhooks/replicate", webhooks.replicate_webhook)
     app.router.add_get("/healthz", health.health)
+    app.router.add_get("/livez", health.livez)
+    app.router.add_get("/readyz", health.readyz)
     return app

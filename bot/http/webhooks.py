@@ -10,17 +10,11 @@ import json
 from aiogram.types import Update
 from aiohttp import web
 from loguru import logger
-from sqlalchemy.exc import DBAPIError
 
 from bot.http.keys import BOT_DISPATCHER, BOTS, GENERATIONS, SERVICES, UPDATES_IN_FLIGHT
-from bot.http.responses import json_error
+from bot.http.responses import UNAVAILABLE_ERRORS, json_error
 from generation.callbacks import take_job_result
 from providers.replicate import verify_webhook
-
-# Failures that another delivery of the same update may not meet: the database or the network had a
-# bad moment. Telegram redelivers an update answered with an error; a request key per update makes a
-# redelivery of one already recorded answer the earlier generation.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (DBAPIError, OSError, TimeoutError)
 
 # Seconds Telegram is asked to wait before delivering a refused update again.
 RETRY_AFTER = "1"
@@ -44,7 +38,7 @@ async def telegram_webhook(request: web.Request) -> web.Response:
         return _try_again_later("too many updates in flight")
     try:
         await request.app[BOT_DISPATCHER].feed_update(bot, update)
-    except TRANSIENT_ERRORS as error:
+    except UNAVAILABLE_ERRORS as error:  # another delivery may not meet it (see responses.py)
         logger.warning("update {} not handled now ({!r}): Telegram sends it again", update.update_id, error)
         return _try_again_later("not handled now")
     except Exception:

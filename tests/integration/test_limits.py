@@ -84,14 +84,14 @@ async def test_waiters_line_up_by_arrival_and_a_release_wakes_the_first(pool: Ar
     assert (early.place, middle.place) == (1, 2) and late.limit == "provider:replicate"
     assert late.retry_in > 60  # nothing polls: a wake brings it back
 
-    assert await limits.release("h0", user_id=0, provider="replicate") == ["w3"]
+    assert await limits.release("h0", user_id=0, provider="replicate") == {"w3": 3000.0}  # arrival, ms
     # A newcomer does not take the slot the first in line was woken for...
     refused = await limits.acquire("new", user_id=9, provider="replicate", arrival=9)
     assert refused is not None and refused.place == 4
     # ...and a waiter behind the first does not either.
     assert await limits.acquire("w4", user_id=4, provider="replicate", arrival=4) is not None
     assert await limits.acquire("w3", user_id=3, provider="replicate", arrival=3) is None
-    assert await limits.release("h1", user_id=1, provider="replicate") == ["w4"]
+    assert list(await limits.release("h1", user_id=1, provider="replicate")) == ["w4"]
     assert await limits.acquire("w4", user_id=4, provider="replicate", arrival=4) is None
 
 
@@ -105,22 +105,22 @@ async def test_a_waiter_stopped_by_another_limit_passes_its_wake_on(pool: ArqRed
     assert first is not None and second is not None and (first.place, second.place) == (1, 2)
     # Meanwhile x's user starts another generation, which takes the user's only slot elsewhere.
     assert await limits.acquire("x-other", user_id=4, provider="elevenlabs", arrival=6) is None
-    assert await limits.release("a", user_id=1, provider="replicate") == ["x"]
+    assert list(await limits.release("a", user_id=1, provider="replicate")) == ["x"]
     moved = await limits.acquire("x", user_id=4, provider="replicate", arrival=4)
     assert moved is not None and moved.limit == "user:4"
-    assert moved.wake == ("y",)  # the provider slot x was woken for goes to the next in line
+    assert list(moved.wake) == ["y"]  # the provider slot x was woken for goes to the next in line
     assert await limits.acquire("y", user_id=5, provider="replicate", arrival=5) is None
-    assert await limits.release("x-other", user_id=4, provider="elevenlabs") == ["x"]
+    assert list(await limits.release("x-other", user_id=4, provider="elevenlabs")) == ["x"]
 
 
 async def test_the_sweep_wakes_the_first_in_line_when_a_dead_workers_slots_expire(pool: ArqRedis) -> None:
     limits = limiter(pool, per_user=1, ttl=0.3)
     assert await limits.acquire("dead", user_id=7, provider="replicate", arrival=1) is None
     assert await limits.acquire("waiting", user_id=7, provider="replicate", arrival=2) is not None
-    assert await limits.waking_heads() == []  # no room yet
+    assert not await limits.waking_heads()  # no room yet
     await asyncio.sleep(0.4)
-    assert await limits.waking_heads() == ["waiting"]
+    assert list(await limits.waking_heads()) == ["waiting"]
     assert await limits.acquire("waiting", user_id=7, provider="replicate", arrival=2) is None
-    assert await limits.release("waiting", user_id=7, provider="replicate") == []
-    assert await limits.waking_heads() == []
+    assert list(await limits.release("waiting", user_id=7, provider="replicate")) == []
+    assert not await limits.waking_heads()
     assert not await pool.exists("aibot:limits:lines")  # empty lines are forgotten
