@@ -23,4 +23,3 @@ def json_problems(found: list[Problem]) -> web.Response:
 # charge are one transaction), and the same request may succeed a little later (webhooks.py answers
 # Telegram 503 for these, so that it delivers the update again).
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (DBAPIError, OSError, TimeoutError)
-
