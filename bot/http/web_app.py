@@ -9,6 +9,7 @@ from aiohttp import web
 from bot.http import api, health, webhooks
 from bot.http.ingest import UpdatesInFlight
 from bot.http.keys import BOT_DISPATCHER, BOTS, GENERATIONS, SERVICES, UPDATES_IN_FLIGHT
+from bot.http.responses import unavailable_as_503
 from generation.dispatcher import Dispatcher
 from generation.services import Services
 
@@ -27,7 +28,8 @@ def build_web_app(
     readiness = readiness or health.Readiness({"database": services.db.ping})
     new_work = {"/api/generation/{kind}", "/webhooks/telegram/{bot_name}"}
     app = web.Application(
-        client_max_size=MAX_BODY, middlewares=[health.refuse_new_work_while_draining(readiness, new_work)]
+        client_max_size=MAX_BODY,
+        middlewares=[health.refuse_new_work_while_draining(readiness, new_work), unavailable_as_503],
     )
     app[health.READINESS] = readiness
     app[SERVICES] = services

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy.engine import make_url
 
 from app import App
 from tests.conftest import API_TOKEN, AppFactory
@@ -231,3 +232,33 @@ async def test_a_hung_redis_does_not_hang_the_request(
     async with http.get(f"{base(app)}/healthz") as response:  # health does not hang on it either
         health = await response.json()
     assert (response.status, health["redis"], health["plan"], health["breaker"]) == (200, False, "B", "open")
+
+
+async def test_with_the_database_gone_a_request_is_refused_503_and_costs_nothing(
+    make_app: AppFactory, http: aiohttp.ClientSession, postgres_url: str, replicate: FakeReplicate
+) -> None:
+    """PostgreSQL stops answering: a new generation is refused with 503 and Retry-After (not a 500),
+    nothing is recorded or charged, and the same request succeeds once the database is back."""
+    address = make_url(postgres_url)
+    proxy = TcpProxy(address.host or "127.0.0.1", address.port or 5432)
+    await proxy.start()
+    proxied = address.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    try:
+        app = await make_app(database_url=proxied)
+        await proxy.refuse()
+        async with http.post(
+            f"{base(app)}/api/generation/text-to-image",
+            json={**SEED, "prompt": "while the database is gone"},
+            headers={**AUTH, "Idempotency-Key": "db-gone-1"},
+        ) as response:
+            assert response.status == 503 and response.headers["Retry-After"] == "5"
+        assert replicate.create_count() == 0
+        await proxy.restore()
+        status, body = await post_image(
+            http, app, {**SEED, "prompt": "while the database is gone"}, {"Idempotency-Key": "db-gone-1"}
+        )
+        assert status == 202
+        [generation] = await all_settled(app, 1)
+        assert generation.id == body["id"] and generation.price == 1
+    finally:
+        await proxy.stop()
