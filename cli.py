@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import os
 import signal
@@ -111,8 +112,8 @@ class _ExitWatchdog:
 def _exit_now() -> NoReturn:
     """Exit once the process has stopped, without the interpreter's teardown of every module, which
     takes seconds here and counts against an orchestrator's grace period: everything the process
-    opened is closed by now. A thread still running (a connection nobody closed) is named in the log
-    rather than waited for forever."""
+    opened is closed by now, and the exit handlers (`atexit`) still run. A thread still running (a
+    connection nobody closed) is named in the log rather than waited for forever."""
     deadline = time.monotonic() + 1.0
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
@@ -120,6 +121,7 @@ def _exit_now() -> NoReturn:
     alive = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
     if alive:
         logger.warning("threads left running at exit: {}", ", ".join(alive))
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -14,6 +14,7 @@ count (pg_stat_database.xact_commit), which additionally sees statements run out
 
 from __future__ import annotations
 
+import atexit
 import mmap
 import os
 import struct
@@ -75,12 +76,15 @@ def main() -> None:
     import cProfile
 
     profiler = cProfile.Profile()
-    profiler.enable()
-    try:
-        command()
-    finally:
+
+    def dump() -> None:
         profiler.disable()
         profiler.dump_stats(profile_file)
+
+    # At exit: `aibot run` ends the process without returning here (cli._exit_now runs exit handlers).
+    atexit.register(dump)
+    profiler.enable()
+    command()
 
 
 if __name__ == "__main__":
