@@ -224,9 +224,9 @@ async def orphans(
     """Unfinished generations of a plan that no live runner holds (no lease, or an expired one) and
     that were recorded at least `older_than` seconds ago (`unclaimed_older_than` for one never claimed
     yet): (id, whether its runner is gone). A runner is gone when its lease expired, or (with
-    `untouched_for`) when nobody has touched the generation for that long since a runner released it:
-    a worker that lost Redis just as it handed the job back leaves Redis believing the job still runs.
-    Plan A's reconciler re-enqueues them; Plan B's runner resumes them."""
+    `untouched_for`) when nobody has touched the generation for that long since a runner released it
+    (a worker that lost Redis just as it handed the job back leaves Redis believing the job still
+    runs). Plan A's reconciler re-enqueues them; Plan B's runner resumes them."""
     now = time.time()
     async with db.sessions() as session:
         rows = await session.execute(
@@ -248,8 +248,17 @@ async def orphans(
             if age < older_than or (not attempts and age < unclaimed_older_than):
                 continue
             untouched = untouched_for is not None and _age(updated, now) >= untouched_for
-            found.append((id_, lease is not None or untouched))
+            # One never claimed had no runner to die: it waits (for a slot, in a line) with its job.
+            found.append((id_, lease is not None or (untouched and attempts > 0)))
         return found
+
+
+def still_orphaned(generation: Generation | None) -> bool:
+    """Whether a generation found by `orphans` still is one: read again just before acting on it, as
+    the snapshot ages while the reconciler works through thousands."""
+    if generation is None or GenerationStatus(generation.status).is_final:
+        return False
+    return generation.lease_expires_at is None or generation.lease_expires_at < time.time()
 
 
 def _age(created: datetime | None, now: float) -> float:

@@ -18,7 +18,7 @@ from loguru import logger
 
 from generation import lifecycle
 from generation.services import Services
-from generation.store import Plan
+from generation.store import Generation, Plan, get_generation
 from jobs.queue import ArqQueue
 
 # A released generation (waiting for the provider, or between tries) that nobody has touched for this
@@ -39,12 +39,19 @@ async def reconcile(services: Services, pool: ArqRedis) -> list[str]:
     """Enqueue every Plan A generation Redis does not know; answers their ids."""
     requeued = []
     for generation_id, runner_died in await orphaned_plan_a(services):
-        if runner_died and await pool.delete(in_progress_key_prefix + generation_id):
-            # Its runner stopped renewing its lease (killed, or its job cancelled with a lost Redis
-            # connection); arq would keep the job marked in progress until its own timeout.
-            logger.bind(generation=generation_id, plan="A").warning("its worker died: handed to another")
+        current: Generation | None = None
+        if runner_died:
+            current = await get_generation(services.db, generation_id)
+            if not lifecycle.still_orphaned(current):
+                continue  # claimed or settled since the snapshot: its job is alive
+            if await pool.delete(in_progress_key_prefix + generation_id):
+                # Its runner stopped renewing its lease (killed, or its job cancelled with a lost Redis
+                # connection); arq would keep the job marked in progress until its own timeout.
+                logger.bind(generation=generation_id, plan="A").warning("its worker died: handed to another")
         if await pool.exists(job_key_prefix + generation_id, in_progress_key_prefix + generation_id):
             continue
+        if current is None and not lifecycle.still_orphaned(await get_generation(services.db, generation_id)):
+            continue  # it settled since the snapshot (its job ended and left only a result)
         # A kept result of an earlier run (it ended without settling) would make arq refuse the id.
         await pool.delete(result_key_prefix + generation_id)
         await ArqQueue(pool).enqueue(generation_id)

@@ -22,7 +22,14 @@ async def db(database_url: str) -> AsyncIterator[Database]:
     await database.close()
 
 
-async def record(db: Database, key: str, *, lease_expires_at: float | None, touched_ago: float) -> str:
+async def record(
+    db: Database,
+    key: str,
+    *,
+    lease_expires_at: float | None,
+    touched_ago: float,
+    status: GenerationStatus = GenerationStatus.running,
+) -> str:
     async with db.transaction() as session:
         user, _ = await ensure_user(session, "main", 1, username=None, language="en")
         generation = Generation(
@@ -33,7 +40,8 @@ async def record(db: Database, key: str, *, lease_expires_at: float | None, touc
             model="flux-schnell",
             request={},
             plan=Plan.A,
-            status=GenerationStatus.running,
+            status=status,
+            attempts=0 if status == GenerationStatus.queued else 1,  # running: claimed once at least
             lease_owner="w" if lease_expires_at else None,
             lease_expires_at=lease_expires_at,
         )
@@ -54,12 +62,16 @@ async def test_orphans_tell_a_dead_runner_from_a_waiting_one(db: Database) -> No
     expired = await record(db, "expired", lease_expires_at=now - 1, touched_ago=60)
     released_long_ago = await record(db, "released-long-ago", lease_expires_at=None, touched_ago=60)
     released_now = await record(db, "released-now", lease_expires_at=None, touched_ago=0)
+    waiting_in_line = await record(
+        db, "waiting", lease_expires_at=None, touched_ago=60, status=GenerationStatus.queued
+    )
 
     found = dict(await lifecycle.orphans(db, Plan.A, untouched_for=30))
     assert held not in found  # a live runner holds it
     assert found[expired] is True  # its runner stopped renewing the lease
     assert found[released_long_ago] is True  # released, then nobody touched it: its job was lost
     assert found[released_now] is False  # released a moment ago: its job waits in Redis
+    assert found[waiting_in_line] is False  # never claimed: no runner died, it waits for a slot
     # Without `untouched_for` only an expired lease tells of a dead runner; too fresh ones are left.
     assert dict(await lifecycle.orphans(db, Plan.A))[released_long_ago] is False
     assert released_now not in dict(await lifecycle.orphans(db, Plan.A, older_than=30))
