@@ -106,13 +106,22 @@ async def _heartbeat(db: Database, generation_id: str, owner: str, lease: float)
     """Renew the lease while this runner lives: a runner that dies (SIGKILL, a lost Redis connection
     cancelling its job) stops renewing, and within one lease others may take the generation over."""
 
+    run = asyncio.current_task()
+
     async def renew() -> None:
         while True:
             await asyncio.sleep(lease / 3)
             try:
-                await lifecycle.renew_lease(db, generation_id, owner, lease)
+                still_ours = await lifecycle.renew_lease(db, generation_id, owner, lease)
             except Exception as error:  # the next beat tries again; the lease has slack for it
                 logger.bind(generation=generation_id).warning("could not renew the lease: {!r}", error)
+                continue
+            if not still_ours and run is not None:
+                # Another runner took it over (this one could not renew in time): two runners must
+                # not both go on to deliver. A paid call in progress is still journaled first.
+                logger.bind(generation=generation_id).warning("lease taken over by another runner: stopping")
+                run.cancel()
+                return
 
     task = asyncio.create_task(renew(), name=f"lease-{generation_id}")
     try:

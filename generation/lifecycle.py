@@ -101,13 +101,19 @@ async def release(db: Database, generation_id: str, owner: str, *, failed: bool 
         )
 
 
-async def renew_lease(db: Database, generation_id: str, owner: str, lease: float) -> None:
+async def renew_lease(db: Database, generation_id: str, owner: str, lease: float) -> bool:
+    """Extend this runner's lease; False when another runner holds the generation now (this one was
+    too slow to renew in time and was taken for dead): it must stop, the other goes on."""
     async with db.transaction() as session:
-        await session.execute(
+        renewed = await session.execute(
             update(Generation)
             .where(Generation.id == generation_id, Generation.lease_owner == owner)
             .values(lease_expires_at=time.time() + lease)
         )
+        if renewed.rowcount:  # type: ignore[attr-defined]
+            return True
+        holder = await session.scalar(select(Generation.lease_owner).where(Generation.id == generation_id))
+    return holder is None  # released or settled meanwhile: nobody else runs it
 
 
 async def move_to_plan_b(db: Database, generation_id: str) -> bool:

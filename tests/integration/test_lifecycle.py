@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import update
 
-from generation import lifecycle
+from generation import execution, lifecycle
 from generation.store import Database, Generation, GenerationStatus, Plan
 from generation.users import ensure_user
 from migrations.runner import upgrade
@@ -76,3 +76,33 @@ async def test_orphans_tell_a_dead_runner_from_a_waiting_one(db: Database) -> No
     assert dict(await lifecycle.orphans(db, Plan.A))[released_long_ago] is False
     assert released_now not in dict(await lifecycle.orphans(db, Plan.A, older_than=30))
     assert await lifecycle.orphans(db, Plan.B) == []
+
+
+async def test_a_runner_whose_lease_another_took_over_stops(db: Database) -> None:
+    generation_id = await record(db, "slow-runner", lease_expires_at=time.time() + 0.3, touched_ago=0)
+
+    async def run_holding_the_lease() -> None:
+        async with execution._heartbeat(db, generation_id, "w", lease=0.3):
+            await asyncio.sleep(10)  # the pipeline's work
+
+    runner = asyncio.create_task(run_holding_the_lease())
+    await asyncio.sleep(0.05)
+    async with db.transaction() as session:  # another runner claimed it (this one was taken for dead)
+        await session.execute(
+            update(Generation)
+            .where(Generation.id == generation_id)
+            .values(lease_owner="other", lease_expires_at=time.time() + 30)
+        )
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(runner, timeout=2)
+
+
+async def test_a_runner_keeps_going_once_its_generation_is_released_or_settled(db: Database) -> None:
+    generation_id = await record(db, "settled", lease_expires_at=time.time() + 0.3, touched_ago=0)
+    async with db.transaction() as session:
+        await session.execute(
+            update(Generation).where(Generation.id == generation_id).values(lease_owner=None)
+        )
+    async with execution._heartbeat(db, generation_id, "w", lease=0.3):
+        await asyncio.sleep(0.4)  # beats find nobody else holding it: the run's tail goes on
+    assert await lifecycle.renew_lease(db, generation_id, "w", 0.3)
