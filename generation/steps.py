@@ -8,6 +8,7 @@ Results must be JSON: ids, URLs, small dicts. Never bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -92,7 +93,11 @@ class StepJournal:
                 try:
                     await asyncio.shield(task)
                 except asyncio.CancelledError:
-                    await task  # finish journaling the paid call, then stop
+                    # Finish journaling the paid call, then stop: a second cancellation (a stop that
+                    # insists) must not cut it either, or the next run would pay again.
+                    while not task.done():
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await asyncio.shield(task)
                     raise
             else:
                 await task

@@ -119,3 +119,42 @@ async def test_step_journal_runs_a_step_once(db: Database) -> None:
     # A rerun (new journal object, as after a restart) gets the saved id and does not call again.
     assert await StepJournal(db, "g1").run("create_prediction", create) == "prediction-1"
     assert calls == 1
+
+
+async def test_a_paid_step_is_journaled_even_when_the_stop_insists(db: Database) -> None:
+    user_id = await new_user(db)
+    async with db.transaction() as session:
+        session.add(
+            Generation(
+                id="g2",
+                request_key="k2",
+                kind="text_to_image",
+                user_id=user_id,
+                bot_name="main",
+                chat_id=1,
+                model="flux-schnell",
+                request={},
+                plan="A",
+            )
+        )
+    answered = asyncio.Event()
+    calls = 0
+
+    async def paid_create() -> str:
+        nonlocal calls
+        calls += 1
+        await answered.wait()  # the provider takes its time to answer
+        return "prediction-2"
+
+    run = asyncio.create_task(StepJournal(db, "g2").run("create_prediction", paid_create, shielded=True))
+    await asyncio.sleep(0.05)
+    run.cancel()  # the process is stopping...
+    await asyncio.sleep(0.05)
+    run.cancel()  # ...and told again
+    await asyncio.sleep(0.05)
+    answered.set()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    # The paid call finished and was journaled: the next run continues from it, paying nothing again.
+    assert await StepJournal(db, "g2").run("create_prediction", paid_create) == "prediction-2"
+    assert calls == 1
