@@ -38,7 +38,13 @@ async def orphaned_plan_a(services: Services) -> list[tuple[str, bool]]:
 async def reconcile(services: Services, pool: ArqRedis) -> list[str]:
     """Enqueue every Plan A generation Redis does not know; answers their ids."""
     requeued = []
-    for generation_id, runner_died in await orphaned_plan_a(services):
+    candidates = await orphaned_plan_a(services)
+    # One round trip for those whose runner did not die: thousands may wait in a line, each with its
+    # job deferred in Redis, and looking them up one by one outlasted the cron job's timeout.
+    known = await _jobs_in_redis(pool, [generation_id for generation_id, died in candidates if not died])
+    for generation_id, runner_died in candidates:
+        if generation_id in known:
+            continue
         current: Generation | None = None
         if runner_died:
             current = await get_generation(services.db, generation_id)
@@ -58,6 +64,15 @@ async def reconcile(services: Services, pool: ArqRedis) -> list[str]:
         requeued.append(generation_id)
         logger.bind(generation=generation_id, plan="A").warning("re-enqueued: Redis had no job for it")
     return requeued
+
+
+async def _jobs_in_redis(pool: ArqRedis, generation_ids: list[str]) -> set[str]:
+    """Those of `generation_ids` that have a job in Redis (queued, deferred or running)."""
+    pipe = pool.pipeline(transaction=False)
+    for generation_id in generation_ids:
+        pipe.exists(job_key_prefix + generation_id, in_progress_key_prefix + generation_id)
+    answers = await pipe.execute() if generation_ids else []
+    return {generation_id for generation_id, found in zip(generation_ids, answers, strict=True) if found}
 
 
 async def reconcile_job(ctx: dict[str, Any]) -> int:
