@@ -87,8 +87,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fakes_server import CREATE_NAMES
 from bench.hot_path import (
-    DATABASES,
-    PLANS,
     ROOT,
     BenchError,
     Config,
@@ -97,6 +95,7 @@ from bench.hot_path import (
     Postgres,
     Product,
     calibration_ms,
+    configurations,
     describe_tree,
     figure,
     flush_redis,
@@ -875,24 +874,6 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[argparse.Namespa
         product_dir=arguments.product_dir.resolve(),
     )
     return arguments, options
-
-
-def configurations(arguments: argparse.Namespace) -> list[Config]:
-    plans = [plan.strip().upper() for plan in arguments.plans.split(",") if plan.strip()]
-    databases = [database.strip().lower() for database in arguments.databases.split(",") if database.strip()]
-    for plan in plans:
-        if plan not in PLANS:
-            raise SystemExit(f"unknown plan {plan!r}: A or B")
-    for database in databases:
-        if database not in DATABASES:
-            raise SystemExit(f"unknown database {database!r}: sqlite or postgres")
-    return [
-        Config(database, plan)
-        for database in DATABASES
-        if database in databases
-        for plan in PLANS
-        if plan in plans
-    ]
 
 
 async def run(argv: Sequence[str] | None = None) -> int:
