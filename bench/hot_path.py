@@ -431,6 +431,16 @@ class Postgres:
         return int(row["xact_commit"]), int(row["xact_rollback"])
 
 
+async def fresh_database(config: Config, postgres: Postgres, name: str, folder: Path) -> str:
+    """The product's DATABASE_URL for a run: a PostgreSQL database made anew (the caller drops it), or
+    a SQLite file in the run's folder."""
+    if config.database != "postgres":
+        return f"sqlite+aiosqlite:///{folder}/bench.db"
+    await postgres.drop(name)
+    await postgres.create(name)
+    return urlsplit(postgres.dsn)._replace(scheme="postgresql+asyncpg", path=f"/{name}").geturl()
+
+
 async def flush_redis(url: str) -> None:
     import redis.asyncio as aioredis
 
@@ -757,16 +767,7 @@ async def run_configuration(config: Config, options: Options, children: Children
             await flush_redis(options.redis_url)
         postgres = Postgres(options.postgres)
         database_name = f"aibot_bench_{os.getpid()}_{config.plan.lower()}"
-        if config.database == "postgres":
-            await postgres.drop(database_name)
-            await postgres.create(database_name)
-            database_url = (
-                urlsplit(options.postgres)
-                ._replace(scheme="postgresql+asyncpg", path=f"/{database_name}")
-                .geturl()
-            )
-        else:
-            database_url = f"sqlite+aiosqlite:///{folder}/bench.db"
+        database_url = await fresh_database(config, postgres, database_name, folder)
         product: Product | None = None
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as control:

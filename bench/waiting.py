@@ -99,6 +99,7 @@ from bench.hot_path import (
     describe_tree,
     figure,
     flush_redis,
+    fresh_database,
     milliseconds,
     own_cpu,
     post_generation,
@@ -488,16 +489,7 @@ async def run_configuration(config: Config, options: Options, children: Children
         await flush_redis(options.redis_url)
         postgres = Postgres(options.postgres)
         database_name = f"aibot_waiting_{os.getpid()}_{config.plan.lower()}"
-        if config.database == "postgres":
-            await postgres.drop(database_name)
-            await postgres.create(database_name)
-            database_url = (
-                urlsplit(options.postgres)
-                ._replace(scheme="postgresql+asyncpg", path=f"/{database_name}")
-                .geturl()
-            )
-        else:
-            database_url = f"sqlite+aiosqlite:///{folder}/bench.db"
+        database_url = await fresh_database(config, postgres, database_name, folder)
         product: Product | None = None
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as control:

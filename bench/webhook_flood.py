@@ -38,6 +38,7 @@ from bench.hot_path import (
     Postgres,
     Product,
     flush_redis,
+    fresh_database,
     work_folder,
 )
 from bench.hot_path import Options as ProductOptions
@@ -129,12 +130,7 @@ async def run(arguments: argparse.Namespace) -> dict[str, Any]:
                 await flush_redis(options.redis_url)
             postgres = Postgres(options.postgres)
             database_name = f"aibot_flood_{os.getpid()}"
-            if config.database == "postgres":
-                await postgres.drop(database_name)
-                await postgres.create(database_name)
-                database_url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{database_name}"
-            else:
-                database_url = f"sqlite+aiosqlite:///{folder}/bench.db"
+            database_url = await fresh_database(config, postgres, database_name, folder)
             try:
                 async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as control:
                     fakes = await Fakes.start(children, folder, 0, control)
