@@ -29,7 +29,7 @@ from bot.http.web_app import build_web_app
 from bot.telegram.delivery import TelegramDelivery
 from bot.telegram.payment_reconciler import reconcile_forever
 from bot.telegram.response_types import keep_response_types
-from bot.telegram.setup import build_bot_dispatcher, publish_menus
+from bot.telegram.setup import build_bot_dispatcher, publish_menus, set_webhooks
 from fallback.inline import InlineRunner
 from generation.catalog import load_catalog
 from generation.delivery import ChatDelivery, NoDelivery
@@ -41,7 +41,9 @@ from generation.texts import text
 from jobs.queue import ArqQueue, connect
 from jobs.runner import SupervisedWorker, worker_options
 from migrations.runner import upgrade
+from providers.address_policy import AddressPolicy
 from providers.elevenlabs import ElevenLabsProvider
+from providers.guarded_fetch import GuardedFetcher
 from providers.replicate import ReplicateProvider
 from settings import BotMode, Settings, get_settings
 
@@ -189,6 +191,11 @@ class Process:
             replicate=replicate,
             elevenlabs=elevenlabs,
             delivery=delivery,
+            fetcher=GuardedFetcher(
+                timeout=settings.fetch_timeout,
+                concurrency=settings.fetch_concurrency,
+                policy=AddressPolicy(allow_private=settings.fetch_allow_private),
+            ),
         )
 
     def _run_in_background(self, work: Coroutine[Any, Any, object], name: str) -> asyncio.Task[object]:
@@ -403,13 +410,12 @@ class App(Process):
 
     async def _set_webhooks(self) -> None:
         assert self.settings.webhook_base_url and self.settings.webhook_secret
-        for name, bot in self.bots.items():
-            await bot.set_webhook(
-                f"{self.settings.webhook_base_url}/webhooks/telegram/{name}",
-                secret_token=self.settings.webhook_secret.get_secret_value(),
-                max_connections=self.settings.updates_in_flight,
-            )
-        logger.info("webhooks set for {} bot(s)", len(self.bots))
+        await set_webhooks(
+            self.bots,
+            self.settings.webhook_base_url,
+            self.settings.webhook_secret.get_secret_value(),
+            max_connections=self.settings.updates_in_flight,
+        )
 
     async def _start_http(self) -> None:
         assert self.services is not None and self.generations is not None

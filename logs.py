@@ -1,21 +1,79 @@
 """Logging with loguru: text or JSON lines, standard `logging` (aiogram, arq, aiohttp) routed in, and
-every known secret masked before a line is written."""
+secrets masked in what is written, never in the objects logged.
+
+Masking works on the rendered text: the formatted line with its traceback (chained causes included),
+or each string of a JSON line before it is dumped. Nothing is rebuilt (an exception class may need
+more than a message to be built), so masking cannot fail on what it is given. Secrets from settings
+are masked wherever they appear; others are recognised by their shape (a bot token in a Telegram
+URL, a bearer value, `r8_`/`whsec_`/`sk_` keys, `token=...`). What else reaches sys.stderr (loguru's
+report of a handler that failed, which repeats the record; an uncaught exception's traceback) is
+masked the same way.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
-from typing import Any
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import urlsplit
 
 from loguru import logger
 
 from settings import LogFormat, Settings
 
+if TYPE_CHECKING:
+    from loguru import Message, Record
+
 MASK = "***"
+# A known secret shorter than this would mask ordinary words wherever they appear.
+SHORTEST_KNOWN_SECRET = 6
+
+# What a secret's value may be made of after `name=` or `Name: `: up to a quote, a separator, a bracket
+# or a backslash (in JSON text the backslash starts an escape that must stay whole).
+_VALUE = r"""([^\s"'\\&,;<>(){}\[\]]+)"""
+_QUOTE = r"""\\?["']?"""
+_SCHEME = r"(?:(?:bearer|token|basic)\s+)?"
+# Headers (and settings-like names) whose value is a secret, written `Name: value` or `name=value`.
+_HEADER_NAMES = (
+    r"(?:proxy-)?authorization|x-telegram-bot-api-secret-token|secret[_-]token|xi-api-key|x-api-key"
+    r"|api[_-]?key"
+)
+# Parameters whose value is a secret, written `name=value` (query strings, forms) or `"name": "value"`;
+# common words, so never matched before a bare colon ("token: expired" is prose).
+_PARAM_NAMES = (
+    r"token|access[_-]token|api[_-]token|auth[_-]token|refresh[_-]token|password|passwd|secret"
+    r"|client[_-]secret"
+)
+
+# Secrets the process may not know, by shape. Each alternative has exactly one capturing group: the
+# secret; the rest of its match (a name, a prefix) is kept so a line still says what was masked.
+SECRET_SHAPES = (
+    # A bot token in a Bot API or file URL: /bot<id>:<secret>/getMe, /file/bot<id>:<secret>/photos/1.jpg.
+    r"/bot(\d+:[A-Za-z0-9_-]+)",
+    # A bot token anywhere else: a real one's secret half is exactly 35 characters (a request key's
+    # "<user id>:<32 hex digits>" is not one).
+    r"(?<![0-9])(\d{5,20}:[A-Za-z0-9_-]{35})(?![A-Za-z0-9_-])",
+    r"(?<![A-Za-z0-9])(r8_[A-Za-z0-9]{8,})",  # Replicate API token
+    r"(?<![A-Za-z0-9])(whsec_[A-Za-z0-9+/=]{8,})",  # webhook signing secret
+    r"(?<![A-Za-z0-9])(sk_[A-Za-z0-9]{32,})",  # ElevenLabs API key
+    rf"(?i:(?<![A-Za-z0-9_-])(?:{_HEADER_NAMES}){_QUOTE}\s*[:=]\s*{_QUOTE}{_SCHEME}){_VALUE}",
+    rf"(?i:(?<![A-Za-z0-9_-])(?:{_PARAM_NAMES})=){_VALUE}",
+    rf"""(?i:\\?["'](?:{_PARAM_NAMES})\\?["']\s*:\s*{_QUOTE}){_VALUE}""",
+    # A bearer value alone (a header's value without its name); one with a digit, unlike prose.
+    r"(?i:\bbearer\s+)(?=[A-Za-z0-9._~+/=-]*[0-9])([A-Za-z0-9._~+/=-]{8,})",
+    r"""://[^/\s:@'"]*:([^/\s@'"]+)@""",  # a password in a URL: postgresql://user:password@host
+)
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    values = [token.get_secret_value() for token in settings.bot_tokens.values()]
+    """Every secret in the settings, longest first (a token is masked whole, not only its half)."""
+    tokens = [token.get_secret_value() for token in settings.bot_tokens.values()]
+    # A bot token's secret half alone is enough to use it; mask it wherever it appears.
+    values = tokens + [token.split(":", 1)[1] for token in tokens]
     for secret in (
         settings.api_token,
         settings.replicate_api_token,
@@ -25,16 +83,170 @@ def secrets_of(settings: Settings) -> list[str]:
     ):
         if secret is not None:
             values.append(secret.get_secret_value())
-    # A bot token's secret half alone is enough to leak it; mask it wherever it appears.
-    values += [value.split(":", 1)[1] for value in list(values) if ":" in value]
-    return sorted({value for value in values if len(value) >= 6}, key=len, reverse=True)
+    for url in (settings.database_url, settings.redis_url):
+        values.append(_password_in(url) or "")
+    return sorted({value for value in values if len(value) >= SHORTEST_KNOWN_SECRET}, key=len, reverse=True)
 
 
-def redact(message: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if secret in message:
-            message = message.replace(secret, MASK)
-    return message
+def _password_in(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:  # a port that is not a number: settings report it
+        return None
+
+
+# Every text SECRET_SHAPES can match holds one of these (in lower case) or a bot token's "<digit>:"
+# start; a line with none, the common case, skips the shapes' costlier scan.
+_SHAPE_HINTS = ("/bot", "r8_", "whsec_", "sk_", "auth", "key", "token", "secret", "passw", "bearer", "://")
+_TOKEN_HINT = re.compile(r"[0-9]:[A-Za-z0-9_-]{35}")
+_SHAPES = re.compile("|".join(SECRET_SHAPES))
+
+
+def may_hold_a_shape(text: str) -> bool:
+    lowered = text.lower()
+    return any(hint in lowered for hint in _SHAPE_HINTS) or _TOKEN_HINT.search(text) is not None
+
+
+class Redactor:
+    """Masks secrets in text: the known ones given (one alternation, longest first, so a token goes
+    whole rather than only its half) and then whatever SECRET_SHAPES match (one regex)."""
+
+    def __init__(self, known: Iterable[str] = ()) -> None:
+        secrets = sorted({value for value in known if value}, key=len, reverse=True)
+        self._known = re.compile("|".join(re.escape(value) for value in secrets)) if secrets else None
+
+    def redact(self, text: str) -> str:
+        if self._known is not None:
+            text = self._known.sub(MASK, text)
+        if may_hold_a_shape(text):
+            text = _SHAPES.sub(_mask_secret_group, text)
+        return text
+
+    def redact_values(self, value: Any) -> Any:
+        """A JSON-ready copy of `value` with every string masked (dict keys too); other objects become
+        their text, as json.dumps(default=str) would write them."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {self.redact(text_of(key)): self.redact_values(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.redact_values(item) for item in value]
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        return self.redact(text_of(value))
+
+
+def _mask_secret_group(match: re.Match[str]) -> str:
+    # Every alternative captures one group, the secret; what it matched around it stays.
+    group = match.lastindex or 0
+    start, end = match.start(group) - match.start(), match.end(group) - match.start()
+    whole = match.group()
+    return whole[:start] + MASK + whole[end:]
+
+
+def text_of(value: object) -> str:
+    """str(value), or a placeholder when its __str__ fails: a log line is never lost to a bad object."""
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__name__} that cannot be shown>"
+
+
+# What configure_logging knows; until then only secrets recognised by shape are masked.
+_redactor = Redactor()
+
+
+def redact(text: str) -> str:
+    """`text` with every secret masked, for texts that leave the process other than as a log line (an
+    error stored with a generation and shown by the API)."""
+    return _redactor.redact(text)
+
+
+class _MaskedLines:
+    """loguru's sink: writes each rendered line masked. A line that cannot be masked is replaced by a
+    notice rather than written as it is, and never raises (loguru would then print the record)."""
+
+    def __init__(self, stream: TextIO, *, as_json: bool) -> None:
+        self.stream = stream
+        self.as_json = as_json
+
+    def write(self, message: Message) -> None:
+        try:
+            line = _json_line(message) if self.as_json else redact(message)
+        except Exception as error:
+            notice = f"a log line was withheld: masking it failed ({type(error).__name__})"
+            line = (json.dumps({"text": notice}) if self.as_json else notice) + "\n"
+        self.stream.write(line)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def _json_line(message: Message) -> str:
+    """The line loguru's serialize=True writes, from masked strings: masking text, not JSON escapes,
+    keeps the line valid JSON whatever a secret is made of. Only the fields that carry what was logged
+    are masked; the others are the code's own names (file, function, thread)."""
+    record: Record = message.record
+    exception = record["exception"]
+    document = {
+        "text": redact(message),
+        "record": {
+            "elapsed": {"repr": str(record["elapsed"]), "seconds": record["elapsed"].total_seconds()},
+            "exception": None
+            if exception is None
+            else {
+                "type": None if exception.type is None else exception.type.__name__,
+                "value": None if exception.value is None else redact(text_of(exception.value)),
+                "traceback": bool(exception.traceback),
+            },
+            "extra": _redactor.redact_values(record["extra"]),
+            "file": {"name": record["file"].name, "path": record["file"].path},
+            "function": record["function"],
+            "level": {"icon": record["level"].icon, "name": record["level"].name, "no": record["level"].no},
+            "line": record["line"],
+            "message": redact(record["message"]),
+            "module": record["module"],
+            "name": record["name"],
+            "process": {"id": record["process"].id, "name": record["process"].name},
+            "thread": {"id": record["thread"].id, "name": record["thread"].name},
+            "time": {"repr": str(record["time"]), "timestamp": record["time"].timestamp()},
+        },
+    }
+    return json.dumps(document, ensure_ascii=False, default=text_of) + "\n"
+
+
+class _MaskedStream:
+    """Stands in for sys.stderr so that what bypasses loguru's sink is masked too: loguru's report of
+    a handler that failed (it repeats the record), logging's handleError, an uncaught exception's
+    traceback. Text is held until its line ends, so a secret split over two writes is still seen."""
+
+    HELD_AT_MOST = 64 * 1024
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._held = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            complete, newline, self._held = (self._held + text).rpartition("\n")
+            if newline:
+                self.stream.write(redact(complete + newline))
+            if len(self._held) > self.HELD_AT_MOST:  # a stream of text without a line end
+                self.stream.write(redact(self._held))
+                self._held = ""
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._held:
+                self.stream.write(redact(self._held))
+                self._held = ""
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        # fileno, isatty, encoding...: what faulthandler and others ask of stderr.
+        return getattr(self.stream, name)
 
 
 class _InterceptHandler(logging.Handler):
@@ -43,35 +255,51 @@ class _InterceptHandler(logging.Handler):
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the format: logging reports it (masked, on stderr)
+            self.handleError(record)
+            return
+        logger.opt(depth=6, exception=record.exc_info).log(level, message)
 
 
-def _text_format(record: Any) -> str:
+def _text_format(record: Record) -> str:
     # The generation's id, kind, plan and user ride in `extra`; show them only when there are some.
-    context = " ".join(f"{key}={value}" for key, value in record["extra"].items())
+    context = " ".join(f"{key}={text_of(value)}" for key, value in record["extra"].items())
+    # The result is a template loguru fills and colours: braces and tags in a value must stay text.
+    context = context.replace("{", "{{").replace("}", "}}").replace("<", r"\<")
     line = "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> {message}"
     return line + (f" <dim>[{context}]</dim>" if context else "") + "\n{exception}"
 
 
-def configure_logging(settings: Settings) -> None:
-    secrets = secrets_of(settings)
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except Exception:
+        return False
 
-    def patch(record: Any) -> None:
-        record["message"] = redact(record["message"], secrets)
-        if record["exception"] is not None:
-            # Tracebacks are formatted later; mask the exception's text too.
-            exc_type, value, traceback = record["exception"]
-            if value is not None and any(secret in str(value) for secret in secrets):
-                record["exception"] = type(record["exception"])(exc_type, exc_type(MASK), traceback)
+
+def configure_logging(settings: Settings) -> None:
+    global _redactor
+    _redactor = Redactor(secrets_of(settings))
+    stderr = sys.stderr.stream if isinstance(sys.stderr, _MaskedStream) else sys.stderr
+    sys.stderr = _MaskedStream(stderr)
 
     logger.remove()
-    logger.configure(patcher=patch)
     # diagnose=False: loguru would otherwise print every variable of a traceback's frames, and a
     # bot's token or a Telegram file URL may be among them.
     if settings.log_format is LogFormat.json:
-        logger.add(sys.stderr, level=settings.log_level, serialize=True, diagnose=False)
+        logger.add(
+            _MaskedLines(stderr, as_json=True), level=settings.log_level, colorize=False, diagnose=False
+        )
     else:
-        logger.add(sys.stderr, level=settings.log_level, format=_text_format, diagnose=False)
+        logger.add(
+            _MaskedLines(stderr, as_json=False),
+            level=settings.log_level,
+            format=_text_format,
+            colorize=_is_terminal(stderr),
+            diagnose=False,
+        )
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.INFO, force=True)
     for noisy in ("httpx", "httpcore", "aiosqlite", "sqlalchemy.engine", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -150,6 +150,13 @@ class Settings(BaseSettings):
     # charged): past the bound the process answers 503 and Telegram delivers it again later, so a
     # burst slows answers instead of piling up in memory. In polling mode no more are fetched.
     updates_in_flight: int = Field(default=40, ge=1, le=100)
+    # Fetches of user-given URLs (a training's zip_url, a recording's audio_url): the longest one may take
+    # in all (redirects and a trickling body included), how many run at once in a process (each may
+    # hold a temporary file up to its size cap), and whether loopback and private addresses may be
+    # reached (tests and local development only: in production that is the server's own network).
+    fetch_timeout: float = Field(default=30.0, gt=0, le=600)
+    fetch_concurrency: int = Field(default=8, ge=1, le=1000)
+    fetch_allow_private: bool = False
 
     @field_validator("bot_tokens", mode="before")
     @classmethod

@@ -89,10 +89,13 @@ from bench.processes import (
     listen_overflows,
     peak_rss_mib,
 )
+from bot.http.secrets import telegram_webhook_secret
 
 ROOT = Path(__file__).resolve().parents[1]
 API_TOKEN = "bench-api-token"
 WEBHOOK_SECRET = "bench-webhook-secret"
+# What Telegram would send with each update of the bot: its own secret, derived from WEBHOOK_SECRET.
+BOT_WEBHOOK_SECRET = telegram_webhook_secret(WEBHOOK_SECRET, BOT_NAME)
 TELEGRAM_WEBHOOK_CONNECTIONS = 40  # Telegram's default max_connections for a webhook
 SEQUENTIAL_USER = 5_000_001
 BURST_USER = 6_000_001
@@ -353,7 +356,9 @@ class Product:
                 if not child.alive():
                     raise BenchError(f"{child.name} exited at start:\n{child.log_tail()}")
             with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{self.base}/healthz") as response:
+                # With the API token: the plan in force is among the details, not public.
+                auth = {"Authorization": f"Bearer {API_TOKEN}"}
+                async with http.get(f"{self.base}/healthz", headers=auth) as response:
                     if response.status == 200:
                         health: dict[str, Any] = await response.json()
                         return health
@@ -459,7 +464,7 @@ async def post_update(http: aiohttp.ClientSession, product: Product, update: dic
     async with http.post(
         f"{product.base}/webhooks/telegram/{BOT_NAME}",
         json=update,
-        headers={"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET},
+        headers={"X-Telegram-Bot-Api-Secret-Token": BOT_WEBHOOK_SECRET},
     ) as response:
         await response.read()
         if response.status != 200:

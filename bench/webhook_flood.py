@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fakes_server import BOT_NAME, CREATE_NAMES
 from bench.hot_path import (
-    WEBHOOK_SECRET,
+    BOT_WEBHOOK_SECRET,
     BenchError,
     Config,
     Fakes,
@@ -61,7 +61,7 @@ async def flood(
     product: Product, updates: list[dict[str, Any]], connections: int, seconds: float
 ) -> dict[str, Any]:
     url = f"{product.base}/webhooks/telegram/{BOT_NAME}"
-    headers = {"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET}
+    headers = {"X-Telegram-Bot-Api-Secret-Token": BOT_WEBHOOK_SECRET}
     fresh = collections.deque(updates)
     again: collections.deque[tuple[float, dict[str, Any]]] = collections.deque()  # (not before, update)
     answers: collections.Counter[str] = collections.Counter()

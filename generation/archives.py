@@ -1,6 +1,7 @@
 """Checks of the ZIP of photos a LoRA training is made from, before anything is charged.
 
-Everything is read from the archive's bytes (never from its name or MIME type) and bounded: the size
+The archive is read from a file (a fetch streams it to a temporary one), in pieces: it is never whole in
+memory here. Everything is read from its content (never from its name or MIME type) and bounded: the size
 of the download, the number of entries, what the entries claim to unpack to, and how much better than
 photos they compress (photos barely compress; a "zip bomb" compresses a thousand to one). Images are
 counted by extension and by their first bytes; only those few bytes of each entry are ever unpacked.
@@ -12,6 +13,7 @@ import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import IO
 
 from generation.delivery import DOWNLOAD_LIMIT
 from generation.requests import InvalidRequest, Problem
@@ -21,6 +23,8 @@ MEGABYTE = 1024 * 1024
 # A central directory record is at least 46 bytes and starts with this signature; counting it before
 # zipfile parses every record keeps a 20 MB archive of 400,000 empty entries from costing memory.
 _CENTRAL_RECORD = b"PK\x01\x02"
+# The archive is scanned for those signatures this many bytes at a time.
+_SCAN_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -47,19 +51,22 @@ class ArchiveSummary:
 
 
 def check_training_archive(
-    content: bytes, *, field: str = "zip", limits: ArchiveLimits = TRAINING_ARCHIVE
+    archive_file: IO[bytes] | bytes, *, field: str = "zip", limits: ArchiveLimits = TRAINING_ARCHIVE
 ) -> ArchiveSummary:
-    """Answer what the archive holds, or raise InvalidRequest naming `field` with what is wrong."""
+    """Answer what the archive holds, or raise InvalidRequest naming `field` with what is wrong.
+    `archive_file` is a seekable binary file (or, for small archives already in memory, bytes)."""
 
     def reject(code: str, **params: object) -> InvalidRequest:
         return InvalidRequest([Problem(field, code, dict(params))])
 
-    if len(content) > limits.max_bytes:
+    file = io.BytesIO(archive_file) if isinstance(archive_file, bytes) else archive_file
+    if file.seek(0, io.SEEK_END) > limits.max_bytes:
         raise reject("zip_too_large", limit_mb=limits.max_bytes // MEGABYTE)
-    if content.count(_CENTRAL_RECORD) > limits.max_entries:
+    if _count_central_records(file, stop_after=limits.max_entries) > limits.max_entries:
         raise reject("zip_too_many_files", limit=limits.max_entries)
+    file.seek(0)
     try:
-        archive = zipfile.ZipFile(io.BytesIO(content))
+        archive = zipfile.ZipFile(file)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError):
         raise reject("zip_not_archive") from None
     with archive:
@@ -75,6 +82,22 @@ def check_training_archive(
     if images < limits.min_images:
         raise reject("zip_too_few_images", count=images, min=limits.min_images)
     return ArchiveSummary(images=images, entries=len(entries), unpacked_bytes=unpacked)
+
+
+def _count_central_records(file: IO[bytes], *, stop_after: int) -> int:
+    """The central directory records' signatures in the file, read a piece at a time (counting stops
+    once over `stop_after`). The last bytes of a piece are kept for the next, so a signature split
+    between two pieces is counted, and only once: it is longer than what is kept."""
+    file.seek(0)
+    count = 0
+    kept = b""
+    while piece := file.read(_SCAN_CHUNK):
+        window = kept + piece
+        count += window.count(_CENTRAL_RECORD)
+        if count > stop_after:
+            break
+        kept = window[-(len(_CENTRAL_RECORD) - 1) :]
+    return count
 
 
 def _compresses_too_well(entry: zipfile.ZipInfo, limits: ArchiveLimits) -> bool:

@@ -30,6 +30,7 @@ from generation.services import Services
 from generation.steps import StepJournal
 from generation.store import Database, Generation, GenerationStatus, Plan, User
 from generation.texts import text
+from logs import redact
 from providers.errors import StepError
 
 # What the chat shows while a kind works ("sending a photo...").
@@ -171,6 +172,10 @@ async def _run_claimed(
         log.info("running, attempt {}", generation.attempts)
         async with _working_alongside(context):
             delivered = await spec.pipeline(context)
+    except lifecycle.NotRunning:
+        # A cancellation came just before the hand-over; it refunded and told the user.
+        log.info("canceled before its delivery; nothing sent")
+        return Result.canceled
     except StillWaiting as waiting:
         log.debug("provider still working; back in {:.0f}s", waiting.delay)
         await lifecycle.release(db, generation.id, owner)
@@ -347,8 +352,9 @@ async def _remove_status_message(services: Services, generation: Generation, ste
 
 
 def _public_error(error: BaseException) -> str:
-    """What GET /api/generations shows: the error's class and message; providers' messages carry no
-    secrets (providers/errors.py), and unexpected errors show only their class."""
+    """What GET /api/generations shows: the error's class and message; unexpected errors show only
+    their class. A provider's message may quote what it was given (a URL with a token in it): masked
+    like a log line, before it is cut (a cut secret no longer has its shape)."""
     if isinstance(error, StepError):
-        return f"{type(error).__name__}: {error}"[:500]
+        return redact(f"{type(error).__name__}: {error}")[:500]
     return f"internal error ({type(error).__name__})"

@@ -18,8 +18,8 @@ from generation.catalog import Kind
 from generation.dispatcher import Dispatcher, Submission
 from generation.ledger import InsufficientBalance
 from generation.registry import spec_of
-from generation.requests import GenerationRequest, InvalidRequest, Problem, validate_request
-from generation.store import find_by_request_key
+from generation.requests import GenerationRequest, InvalidRequest, Problem, ValidRequest, validate_request
+from generation.store import REQUEST_KEY_LENGTH, Generation, find_by_request_key
 
 # The bot of an API request that names none, when the server runs no bot: results stay in the database.
 API_ONLY_BOT = "api"
@@ -41,6 +41,11 @@ class FromTelegram:
     def request_key(self, bot_name: str, request: GenerationRequest) -> str:
         return f"tg:{bot_name}:{self.chat_id}:{self.event}"
 
+    def repeats(self, earlier: Generation, valid: ValidRequest) -> bool:
+        """An update delivered again is the same event, even if its fields now resolve otherwise
+        (the user chose another model meanwhile): it gets the generation it made then."""
+        return True
+
 
 @dataclass(frozen=True)
 class FromApi:
@@ -53,10 +58,24 @@ class FromApi:
         return request.bot_name or default_bot or API_ONLY_BOT
 
     def request_key(self, bot_name: str, request: GenerationRequest) -> str:
-        if len(self.idempotency_key) > MAX_IDEMPOTENCY_KEY:
-            detail = f"at most {MAX_IDEMPOTENCY_KEY} characters"
+        key = self.idempotency_key
+        prefix = f"http:{bot_name}:{request.telegram_id}:"
+        # The whole request key must fit its column (a longer one fails at the INSERT, after the
+        # request was judged valid), and be visible ASCII as header values are meant to be: other
+        # bytes arrive as surrogates that no column can hold.
+        limit = min(MAX_IDEMPOTENCY_KEY, REQUEST_KEY_LENGTH - len(prefix))
+        if len(key) > limit or not (key.isascii() and key.isprintable()):
+            detail = f"at most {limit} visible ASCII characters"
             raise InvalidRequest([Problem("Idempotency-Key", "invalid", {"detail": detail})])
-        return f"http:{bot_name}:{request.telegram_id}:{self.idempotency_key or uuid.uuid4().hex}"
+        return prefix + (key or uuid.uuid4().hex)
+
+    def repeats(self, earlier: Generation, valid: ValidRequest) -> bool:
+        """The same request again (a client's retry), not another one under a key already used:
+        the same kind and the same validated fields. A generation recorded before requests carried
+        their fingerprint has none to compare with, and counts as the same."""
+        recorded = (earlier.request or {}).get("request_fingerprint")
+        same_fields = recorded is None or recorded == valid.request.request_fingerprint
+        return earlier.kind == valid.kind.value and same_fields
 
 
 @dataclass(frozen=True)
@@ -113,8 +132,13 @@ async def submit(generations: Dispatcher, incoming: Incoming) -> Outcome:
         except InvalidRequest as invalid:
             return Refused(invalid.problems, Stage.inputs)
     try:
-        return await generations.submit(valid, request_key, bot_name)
+        submission = await generations.submit(valid, request_key, bot_name)
     except InvalidRequest as invalid:  # raised by the kind's preparer, inside the recording transaction
         return Refused(invalid.problems, Stage.account)
     except InsufficientBalance as error:
         return Unaffordable(needed=error.needed, balance=error.balance)
+    # The request key is unique, so of two requests racing under one key exactly one is recorded;
+    # the other gets the recorded one back here, and is refused unless it is the same request.
+    if not submission.created and not incoming.origin.repeats(submission.generation, valid):
+        return Refused([Problem("Idempotency-Key", "idempotency_key_reused")], Stage.request)
+    return submission

@@ -38,13 +38,18 @@ def refund_key(generation_id: str) -> str:
 
 
 async def charge(
-    session: AsyncSession, user_id: int, amount: int, key: str, generation_id: str | None = None
+    session: AsyncSession,
+    user_id: int,
+    amount: int,
+    key: str,
+    generation_id: str | None = None,
+    note: str | None = None,
 ) -> Posting:
     """Take `amount` from the balance if it covers it, else raise InsufficientBalance. In the caller's
     transaction: a charge commits together with the generation it pays for."""
     if amount < 0:
         raise ValueError("a charge is a positive amount")
-    return await _post(session, user_id, -amount, key, generation_id, note=None)
+    return await _post(session, user_id, -amount, key, generation_id, note)
 
 
 async def credit(

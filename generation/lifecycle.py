@@ -12,6 +12,12 @@ refunded once.
 
 The money rule: what was delivered is paid, the rest is refunded once (`refund:<generation>` is
 unique in the ledger), whether the generation ends done, failed or canceled.
+
+Delivery and cancellation exclude each other: a runner journals `delivering` (under the generation's
+row lock, only while it runs) before the result may reach the chat, and a cancellation takes the same
+lock and reads that mark before it changes the status. Whichever comes first wins: a cancellation
+before the mark refunds in full and nothing is sent; after it, the cancellation is refused (the user
+may already have the result) and the runner settles, paying for what was delivered.
 """
 
 from __future__ import annotations
@@ -25,10 +31,18 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from generation import ledger
+from generation.steps import StepJournal
 from generation.store import Database, Generation, GenerationStatus, LedgerEntry, Plan, Step, User, as_utc
 
 ACTIVE = (GenerationStatus.queued, GenerationStatus.running)
 DELIVER_STEP = "deliver"
+# Journaled just before the result is handed to the chat; from then on a cancellation is refused.
+DELIVERING_STEP = "delivering"
+
+
+class NotRunning(Exception):
+    """The generation ended (a cancellation, which refunded it) before its result was handed over:
+    nothing is sent, and the run stops without settling."""
 
 
 def refund_due(generation: Generation, delivered_units: int) -> int:
@@ -187,9 +201,18 @@ class Canceled:
 
 
 async def cancel(db: Database, generation_id: str) -> Canceled | None:
-    """Final at once and refunded for what was not delivered, in one transaction; None when the
-    generation had already ended. A runner still working finds the status final and stops."""
+    """Final at once and refunded in full, in one transaction; None when the generation had already
+    ended or its delivery has begun (`begin_delivery`: the runner settles it, paying for what reached
+    the chat). A runner still working finds the status final and stops."""
     async with db.transaction() as session:
+        # The row is locked before the journal is read: a delivery beginning at this very moment holds
+        # the lock until its mark commits, and this read, a statement of its own, then sees the mark
+        # (PostgreSQL reads each statement afresh; on SQLite writers take turns anyway).
+        status = await session.scalar(
+            select(Generation.status).where(Generation.id == generation_id).with_for_update(key_share=True)
+        )
+        if status not in ACTIVE or await _delivery_begun(session, generation_id):
+            return None
         moved = await session.scalar(
             update(Generation)
             .where(Generation.id == generation_id, Generation.status.in_(ACTIVE))
@@ -204,10 +227,7 @@ async def cancel(db: Database, generation_id: str) -> Canceled | None:
         )
         if moved is None:
             return None
-        delivered = await session.scalar(
-            select(Step.result).where(Step.generation_id == generation_id, Step.name == DELIVER_STEP)
-        )
-        refund = refund_due(moved, delivered_units(delivered))
+        refund = refund_due(moved, 0)  # nothing was handed to the chat
         balance = await ledger.balance_of(session, moved.user_id)
         if refund > 0:
             posting = await ledger.credit(
@@ -217,6 +237,45 @@ async def cancel(db: Database, generation_id: str) -> Canceled | None:
             balance = posting.balance
             moved.refunded = moved.refunded + refund
         return Canceled(generation=moved, refund=refund, balance=balance)
+
+
+async def begin_delivery(session: AsyncSession, steps: StepJournal) -> bool:
+    """Journal, in the caller's transaction, that the result is about to be handed to the chat, so
+    that a cancellation from now on is refused rather than refunding what the user may get. False
+    (nothing journaled) when a cancellation ended the generation first: then nothing may be sent.
+
+    Under the generation's row lock, as `cancel` takes it: the two never both win. A rerun (a retry,
+    a restarted runner) finds the mark already journaled and delivers again; the user pays once."""
+    running = await session.scalar(
+        select(Generation.id)
+        .where(Generation.id == steps.generation_id, Generation.status == GenerationStatus.running)
+        # FOR NO KEY UPDATE, the lock an UPDATE takes: it excludes `cancel` but lets journal rows
+        # (whose foreign key shares the row) be written meanwhile.
+        .with_for_update(key_share=True)
+    )
+    if running is None:
+        return False
+    if not await steps.is_done(DELIVERING_STEP):
+        await steps.add(session, DELIVERING_STEP, time.time())
+    return True
+
+
+async def being_delivered(db: Database, generation_id: str) -> bool:
+    """Whether the generation still runs with its delivery begun: what a refused cancellation tells
+    the user ("already being sent")."""
+    async with db.sessions() as session:
+        status = await session.scalar(select(Generation.status).where(Generation.id == generation_id))
+        return status in ACTIVE and await _delivery_begun(session, generation_id)
+
+
+async def _delivery_begun(session: AsyncSession, generation_id: str) -> bool:
+    """The mark, or (journals written before the mark existed) the delivery itself."""
+    found = await session.scalar(
+        select(Step.name)
+        .where(Step.generation_id == generation_id, Step.name.in_((DELIVERING_STEP, DELIVER_STEP)))
+        .limit(1)
+    )
+    return found is not None
 
 
 async def orphans(

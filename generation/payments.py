@@ -7,6 +7,7 @@ through the ledger with a unique key: `payment:<charge id>` credits, `payment_re
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,7 +64,7 @@ async def check_pre_checkout(
     """Whether Telegram may take this payment: the order exists, is this user's at this bot, asks this
     amount in Stars, and is still pending. None approves."""
     async with db.sessions() as session:
-        order = await session.get(Order, order_id[:32])
+        order = await _find_order(session, order_id)
     if order is None or order.bot_name != bot_name or order.telegram_id != telegram_id:
         return PreCheckoutProblem.unknown_order
     if currency != CURRENCY or amount != order.amount:
@@ -88,16 +89,21 @@ async def record_payment(
     order_id: str,
     charge_id: str,
     amount: int,
+    currency: str = CURRENCY,
 ) -> PaymentRecorded:
     """Credit a successful payment exactly once, keyed by Telegram's charge id, whoever calls it and
     however often (the update delivered twice, two processes at once, the reconciler after a crash).
 
     The order moves pending -> paid in the same transaction as the credit. Should Telegram take two
     payments for one order (two pre-checkouts approved before either was paid), the second is kept as an
-    order of its own: the user paid twice and is credited twice."""
+    order of its own: the user paid twice and is credited twice. A payment of another amount or currency
+    than its order's credits nothing (Telegram only charges what the pre-checkout approved, so it is not
+    this order's payment); it is kept with 0 stars so that an admin can /refund it by its charge id."""
     for _ in range(3):
         try:
-            return await _record_payment_once(db, bot_name, telegram_id, order_id, charge_id, amount)
+            return await _record_payment_once(
+                db, bot_name, telegram_id, order_id, charge_id, amount, currency
+            )
         except IntegrityError:
             # Another process recorded this charge between our read and our write: read it again.
             continue
@@ -105,22 +111,26 @@ async def record_payment(
 
 
 async def _record_payment_once(
-    db: Database, bot_name: str, telegram_id: int, order_id: str, charge_id: str, amount: int
+    db: Database, bot_name: str, telegram_id: int, order_id: str, charge_id: str, amount: int, currency: str
 ) -> PaymentRecorded:
     async with db.transaction() as session:
         already = await session.scalar(select(Order).where(Order.charge_id == charge_id))
         if already is not None:
-            return PaymentRecorded(already, False, await ledger.balance_of(session, already.user_id))
-        order = await session.get(Order, order_id[:32])
+            balance = await ledger.balance_of(session, already.user_id)
+            return PaymentRecorded(already if already.stars else None, False, balance)
+        order = await _find_order(session, order_id)
         if order is None or order.bot_name != bot_name or order.telegram_id != telegram_id:
             return PaymentRecorded(None, False, 0)
+        if currency != CURRENCY or amount != order.amount:
+            await _keep_payment(session, order, charge_id, amount, stars=0)
+            return PaymentRecorded(None, False, await ledger.balance_of(session, order.user_id))
         paid = await session.execute(
             update(Order)
             .where(Order.id == order.id, Order.status == OrderStatus.pending)
             .values(status=OrderStatus.paid, charge_id=charge_id, paid_at=func.now())
         )
         if not paid.rowcount:  # type: ignore[attr-defined]
-            order = await _second_payment_of(session, order, charge_id, amount)
+            order = await _keep_payment(session, order, charge_id, amount, stars=order.stars)
         await session.refresh(order)
         posting = await ledger.credit(
             session, order.user_id, order.stars, payment_key(charge_id), note=f"top-up {order.package}"
@@ -128,14 +138,17 @@ async def _record_payment_once(
         return PaymentRecorded(order, posting.applied, posting.balance)
 
 
-async def _second_payment_of(session: AsyncSession, order: Order, charge_id: str, amount: int) -> Order:
+async def _keep_payment(
+    session: AsyncSession, order: Order, charge_id: str, amount: int, *, stars: int
+) -> Order:
+    """A payment that is not the order's own first one, kept as a paid order of its own."""
     extra = Order(
         id=secrets.token_hex(16),
         user_id=order.user_id,
         bot_name=order.bot_name,
         telegram_id=order.telegram_id,
         package=order.package,
-        stars=order.stars if amount == order.amount else 0,
+        stars=stars,
         amount=amount,
         status=OrderStatus.paid,
         charge_id=charge_id,
@@ -144,6 +157,17 @@ async def _second_payment_of(session: AsyncSession, order: Order, charge_id: str
     session.add(extra)
     await session.flush()
     return extra
+
+
+# An order's id is secrets.token_hex(16); an invoice payload of any other shape names no order (and a
+# NUL byte in it could not even be looked up on PostgreSQL).
+ORDER_ID_SHAPE = re.compile(r"[0-9a-f]{32}")
+
+
+async def _find_order(session: AsyncSession, order_id: str) -> Order | None:
+    if not ORDER_ID_SHAPE.fullmatch(order_id):
+        return None
+    return await session.get(Order, order_id)
 
 
 async def mark_notified(db: Database, order_id: str) -> None:
@@ -196,9 +220,10 @@ class RefundRecorded:
     balance: int
 
 
-async def finish_refund(db: Database, order_id: str) -> RefundRecorded:
+async def finish_refund(db: Database, order_id: str, *, note: str | None = None) -> RefundRecorded:
     """Telegram returned the Stars: debit the stars once (`payment_refund:<charge id>`), as many as the
-    balance still holds when the refund was forced, and mark the order refunded."""
+    balance still holds when the refund was forced, and mark the order refunded. `note` says who did
+    it (the admin), on the ledger line."""
     async with db.transaction() as session:
         # The order's row lock puts a second finisher (another admin, a retry) behind the first, so it
         # sees the first one's debit instead of debiting what is left.
@@ -210,7 +235,7 @@ async def finish_refund(db: Database, order_id: str) -> RefundRecorded:
             debit, applied = -int(earlier), False
             balance = await ledger.balance_of(session, order.user_id)
         else:
-            debit, balance = await _debit_what_is_left(session, order.user_id, order.stars, key)
+            debit, balance = await _debit_what_is_left(session, order.user_id, order.stars, key, note)
             applied = debit > 0
         await session.execute(
             update(Order)
@@ -220,7 +245,9 @@ async def finish_refund(db: Database, order_id: str) -> RefundRecorded:
         return RefundRecorded(debited=debit, applied=applied, balance=balance)
 
 
-async def _debit_what_is_left(session: AsyncSession, user_id: int, stars: int, key: str) -> tuple[int, int]:
+async def _debit_what_is_left(
+    session: AsyncSession, user_id: int, stars: int, key: str, note: str | None
+) -> tuple[int, int]:
     """Take `stars`, or what the balance still holds if less (a forced refund); never below zero."""
     while True:
         balance = await ledger.balance_of(session, user_id)
@@ -228,7 +255,7 @@ async def _debit_what_is_left(session: AsyncSession, user_id: int, stars: int, k
         if debit <= 0:
             return 0, balance
         try:
-            posting = await ledger.charge(session, user_id, debit, key)
+            posting = await ledger.charge(session, user_id, debit, key, note=note)
         except InsufficientBalance:  # spent meanwhile by another transaction: take what is left now
             continue
         return debit, posting.balance

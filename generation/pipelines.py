@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from loguru import logger
 from sqlalchemy import String, cast, select
 
-from generation import progress
+from generation import lifecycle, progress
 from generation.catalog import CatalogModel
 from generation.delivery import DOWNLOAD_LIMIT, UPLOAD_LIMIT, InputTooLarge, Media
 from generation.services import Services
@@ -27,6 +27,7 @@ from generation.steps import StepJournal
 from generation.store import Generation, Step, as_utc
 from generation.texts import text
 from providers.errors import ProviderFailed, ProviderRejected, ProviderUnavailable
+from providers.guarded_fetch import FetchedFile, FetchTooLarge
 from providers.replicate import PredictionState, output_urls
 
 
@@ -250,28 +251,20 @@ async def input_bytes(ctx: PipelineContext, name: str, max_bytes: int = DOWNLOAD
     url = ctx.request.get(f"{name}_url")
     if not url:
         raise ProviderRejected(f"the request has no {name}")
-    return await fetch_url(url, max_bytes)
+    # The provider's upload takes bytes; the fetch itself streams to a file within its cap.
+    async with fetch_url(ctx.services, str(url), max_bytes) as fetched:
+        return fetched.read_all()
 
 
-async def fetch_url(url: str, max_bytes: int) -> bytes:
-    if not url.startswith(("http://", "https://")):
-        raise ProviderRejected("only http(s) URLs can be fetched")
+@asynccontextmanager
+async def fetch_url(services: Services, url: str, max_bytes: int) -> AsyncIterator[FetchedFile]:
+    """A user-given URL's body in a temporary file: FetchRefused whatever keeps it from being fetched,
+    InputTooLarge over `max_bytes`."""
     try:
-        async with (
-            httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True) as client,
-            client.stream("GET", url) as response,
-        ):
-            if response.status_code >= 400:
-                failure = ProviderUnavailable if response.status_code >= 500 else ProviderRejected
-                raise failure(f"fetching the input answered {response.status_code}")
-            content = bytearray()
-            async for chunk in response.aiter_bytes():
-                content += chunk
-                if len(content) > max_bytes:
-                    raise InputTooLarge(f"the input is over {max_bytes} bytes")
-            return bytes(content)
-    except httpx.HTTPError as error:
-        raise ProviderUnavailable(f"fetching the input failed: {type(error).__name__}") from None
+        async with services.fetcher.fetch(url, max_bytes) as fetched:
+            yield fetched
+    except FetchTooLarge as error:
+        raise InputTooLarge(str(error)) from None
 
 
 async def replicate_input_url(
@@ -294,6 +287,21 @@ async def replicate_input_url(
 # --- delivering outputs ---------------------------------------------------------------------------
 
 
+@asynccontextmanager
+async def handing_over(ctx: PipelineContext) -> AsyncIterator[None]:
+    """Around the call that hands the result to the chat (an upload, a message), once its content is
+    in hand: from here the user may get it, so it is journaled first, atomically against a
+    cancellation (generation/lifecycle.py, `begin_delivery`), and a cancellation from now on is
+    refused instead of refunding what may arrive. Raises NotRunning, sending nothing, when a
+    cancellation came first. The status says it is sending and takes its Cancel button away."""
+    async with ctx.services.db.transaction() as session:
+        begun = await lifecycle.begin_delivery(session, ctx.steps)
+    if not begun:
+        raise lifecycle.NotRunning(f"{ctx.generation.id} ended before its delivery")
+    async with progress.sending(ctx):
+        yield
+
+
 async def deliver_images(ctx: PipelineContext, urls: list[str]) -> Delivered:
     """Fetch the images and send them as one album (or one photo); the user pays for what arrived."""
     if not urls:
@@ -303,10 +311,10 @@ async def deliver_images(ctx: PipelineContext, urls: list[str]) -> Delivered:
     generation = ctx.generation
 
     async def send() -> list[int]:
-        await progress.update(ctx, progress.Stage.sending)
         images = await asyncio.gather(*(ctx.services.replicate.download(url) for url in urls))
         media = [Media(content=image, filename=f"{generation.id}-{i}.png") for i, image in enumerate(images)]
-        return await ctx.services.delivery.send_images(generation.bot_name, ctx.chat_id, media)
+        async with handing_over(ctx):
+            return await ctx.services.delivery.send_images(generation.bot_name, ctx.chat_id, media)
 
     message_ids: list[int] = await ctx.steps.run("deliver", send)
     return Delivered(
@@ -325,14 +333,14 @@ async def deliver_video(ctx: PipelineContext, output: Any) -> Delivered:
     generation = ctx.generation
 
     async def send() -> list[int]:
-        await progress.update(ctx, progress.Stage.sending)
         content = await ctx.services.replicate.download_at_most(url, UPLOAD_LIMIT)
         delivery = ctx.services.delivery
-        if content is None:
-            link = text("video_as_link", ctx.language, url=url)
-            return [await delivery.send_text(generation.bot_name, ctx.chat_id, link)]
-        video = Media(content=content, filename=f"{generation.id}.mp4")
-        return [await delivery.send_video(generation.bot_name, ctx.chat_id, video)]
+        async with handing_over(ctx):
+            if content is None:
+                link = text("video_as_link", ctx.language, url=url)
+                return [await delivery.send_text(generation.bot_name, ctx.chat_id, link)]
+            video = Media(content=content, filename=f"{generation.id}.mp4")
+            return [await delivery.send_video(generation.bot_name, ctx.chat_id, video)]
 
     message_ids: list[int] = await ctx.steps.run("deliver", send)
     return Delivered(units=1, result={"urls": [url], "message_ids": message_ids})

@@ -1,9 +1,10 @@
 """The status message a generation shows while it works, edited as it moves through its stages.
 
 One message per generation (journaled as `status_message`, like every step, so a rerun or another
-process edits the same one); it carries a Cancel button in every stage and is removed when the result
-or the failure message is sent (generation/execution.py). Both plans show the same stages through
-the same functions here; they differ only in where they call them.
+process edits the same one); it carries a Cancel button until the result is being sent (a cancellation
+can no longer win then: generation/lifecycle.py) and is removed when the result or the failure message
+is sent (generation/execution.py). Both plans show the same stages through the same functions here;
+they differ only in where they call them.
 
 Edits are a courtesy: Telegram allows about one message a second per chat and answers more with a
 429, so every chat gets at most one edit every `progress_edit_interval` seconds (whichever of its
@@ -11,7 +12,8 @@ generations asks), a 429's `retry_after` pauses that chat's statuses, and an edi
 out or is throttled is skipped, never raised and never waited for. Callers that matter call again:
 the provider wait on every poll, a generation waiting for a slot on every look at the limiter. Only a
 generation's first status goes out whatever the interval (the user must not wait in silence); it
-still counts against the chat.
+still counts against the chat. The sending status, which takes the Cancel button away, is not skipped
+either: it waits for the chat's turn, alongside the upload (`sending`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import aliased
 
 from generation.delivery import Button, ChatDelivery, DeliveryRefused, DeliveryRetryLater
+from generation.lifecycle import DELIVERING_STEP
 from generation.services import Services
 from generation.steps import StepJournal
 from generation.store import Generation, GenerationStatus, User
@@ -46,6 +49,9 @@ EDIT_TIMEOUT = 3.0
 TROUBLED_CHAT_PAUSE = 30.0
 # How often a wait with no retry of its own (Plan B's limiter) refreshes its place in line, at most.
 REPORT_EVERY_AT_LEAST = 1.0
+# How often a status that must go out looks again for its chat's turn when only its bot's budget
+# (over all chats) holds it back.
+TURN_LOOKS_EVERY = 0.05
 
 _T = TypeVar("_T")
 
@@ -176,20 +182,28 @@ class ChatThrottle:
             self._paused_until = {chat: at for chat, at in self._paused_until.items() if at > now}
 
 
+@dataclass(frozen=True)
+class Shown:
+    """A status as shown: its text, and whether it has the Cancel button."""
+
+    text: str
+    cancelable: bool
+
+
 @dataclass
 class _Board:
     """One process's view of the status messages it shows through one delivery (its bots)."""
 
     throttle: ChatThrottle
-    # The last text shown per generation: asking for it again costs no edit, and a generation found
-    # here has its status message already.
-    shown: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    # The last status shown per generation (its text, and whether it had the Cancel button): asking
+    # for it again costs no edit, and a generation found here has its status message already.
+    shown: OrderedDict[str, Shown] = field(default_factory=OrderedDict)
     # When each waiting generation's place in line was last counted.
     looked: OrderedDict[str, float] = field(default_factory=OrderedDict)
 
     REMEMBERED = 4096  # generations; older ones are forgotten first
 
-    def remember(self, generation_id: str, shown: str) -> None:
+    def remember(self, generation_id: str, shown: Shown) -> None:
         _put(self.shown, generation_id, shown, self.REMEMBERED)
 
     def look_due(self, generation_id: str) -> bool:
@@ -255,7 +269,8 @@ async def show_started(target: Target, *, resuming: bool) -> None:
     if not _can_show(services, generation):
         return
     if await target.steps.saved(STATUS_STEP) is None:
-        await _send(target, text(STAGE_TEXTS[Stage.working], target.language))
+        working = text(STAGE_TEXTS[Stage.working], target.language)
+        await _send(target, Shown(working, await _cancelable(target)))
     elif not resuming:
         await update(target, Stage.working)
 
@@ -267,6 +282,40 @@ async def update(target: Target, stage: Stage) -> None:
         return text(STAGE_TEXTS[stage], target.language)
 
     await _show(target, compose)
+
+
+@contextlib.asynccontextmanager
+async def sending(target: Target) -> AsyncIterator[None]:
+    """Around the hand-over of the result (after its delivery was journaled as begun): the status says
+    it is being sent, and loses its Cancel button. Unlike other stages this edit is not skipped when
+    the chat's turn has not come (the button must go): it waits for the turn, alongside the upload,
+    never holding the result back. Once the result is sent, an edit still waiting is dropped (the
+    status is about to be removed); one under way is let finish, so it cannot land after that."""
+    editing = asyncio.Event()
+
+    async def show() -> None:
+        await _chat_turn(target.services, target.generation)
+        editing.set()
+        await update(target, Stage.sending)
+
+    task = asyncio.create_task(show(), name=f"sending-status-{target.generation.id}")
+    try:
+        yield
+    finally:
+        if not editing.is_set():
+            task.cancel()
+        await asyncio.wait([task])
+
+
+async def _chat_turn(services: Services, generation: Generation) -> None:
+    """Until the chat may have an edit (its interval, a 429's pause, its bot's budget)."""
+    throttle = _board(services).throttle
+    chat = _chat(generation)
+    # A clock, not an event: the turn comes when time passes, whoever else edits meanwhile.
+    while True:
+        if throttle.ready(chat) and throttle.bot_has_budget(chat[0]):
+            return
+        await asyncio.sleep(max(throttle.due_in(chat), TURN_LOOKS_EVERY))
 
 
 async def rendering(target: Target, started_at: float) -> None:
@@ -364,7 +413,7 @@ async def _show(target: Target, compose: Callable[[], Awaitable[str]]) -> None:
             board.throttle.ready(chat) and board.throttle.bot_has_budget(chat[0])
         ):
             return
-        wanted = await compose()
+        wanted = Shown(await compose(), await _cancelable(target))
         if message_id is not None and board.shown.get(generation.id) == wanted:
             return
         if not await _still_active(services, generation.id):
@@ -377,7 +426,7 @@ async def _show(target: Target, compose: Callable[[], Awaitable[str]]) -> None:
             return
         async with asyncio.timeout(EDIT_TIMEOUT):
             await services.delivery.edit_text(
-                generation.bot_name, chat[1], int(message_id), wanted, buttons=[_cancel_button(target)]
+                generation.bot_name, chat[1], int(message_id), wanted.text, buttons=_buttons(target, wanted)
             )
         board.remember(generation.id, wanted)
     except DeliveryRetryLater as error:
@@ -395,7 +444,7 @@ async def _show(target: Target, compose: Callable[[], Awaitable[str]]) -> None:
         log.warning("status not shown: {!r}", error)
 
 
-async def _send(target: Target, shown: str) -> None:
+async def _send(target: Target, shown: Shown) -> None:
     """Send the status message, once per generation (journaled); it counts against the chat's edits."""
     generation = target.generation
     chat = _chat(generation)
@@ -404,13 +453,21 @@ async def _send(target: Target, shown: str) -> None:
     board.throttle.note_sent(chat)
     await target.steps.run(
         STATUS_STEP,
-        lambda: delivery.send_text(generation.bot_name, chat[1], shown, buttons=[_cancel_button(target)]),
+        lambda: delivery.send_text(generation.bot_name, chat[1], shown.text, buttons=_buttons(target, shown)),
     )
     board.remember(generation.id, shown)
 
 
-def _cancel_button(target: Target) -> Button:
-    return Button(text("cancel_button", target.language), CANCEL_CALLBACK + target.generation.id)
+async def _cancelable(target: Target) -> bool:
+    """Whether to offer Cancel: not once the result is being handed to the chat (a cancellation is
+    refused from then on, and a button that cannot work only invites a disappointment)."""
+    return not await target.steps.is_done(DELIVERING_STEP)
+
+
+def _buttons(target: Target, shown: Shown) -> list[Button] | None:
+    if not shown.cancelable:
+        return None  # an edit without buttons removes the keyboard
+    return [Button(text("cancel_button", target.language), CANCEL_CALLBACK + target.generation.id)]
 
 
 async def _still_active(services: Services, generation_id: str) -> bool:

@@ -8,26 +8,62 @@ in the user's language and the HTTP API can list them in a 422.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 from generation.catalog import MAX_PROMPT, Catalog, CatalogModel, Kind
 from generation.texts import text
 
+# Telegram user and chat ids have at most 52 significant bits (a chat's may be negative: groups): the
+# bound keeps any other number out of the database's 64-bit columns.
+MAX_TELEGRAM_ID = 2**52 - 1
+MAX_IMAGES = 4
+
 
 class GenerationRequest(BaseModel):
-    """The seed's fields, common to every kind."""
+    """The seed's fields, common to every kind.
+
+    Numbers and flags are strict: `true` or "5" is no Telegram id, and a client that sends one is
+    told so rather than charging user 1 or 5."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    telegram_id: int = Field(gt=0)
+    telegram_id: int = Field(gt=0, le=MAX_TELEGRAM_ID, strict=True)
     username: str | None = Field(default=None, max_length=64)
-    is_ru: bool = False
+    is_ru: bool = Field(default=False, strict=True)
     bot_name: str | None = Field(default=None, max_length=64)
-    chat_id: int | None = None
+    chat_id: int | None = Field(default=None, ge=-MAX_TELEGRAM_ID, le=MAX_TELEGRAM_ID, strict=True)
     model: str | None = Field(default=None, max_length=128)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        # PostgreSQL's text holds no NUL character: refused here, not by a failing INSERT.
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("must not contain the NUL character")
+        return value
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def request_fingerprint(self) -> str:
+        """A digest of the request as validated, kept in the stored request (its dump): a repeat under
+        the same Idempotency-Key must be this same request (SPEC §4.6). Taken before the kind's
+        preparer completes the stored request, so it is the client's request, not the user's state."""
+        fields = {name: getattr(self, name) for name in type(self).model_fields}
+        canonical = json.dumps([type(self).__name__, fields], sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property
     def language(self) -> str:
@@ -47,7 +83,9 @@ class PromptRequest(GenerationRequest):
 
 
 class TextToImageRequest(PromptRequest):
-    num_images: int = 1
+    # The range is checked in validate_request, with the model's own limit and a message of its own;
+    # the schema states it for clients.
+    num_images: int = Field(default=1, strict=True, json_schema_extra={"minimum": 1, "maximum": MAX_IMAGES})
 
     def units(self) -> int:
         return self.num_images
@@ -118,8 +156,6 @@ REQUEST_TYPES: dict[Kind, type[GenerationRequest]] = {
     Kind.voice_avatar: VoiceAvatarRequest,
     Kind.model_training: ModelTrainingRequest,
 }
-
-MAX_IMAGES = 4
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from generation.catalog import Catalog
 from generation.delivery import ChatDelivery
 from generation.store import Database
 from providers.elevenlabs import ElevenLabsProvider
+from providers.guarded_fetch import GuardedFetcher
 from providers.replicate import ReplicateProvider
 from settings import Settings
 
@@ -20,3 +21,4 @@ class Services:
     replicate: ReplicateProvider
     elevenlabs: ElevenLabsProvider
     delivery: ChatDelivery
+    fetcher: GuardedFetcher  # the one client for user-given URLs, so its concurrency cap is the process's

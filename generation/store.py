@@ -105,12 +105,16 @@ class LedgerEntry(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+# The longest request key the generations table holds (generation/intake.py keeps keys within it).
+REQUEST_KEY_LENGTH = 200
+
+
 class Generation(Base):
     __tablename__ = "generations"
     __table_args__ = (Index("ix_generations_status_plan", "status", "plan"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: uuid.uuid4().hex)
-    request_key: Mapped[str] = mapped_column(String(200), unique=True)
+    request_key: Mapped[str] = mapped_column(String(REQUEST_KEY_LENGTH), unique=True)
     kind: Mapped[str] = mapped_column(String(32))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     bot_name: Mapped[str] = mapped_column(String(64))

@@ -177,6 +177,8 @@ def make_settings(
         "worker_poll_delay": 0.02,
         # A test that stops an app with work still held at the fakes need not wait DRAIN_TIMEOUT's 25 s.
         "drain_timeout": 2.0,
+        # The files tests point zip_url and audio_url at are served on loopback.
+        "fetch_allow_private": True,
     }
     if elevenlabs is not None:
         values["elevenlabs_api_key"] = elevenlabs.api_key

@@ -42,6 +42,7 @@ def environment(telegram: FakeTelegram, replicate: FakeReplicate, **extra: str) 
 
 
 Spawn = Callable[..., Awaitable[asyncio.subprocess.Process]]
+HEALTH_AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 # Where each started process logs: a file, not a pipe (a pipe nobody reads fills up and then blocks
@@ -87,7 +88,8 @@ async def wait_healthy(
             if process.returncode is not None:
                 raise AssertionError("aibot exited before it served HTTP")
             try:
-                async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                # With the API token: the health details (plan, database, Redis) are not public.
+                async with http.get(f"http://127.0.0.1:{port}/healthz", headers=HEALTH_AUTH) as response:
                     return dict(await response.json())
             except aiohttp.ClientConnectionError:
                 await asyncio.sleep(0.1)

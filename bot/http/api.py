@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
-import json
 import re
 from datetime import datetime
 from typing import Any
@@ -11,11 +9,13 @@ from typing import Any
 from aiohttp import web
 
 from bot.http.keys import GENERATIONS, SERVICES
+from bot.http.request_body import UnreadableBody, read_json_object
 from bot.http.responses import json_error, json_problems
+from bot.http.secrets import has_bearer_token
 from generation import intake, ledger, payments
 from generation.catalog import Kind
 from generation.registry import spec_of
-from generation.requests import Problem
+from generation.requests import MAX_TELEGRAM_ID, Problem
 from generation.store import Generation, get_generation
 from generation.users import find_user
 
@@ -24,9 +24,7 @@ def _check_bearer(request: web.Request) -> web.Response | None:
     token = request.app[SERVICES].settings.api_token
     if token is None:
         return json_error(503, "the HTTP API is disabled: API_TOKEN is not set")
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token.get_secret_value()):
+    if not has_bearer_token(request.headers.get("Authorization", ""), token):
         return web.json_response(
             {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
         )
@@ -42,11 +40,9 @@ async def create_generation(request: web.Request) -> web.Response:
     if spec_of(kind) is None:
         return json_error(501, f"{kind.slug} is not available yet")
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return json_problems([Problem("body", "invalid", {"detail": "the body is not valid JSON"})])
-    if not isinstance(body, dict):
-        return json_problems([Problem("body", "invalid", {"detail": "the body must be a JSON object"})])
+        body = await read_json_object(request)
+    except UnreadableBody as unreadable:
+        return json_problems([unreadable.problem])
     origin = intake.FromApi(request.headers.get("Idempotency-Key", "").strip())
     outcome = await intake.submit(request.app[GENERATIONS], intake.Incoming(kind, body, origin))
     if isinstance(outcome, intake.Refused):
@@ -59,9 +55,18 @@ async def create_generation(request: web.Request) -> web.Response:
     )
 
 
+# What the generations' id column holds: anything else names no generation, and is not worth a query
+# (PostgreSQL would refuse a NUL in it with an error, not an empty answer).
+GENERATION_ID_SHAPE = re.compile(r"[0-9A-Za-z_-]{1,32}")
+# The longest bot name the users table holds.
+MAX_BOT_NAME = 64
+
+
 async def read_generation(request: web.Request) -> web.Response:
     if (denied := _check_bearer(request)) is not None:
         return denied
+    if not GENERATION_ID_SHAPE.fullmatch(request.match_info["id"]):
+        return json_error(404, "no such generation")
     generation = await get_generation(request.app[SERVICES].db, request.match_info["id"])
     if generation is None:
         return json_error(404, "no such generation")
@@ -69,7 +74,7 @@ async def read_generation(request: web.Request) -> web.Response:
 
 
 # Telegram user ids are positive and fit in 52 bits; anything else names no user.
-TELEGRAM_ID_SHAPE = re.compile(r"^[1-9][0-9]{0,15}$")
+TELEGRAM_ID_SHAPE = re.compile(r"[1-9][0-9]{0,15}")
 
 
 async def read_user(request: web.Request) -> web.Response:
@@ -77,11 +82,14 @@ async def read_user(request: web.Request) -> web.Response:
     if (denied := _check_bearer(request)) is not None:
         return denied
     raw_id = request.match_info["telegram_id"]
-    if not TELEGRAM_ID_SHAPE.match(raw_id):
+    if not TELEGRAM_ID_SHAPE.fullmatch(raw_id) or int(raw_id) > MAX_TELEGRAM_ID:
         return json_problems([Problem("telegram_id", "invalid", {"detail": "a positive Telegram user id"})])
+    bot_name = request.match_info["bot_name"]
+    if len(bot_name) > MAX_BOT_NAME or not bot_name.isprintable():  # no NUL, no surrogate: no such bot
+        return json_error(404, "no such user of this bot")
     services = request.app[SERVICES]
     async with services.db.sessions() as session:
-        user = await find_user(session, request.match_info["bot_name"], int(raw_id))
+        user = await find_user(session, bot_name, int(raw_id))
         if user is None:
             return json_error(404, "no such user of this bot")
         entries = await ledger.recent_entries(session, user.id, limit=20)

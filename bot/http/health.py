@@ -1,5 +1,6 @@
-"""Health answers: GET /healthz (liveness and readiness with the database, Redis and the plan in
-force), and for an orchestrator GET /livez and GET /readyz, whose bodies say as little as possible.
+"""Health answers: GET /healthz (liveness and readiness; with the API token also the database, Redis
+and the plan in force), and for an orchestrator GET /livez and GET /readyz, whose bodies say as little
+as possible.
 
 /livez: the process's event loop answers. /readyz: the process is not draining (stopping) and what it
 needs answers (`aibot run`: the database; `aibot worker`: the database and Redis); otherwise 503 with
@@ -18,6 +19,8 @@ from aiohttp.typedefs import Middleware
 from loguru import logger
 
 from bot.http.keys import GENERATIONS, SERVICES
+from bot.http.secrets import has_bearer_token
+from generation.dispatcher import Dispatcher
 
 # A readiness check that takes longer than this counts as not answering (a hung database or Redis
 # must not hang the probe).
@@ -100,14 +103,25 @@ def probes_app(readiness: Readiness) -> web.Application:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Everyone learns whether the process serves (the status, and 200 or 503, for a load balancer or
+    compose's healthcheck); only a caller with the API token learns how (database, Redis, the plan, the
+    mode and who set it, the breaker): those say when and how this server is weak."""
     services = request.app[SERVICES]
-    generations = request.app[GENERATIONS]
     database_ok = await services.db.ping()
+    if not database_ok:
+        logger.warning("health check: database not answering")
+    status = 200 if database_ok else 503
+    body: dict[str, Any] = {"status": "ok" if database_ok else "unavailable"}
+    if has_bearer_token(request.headers.get("Authorization", ""), services.settings.api_token):
+        body.update(await _details(request.app[GENERATIONS], database_ok))
+    return web.json_response(body, status=status)
+
+
+async def _details(generations: Dispatcher, database_ok: bool) -> dict[str, Any]:
     redis_ok = await generations.queue.ping() if generations.queue is not None else None
     mode, source = await generations.mode() if database_ok else (None, None)
     plan = (await generations.current_plan(redis_ok)).value if database_ok else None
-    body = {
-        "status": "ok" if database_ok else "unavailable",
+    return {
         "database": database_ok,
         "redis": redis_ok,
         "plan": plan,
@@ -115,6 +129,3 @@ async def health(request: web.Request) -> web.Response:
         "mode_source": source,
         "breaker": generations.breaker.state.value,
     }
-    if not database_ok:
-        logger.warning("health check: database not answering")
-    return web.json_response(body, status=200 if database_ok else 503)

@@ -6,10 +6,10 @@ from aiogram import Bot
 from aiogram import Dispatcher as BotDispatcher
 from aiohttp import web
 
-from bot.http import api, health, webhooks
+from bot.http import api, health, openapi, webhooks
 from bot.http.ingest import UpdatesInFlight
 from bot.http.keys import BOT_DISPATCHER, BOTS, GENERATIONS, SERVICES, UPDATES_IN_FLIGHT
-from bot.http.responses import unavailable_as_503
+from bot.http.responses import refusals_as_json, unavailable_as_503
 from generation.dispatcher import Dispatcher
 from generation.services import Services
 
@@ -29,7 +29,11 @@ def build_web_app(
     new_work = {"/api/generation/{kind}", "/webhooks/telegram/{bot_name}"}
     app = web.Application(
         client_max_size=MAX_BODY,
-        middlewares=[health.refuse_new_work_while_draining(readiness, new_work), unavailable_as_503],
+        middlewares=[
+            refusals_as_json,
+            health.refuse_new_work_while_draining(readiness, new_work),
+            unavailable_as_503,
+        ],
     )
     app[health.READINESS] = readiness
     app[SERVICES] = services
@@ -46,4 +50,5 @@ def build_web_app(
     app.router.add_get("/healthz", health.health)
     app.router.add_get("/livez", health.livez)
     app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/openapi.json", openapi.serve_openapi)
     return app

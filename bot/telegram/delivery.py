@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import aiohttp
 from aiogram import Bot
 from aiogram.exceptions import (
     TelegramBadRequest,
@@ -154,3 +155,11 @@ async def _mapped_errors() -> AsyncIterator[None]:
     except (TelegramForbiddenError, TelegramNotFound, TelegramUnauthorizedError, TelegramBadRequest) as error:
         # aiogram's message is Telegram's description ("Forbidden: bot was blocked by the user"); no token.
         raise DeliveryRefused(f"telegram refused: {error.message}") from None
+    except aiohttp.ClientResponseError as error:
+        # A file download (`/file/bot<token>/...`) answers with aiohttp's own errors, whose text holds
+        # that URL and so the token: only the status goes on.
+        if error.status >= 500 or error.status == 429:
+            raise DeliveryRetryLater(f"telegram file server answered {error.status}") from None
+        raise DeliveryRefused(f"telegram file server answered {error.status}") from None
+    except (aiohttp.ClientError, TimeoutError) as error:
+        raise DeliveryRetryLater(f"telegram file download failed: {type(error).__name__}") from None

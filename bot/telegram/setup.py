@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from aiogram import Bot, Dispatcher
 from aiogram.types import BotCommand
+from loguru import logger
 
+from bot.http.secrets import telegram_webhook_secret
 from bot.telegram.conversation_storage import DatabaseStorage
 from bot.telegram.flood import FloodLimiter, FloodMiddleware
 from bot.telegram.middlewares import UserMiddleware
@@ -92,3 +94,15 @@ async def publish_menus(bots: dict[str, Bot]) -> None:
         for language, items in MENU.items():
             commands = [BotCommand(command=name, description=description) for name, description in items]
             await bot.set_my_commands(commands, language_code=None if language == "en" else language)
+
+
+async def set_webhooks(bots: dict[str, Bot], base_url: str, master_secret: str, max_connections: int) -> None:
+    """Point each bot's webhook at this server, each with its own secret (derived from WEBHOOK_SECRET,
+    see bot/http/secrets.py), which Telegram sends back with every update of that bot."""
+    for name, bot in bots.items():
+        await bot.set_webhook(
+            f"{base_url}/webhooks/telegram/{name}",
+            secret_token=telegram_webhook_secret(master_secret, name),
+            max_connections=max_connections,
+        )
+    logger.info("webhooks set for {} bot(s)", len(bots))

@@ -11,9 +11,9 @@ import re
 from typing import Any
 
 from loguru import logger
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from generation import lifecycle
 from generation.archives import MEGABYTE, TRAINING_ARCHIVE, check_training_archive
 from generation.catalog import Kind
 from generation.delivery import InputTooLarge
@@ -32,7 +32,7 @@ from generation.pipelines import (
 )
 from generation.requests import InvalidRequest, Problem
 from generation.services import Services
-from generation.store import Generation, GenerationStatus, User
+from generation.store import User
 from generation.texts import text
 from providers.errors import ProviderFailed, ProviderRejected, StepError
 from providers.replicate import output_urls
@@ -58,20 +58,24 @@ def trigger_word_problem(word: str | None) -> Problem | None:
 
 async def check_training_request(services: Services, bot_name: str, request: dict[str, Any]) -> None:
     """Fetch the archive (through the bot, or from the client's URL) and check it; raises InvalidRequest.
-    Nothing of it is kept: the pipeline fetches it again."""
+    Nothing of it is kept: the pipeline fetches it again (or hands Replicate the client's URL)."""
     field = "zip_file_id" if request.get("zip_file_id") else "zip_url"
     limit = TRAINING_ARCHIVE.max_bytes
     try:
         if request.get("zip_file_id"):
             content = await services.delivery.download_file(bot_name, str(request["zip_file_id"]), limit)
-        else:
-            content = await fetch_url(str(request["zip_url"]), limit)
+            check_training_archive(content, field=field)
+            return
+        # A client's archive is streamed to a temporary file and judged there, never whole in memory.
+        async with fetch_url(services, str(request["zip_url"]), limit) as fetched:
+            check_training_archive(fetched.file, field=field)
     except InputTooLarge:
         raise InvalidRequest([Problem(field, "zip_too_large", {"limit_mb": limit // MEGABYTE})]) from None
     except StepError as error:
+        # One code whatever went wrong (refused address, nothing listening, 404, too slow): a finer
+        # answer would tell a client what listens where. The guarded fetch logged the real reason.
         logger.bind(user=request.get("telegram_id")).info("training archive not fetched: {}", error)
         raise InvalidRequest([Problem(field, "zip_unreachable")]) from None
-    check_training_archive(content, field=field)
 
 
 async def resolve_trained_model(session: AsyncSession, user: User, request: dict[str, Any]) -> dict[str, Any]:
@@ -139,9 +143,11 @@ async def model_training(ctx: PipelineContext) -> Delivered:
     version = _trained_version(state.output)
 
     async def store_on_user() -> str | None:
+        # The model is what the user pays for: storing it is its delivery. A cancellation that came
+        # first (the provider's cancel too late) keeps it from being stored; one that comes after is
+        # refused (generation/lifecycle.py), so the user never has both the model and the refund.
         async with ctx.services.db.transaction() as session:
-            status = await session.scalar(select(Generation.status).where(Generation.id == ctx.generation.id))
-            if status == GenerationStatus.canceled:
+            if not await lifecycle.begin_delivery(session, ctx.steps):
                 return None  # cancelled and refunded, though the provider's cancel came too late
             user = await session.get(User, ctx.generation.user_id)
             assert user is not None

@@ -20,16 +20,24 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from generation import lifecycle
 from generation.catalog import Kind, load_catalog
 from generation.delivery import InputTooLarge, Media
 from generation.kinds.spec import KindSpec
-from generation.pipelines import Delivered, PipelineContext, create_once, input_bytes
+from generation.pipelines import (
+    Delivered,
+    PipelineContext,
+    create_once,
+    handing_over,
+    input_bytes,
+)
 from generation.requests import InvalidRequest, Problem
 from generation.services import Services
 from generation.store import Step, User
 from generation.texts import text
 from providers.elevenlabs import VoiceNotFound
 from providers.errors import ProviderFailed, ProviderRejected, StepError
+from providers.guarded_fetch import FetchRefused
 
 # What a recording to clone may be. ElevenLabs needs some seconds of real speech; a bigger file than
 # this is more than instant cloning uses, and slow to fetch through the bot.
@@ -102,9 +110,10 @@ async def text_to_speech(ctx: PipelineContext) -> Delivered:
         # Opus comes in an Ogg container: the one format Telegram shows as a voice message.
         extension = "ogg" if codec == "opus" else codec
         audio = Media(content=await speak(), filename=f"{generation.id}.{extension}")
-        if codec == "opus":
-            return [await delivery.send_voice(generation.bot_name, ctx.chat_id, audio)]
-        return [await delivery.send_audio(generation.bot_name, ctx.chat_id, audio)]
+        async with handing_over(ctx):
+            if codec == "opus":
+                return [await delivery.send_voice(generation.bot_name, ctx.chat_id, audio)]
+            return [await delivery.send_audio(generation.bot_name, ctx.chat_id, audio)]
 
     if not await ctx.steps.is_done("deliver"):
         with contextlib.suppress(StepError):  # a courtesy; the delivery itself reports real trouble
@@ -139,10 +148,24 @@ async def voice_avatar(ctx: PipelineContext) -> Delivered:
     ready = text("voice_ready", ctx.language)
 
     async def tell() -> list[int]:
-        return [await ctx.services.delivery.send_text(generation.bot_name, ctx.chat_id, ready)]
+        async with handing_over(ctx):
+            return [await ctx.services.delivery.send_text(generation.bot_name, ctx.chat_id, ready)]
 
     message_ids: list[int] = await ctx.steps.run("deliver", tell)
     return Delivered(units=1, result={"voice_id": voice_id, "message_ids": message_ids})
+
+
+async def check_recording_url(services: Services, bot_name: str, request: dict[str, Any]) -> None:
+    """An HTTP client's audio_url whose host may not be reached (the server's own network) is refused
+    before anything is charged, without connecting to it; the recording itself is fetched only by the
+    pipeline (which checks the address again). The same code whatever the reason, as for zip_url."""
+    url = request.get("audio_url")
+    if not url:
+        return
+    try:
+        await services.fetcher.check(str(url))
+    except FetchRefused:
+        raise InvalidRequest([Problem("audio_url", "audio_unreachable")]) from None
 
 
 def voice_name(ctx: PipelineContext) -> str:
@@ -176,11 +199,15 @@ async def store_voice(ctx: PipelineContext, voice_id: str) -> str | None:
     """Make `voice_id` the user's voice; answers the voice it replaces (None if none).
 
     The swap and its journal entry commit together: journaled apart, a crash between them would make
-    the rerun take the new voice for the old one, and delete it."""
+    the rerun take the new voice for the old one, and delete it. The voice is what the user pays for:
+    storing it is its delivery, so a cancellation that came first keeps it from being stored (its
+    canceller deletes the clone), and one that comes after is refused (generation/lifecycle.py)."""
     journaled = await ctx.steps.refresh(STORED_STEP)
     if journaled is None:
         try:
             async with ctx.services.db.transaction() as session:
+                if not await lifecycle.begin_delivery(session, ctx.steps):
+                    raise lifecycle.NotRunning(f"{ctx.generation.id} ended before its voice was stored")
                 user = await session.get(User, ctx.generation.user_id, with_for_update=True)
                 assert user is not None
                 previous = user.voice_id if user.voice_id != voice_id else None
@@ -255,5 +282,5 @@ async def forget_unkept_clone(services: Services, journal: dict[str, Any]) -> No
 
 SPECS = [
     KindSpec(Kind.text_to_speech, text_to_speech, preparer=choose_voice),
-    KindSpec(Kind.voice_avatar, voice_avatar, cancel=forget_unkept_clone),
+    KindSpec(Kind.voice_avatar, voice_avatar, checker=check_recording_url, cancel=forget_unkept_clone),
 ]

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select
 
+from bot.http.secrets import telegram_webhook_secret
 from generation.store import Database, Generation, GenerationStatus, LedgerEntry, Step, User
 from tests.conftest import ADMIN_ID, BOT_TOKEN, closed_port, wait_until
 from tests.e2e.helpers import Chat
@@ -57,7 +58,7 @@ class Telegram:
         self.refusals: Counter[str] = Counter()  # why a delivery had to be repeated
 
     async def deliver(self, base_url: str, update: Update) -> None:
-        headers = {"X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET}
+        headers = {"X-Telegram-Bot-Api-Secret-Token": telegram_webhook_secret(WEBHOOK_SECRET, BOT)}
         deadline = asyncio.get_running_loop().time() + TIMEOUT
         async with self.gate:
             while True:

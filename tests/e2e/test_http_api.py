@@ -166,7 +166,7 @@ async def test_health_reports_database_redis_and_plan(
     make_app: AppFactory, http: aiohttp.ClientSession, redis_url: str
 ) -> None:
     app = await make_app(redis_url=redis_url)
-    async with http.get(f"{base(app)}/healthz") as response:
+    async with http.get(f"{base(app)}/healthz", headers=AUTH) as response:
         assert response.status == 200
         assert await response.json() == {
             "status": "ok",
@@ -229,7 +229,7 @@ async def test_a_hung_redis_does_not_hang_the_request(
     assert elapsed < 5  # bounded by the enqueue timeout, not by Redis
     await all_settled(app, 1)
     assert replicate.create_count() == 1
-    async with http.get(f"{base(app)}/healthz") as response:  # health does not hang on it either
+    async with http.get(f"{base(app)}/healthz", headers=AUTH) as response:  # nor does health
         health = await response.json()
     assert (response.status, health["redis"], health["plan"], health["breaker"]) == (200, False, "B", "open")
 

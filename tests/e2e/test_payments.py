@@ -11,7 +11,8 @@ from sqlalchemy import select
 from app import App
 from bot.telegram import payment_reconciler
 from generation import payments
-from generation.store import Order, OrderStatus
+from generation.payments import payment_refund_key
+from generation.store import LedgerEntry, Order, OrderStatus
 from tests.conftest import ADMIN_ID, AppFactory
 from tests.e2e.helpers import USER, Chat, balance_and_ledger_sum, generations_of
 from tests.fakes.replicate import FakeReplicate
@@ -149,6 +150,11 @@ async def test_admin_refund_goes_through_the_paid_bot_once(
     [order] = await orders_of(app)
     assert (order.status, order.refunded_stars) == (OrderStatus.refunded, 100)
     assert await balance_and_ledger_sum(app) == (0, 0)
+    assert app.services is not None and payment.charge_id is not None
+    refund_key = payment_refund_key(payment.charge_id)
+    async with app.services.db.sessions() as session:
+        line = await session.scalar(select(LedgerEntry).where(LedgerEntry.operation_key == refund_key))
+    assert line is not None and line.note == f"by admin {ADMIN_ID}"  # who refunded it, on the ledger line
 
     await admin.ask("/refund", "Usage: /refund")
     await admin.ask("/refund nope", "No payment with this charge id")

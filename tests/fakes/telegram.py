@@ -261,6 +261,8 @@ _KIND_BY_DIRECTORY: Final[dict[str, str]] = {kind.directory: name for name, kind
 class Hold:
     arrived: asyncio.Event
     release: asyncio.Event
+    # Which calls of the method wait (by their parameters); every one when None.
+    only: Callable[[dict[str, Any]], bool] | None = None
 
 
 @dataclass
@@ -1262,12 +1264,21 @@ class FakeTelegram:
         self._notify()
 
     def press_button(
-        self, token: str, *, user_id: int, message: JSON, data: str, language_code: str = "en"
+        self,
+        token: str,
+        *,
+        user_id: int,
+        message: JSON,
+        data: str,
+        language_code: str = "en",
+        as_shown: bool = False,
     ) -> JSON:
         """Queue a callback_query for the inline button with ``data`` on a message the bot sent.
 
         The message is looked up in its current state (after edits); raises AssertionError when it
-        was deleted, is not the bot's, or has no button with that callback_data.
+        was deleted, is not the bot's, or has no button with that callback_data. With ``as_shown``
+        the press is made on ``message`` as given, an older version: the user pressed the button
+        just before an edit that removed it reached their app.
         """
         bot = self._bot(token)
         cid = int(message["chat"]["id"])
@@ -1277,6 +1288,8 @@ class FakeTelegram:
             raise AssertionError(f"message {key} of bot {bot.username} does not exist (deleted?)")
         if current.get("from", {}).get("id") != bot.id:
             raise AssertionError(f"message {key} was not sent by bot {bot.username}")
+        if as_shown:
+            current = message
         buttons = _callback_data(current)
         if data not in buttons:
             raise AssertionError(f"message {key} has no button with callback_data {data!r}; it has {buttons}")
@@ -1507,12 +1520,12 @@ class FakeTelegram:
             except TimeoutError:
                 raise AssertionError(f"bot {bot.username} did not poll within {timeout}s") from None
 
-    def hold(self, method: str) -> Hold:
-        """Chaos: calls of `method` wait (unanswered) until `release` is set; `arrived` fires when one
-        is waiting. A client that dies meanwhile never learns the answer; the call still takes effect
-        once released, as on the real server."""
+    def hold(self, method: str, *, only: Callable[[dict[str, Any]], bool] | None = None) -> Hold:
+        """Chaos: calls of `method` (those whose parameters pass `only`, when given) wait (unanswered)
+        until `release` is set; `arrived` fires when one is waiting. A client that dies meanwhile never
+        learns the answer; the call still takes effect once released, as on the real server."""
         name = self._canonical.get(method.lower(), method)
-        hold = self._holds[name] = Hold(arrived=asyncio.Event(), release=asyncio.Event())
+        hold = self._holds[name] = Hold(arrived=asyncio.Event(), release=asyncio.Event(), only=only)
         return hold
 
     def fail_next(
@@ -1566,7 +1579,7 @@ class FakeTelegram:
                 raise _ApiError(404, "Not Found: method not found")
             self._check_failures(method, params)
             hold = self._holds.get(method)
-            if hold is not None and not hold.release.is_set():
+            if hold is not None and not hold.release.is_set() and (hold.only is None or hold.only(params)):
                 hold.arrived.set()
                 await hold.release.wait()
             result = await handler(bot, _Req(params, files, filenames))

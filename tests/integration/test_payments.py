@@ -116,6 +116,52 @@ async def test_a_payment_for_no_order_of_this_user_credits_nothing(db: Database)
     assert await balance_and_sum(db, stranger.id) == (0, 0)
 
 
+async def test_a_payment_of_another_amount_or_currency_credits_nothing_and_can_be_refunded(
+    db: Database,
+) -> None:
+    """Telegram charges only what the pre-checkout approved: a payment that differs from its order is
+    not that order's. Nothing is credited (or announced), the order stays pending, and the payment is
+    kept under its charge id so that an admin can refund it; a redelivery changes nothing."""
+    user = await new_user(db)
+    order = await payments.create_order(db, user, PACKAGE)
+    for charge_id, amount, currency in (("cheap", 1, "XTR"), ("dollars", 90, "USD"), ("cheap", 1, "XTR")):
+        recorded = await payments.record_payment(
+            db,
+            bot_name="main",
+            telegram_id=1,
+            order_id=order.id,
+            charge_id=charge_id,
+            amount=amount,
+            currency=currency,
+        )
+        assert recorded.order is None and not recorded.credited
+    assert await balance_and_sum(db, user.id) == (0, 0)
+    async with db.sessions() as session:
+        stored = await session.get(Order, order.id)
+        assert stored is not None and stored.status == OrderStatus.pending
+        kept = {o.charge_id: o.stars for o in await payments.recent_orders(session, user.id)}
+    assert kept == {None: 100, "cheap": 0, "dollars": 0}  # the pending order, and the two kept payments
+    started = await payments.begin_refund(db, "cheap", force=False)
+    refunded = await payments.finish_refund(db, started.id, note="by admin 7")
+    assert refunded.debited == 0 and await balance_and_sum(db, user.id) == (0, 0)
+    # The order itself can still be paid, and then it is credited.
+    assert (await pay(db, order)).credited
+    assert await balance_and_sum(db, user.id) == (100, 100)
+
+
+async def test_a_refund_names_the_admin_on_its_ledger_line(db: Database) -> None:
+    user = await new_user(db)
+    order = await payments.create_order(db, user, PACKAGE)
+    await pay(db, order)
+    await payments.begin_refund(db, "charge-1", force=False)
+    await payments.finish_refund(db, order.id, note="by admin 42")
+    async with db.sessions() as session:
+        line = await session.scalar(
+            select(LedgerEntry).where(LedgerEntry.operation_key == payments.payment_refund_key("charge-1"))
+        )
+    assert line is not None and (line.amount, line.note) == (-100, "by admin 42")
+
+
 async def test_refund_debits_once_and_is_refused_when_spent(db: Database) -> None:
     user = await new_user(db)
     order = await payments.create_order(db, user, PACKAGE)

@@ -1,13 +1,23 @@
-"""The checks of a training's ZIP of photos (generation/archives.py), on archives built in memory."""
+"""The checks of a training's ZIP of photos (generation/archives.py), on archives built in memory and on
+files, as a fetch leaves them."""
 
 from __future__ import annotations
 
 import io
+import random
 import zipfile
+from pathlib import Path
 
 import pytest
 
-from generation.archives import MEGABYTE, TRAINING_ARCHIVE, ArchiveLimits, check_training_archive
+from generation.archives import (
+    _SCAN_CHUNK,
+    MEGABYTE,
+    TRAINING_ARCHIVE,
+    ArchiveLimits,
+    _count_central_records,
+    check_training_archive,
+)
 from generation.requests import InvalidRequest
 from tests.zip_samples import JPEG, WEBP, make_zip, photos, photos_zip, png
 
@@ -111,3 +121,39 @@ def test_directories_are_not_entries() -> None:
             archive.writestr(name, content)
     summary = check_training_archive(buffer.getvalue())
     assert (summary.images, summary.entries) == (10, 10)
+
+
+class ReadsRecorded(io.BytesIO):
+    """A file that remembers how many bytes each read gave."""
+
+    def __init__(self, content: bytes) -> None:
+        super().__init__(content)
+        self.given: list[int] = []
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        piece = super().read(size)
+        self.given.append(len(piece))
+        return piece
+
+
+def test_an_archive_is_read_from_its_file_in_pieces_never_whole() -> None:
+    # Three megabytes that do not compress, so the file spans several of the scan's pieces.
+    content = photos_zip(10, **{"clip.bin": random.Random(7).randbytes(3 * MEGABYTE)})
+    archive = ReadsRecorded(content)
+    assert check_training_archive(archive).images == 10
+    assert len(content) > 3 * _SCAN_CHUNK
+    assert max(archive.given) == _SCAN_CHUNK
+
+
+def test_a_temporary_file_is_checked_as_the_fetch_leaves_it(tmp_path: Path) -> None:
+    path = tmp_path / "photos.zip"
+    path.write_bytes(photos_zip(10))
+    with path.open("rb") as file:
+        file.seek(123)  # wherever the file stands, the whole archive is judged
+        assert check_training_archive(file).images == 10
+
+
+def test_a_signature_split_between_two_pieces_is_counted_once() -> None:
+    for offset in range(-4, 1):
+        content = b"x" * (_SCAN_CHUNK + offset) + b"PK\x01\x02" + b"y" * 10 + b"PK\x01\x02"
+        assert _count_central_records(io.BytesIO(content), stop_after=10) == 2, offset

@@ -175,6 +175,7 @@ async def services(database_url: str) -> AsyncIterator[Services]:
         replicate=cast(Any, None),  # never called: only the database and the catalogue are read
         elevenlabs=cast(Any, None),
         delivery=NoDelivery(),
+        fetcher=cast(Any, None),
     )
     await db.close()
 

@@ -12,6 +12,7 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 from loguru import logger
 
+from bot.telegram.arguments import BIGINT_MAX, whole_number
 from generation import ledger, stats
 from generation.dispatcher import Dispatcher
 from generation.plan import PlanMode
@@ -19,6 +20,13 @@ from generation.services import Services
 from generation.store import as_utc
 from generation.texts import count_of, text
 from generation.users import find_user
+
+# What one /grant may credit: enough for any gift or correction, far from a typo's billions.
+MAX_GRANT = 1_000_000
+# No grant takes a balance past this: a sane bound, and far below what the BIGINT column holds, so
+# neither a slip of the keyboard nor repeated grants come near an overflow (which SQLite answers by
+# storing the balance as an inexact REAL). Payments are not capped: each is a package's worth.
+MAX_BALANCE = 1_000_000_000_000
 
 
 def build_admin_router(admin_ids: list[int]) -> Router:
@@ -46,20 +54,34 @@ def build_admin_router(admin_ids: list[int]) -> Router:
         message: Message, command: CommandObject, bot: Bot, bot_name: str, lang: str, services: Services
     ) -> None:
         words = (command.args or "").split()
-        if len(words) != 2 or not words[0].isdigit() or not words[1].isdigit() or int(words[1]) <= 0:
+        telegram_id = whole_number(words[0], minimum=1, maximum=BIGINT_MAX) if len(words) == 2 else None
+        if telegram_id is None:
             await message.answer(text("grant_usage", lang))
             return
-        telegram_id, stars = int(words[0]), int(words[1])
+        stars = whole_number(words[1], minimum=1, maximum=MAX_GRANT)
+        if stars is None:
+            await message.answer(text("grant_amount_invalid", lang, max=MAX_GRANT))
+            return
+        assert message.from_user is not None  # the router's filter let only an admin's message in
         async with services.db.transaction() as session:
             target = await find_user(session, bot_name, telegram_id)
-            if target is None:
+            # Read in the credit's transaction; a payment landing in between may pass the cap by its
+            # own package, which stays far below the BIGINT's end.
+            over_cap = target is not None and target.balance + stars > MAX_BALANCE
+            if target is None or over_cap:
                 posting = None
             else:
-                # Keyed by the admin's message: a repeated update credits once.
+                # Keyed by the admin's message (a message id is unique within its chat): a repeated
+                # update credits once. The note names the admin, who is not the chat in a group.
                 key = f"grant:{bot_name}:{message.chat.id}:{message.message_id}"
                 posting = await ledger.credit(
-                    session, target.id, stars, key, note=f"by admin {message.chat.id}"
+                    session, target.id, stars, key, note=f"by admin {message.from_user.id}"
                 )
+        if target is not None and over_cap:
+            await message.answer(
+                text("grant_over_cap", lang, telegram_id=telegram_id, balance=target.balance, cap=MAX_BALANCE)
+            )
+            return
         if target is None or posting is None:
             await message.answer(text("grant_unknown_user", lang, telegram_id=telegram_id))
             return
@@ -88,8 +110,8 @@ def build_admin_router(admin_ids: list[int]) -> Router:
         message: Message, command: CommandObject, bot_name: str, lang: str, services: Services
     ) -> None:
         words = (command.args or "").split()
-        telegram_id = int(words[0]) if len(words) == 1 and words[0].isdecimal() else -1
-        if not 0 < telegram_id < 2**63:  # a Telegram id, and one the database's BIGINT holds
+        telegram_id = whole_number(words[0], minimum=1, maximum=BIGINT_MAX) if len(words) == 1 else None
+        if telegram_id is None:
             await message.answer(text("admin_user_usage", lang))
             return
         account = await stats.user_account(services.db, bot_name, telegram_id)

@@ -9,7 +9,7 @@ from aiogram.exceptions import TelegramAPIError
 from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
 
-from generation.cancellation import Canceled, active_generations
+from generation.cancellation import Canceled, active_generations, being_delivered
 from generation.dispatcher import Dispatcher
 from generation.execution import CANCEL_CALLBACK
 from generation.services import Services
@@ -21,19 +21,25 @@ from generation.texts import text
 async def cancel_command(
     message: Message, user: User, lang: str, services: Services, generations: Dispatcher
 ) -> None:
-    """Cancels every generation of this user that is still running in this bot."""
-    canceled = [
-        outcome
-        for generation_id in await active_generations(services, user.id)
-        if (outcome := await generations.cancel(generation_id)) is not None
-    ]
-    if not canceled:
-        await message.answer(text("nothing_to_cancel", lang))
-        return
+    """Cancels every generation of this user that is still running in this bot; one whose result is
+    already being sent is not cancelled (the user is told so)."""
+    canceled: list[Canceled] = []
+    being_sent = False
+    for generation_id in await active_generations(services, user.id):
+        outcome = await generations.cancel(generation_id)
+        if outcome is not None:
+            canceled.append(outcome)
+        elif await being_delivered(services, generation_id):
+            being_sent = True
     for outcome in canceled:
         await _clear_status_message(services, outcome)
-    refund = sum(outcome.refund for outcome in canceled)
-    await message.answer(text("canceled", lang, refund=refund, balance=canceled[-1].balance))
+    if canceled:
+        refund = sum(outcome.refund for outcome in canceled)
+        await message.answer(text("canceled", lang, refund=refund, balance=canceled[-1].balance))
+    if being_sent:
+        await message.answer(text("already_being_sent", lang))
+    elif not canceled:
+        await message.answer(text("nothing_to_cancel", lang))
 
 
 async def cancel_button(
@@ -46,7 +52,9 @@ async def cancel_button(
         return
     outcome = await generations.cancel(generation_id)
     if outcome is None:
-        await query.answer(text("already_finished", lang))
+        # Pressed as the result set off (the button goes with that edit): it arrives, and is paid for.
+        sending = await being_delivered(services, generation_id)
+        await query.answer(text("already_being_sent" if sending else "already_finished", lang))
         return
     summary = text("canceled", lang, refund=outcome.refund, balance=outcome.balance)
     await query.answer(summary)

@@ -16,8 +16,10 @@ from aiogram.types import (
     Message,
 )
 
+from bot.telegram.arguments import UnreadableCount, counted_prompt
 from bot.telegram.submit import Requester
 from generation.catalog import Catalog, CatalogModel, Kind
+from generation.requests import MAX_IMAGES
 from generation.services import Services
 from generation.store import User
 from generation.texts import text
@@ -25,14 +27,6 @@ from generation.texts import text
 router = Router(name="image")
 
 MODEL_CALLBACK = "model:"
-
-
-def parse_image_arguments(arguments: str | None) -> tuple[int, str]:
-    """'/image 4 a fox' asks for 4 images; a leading number is the count only if more text follows."""
-    words = (arguments or "").strip().split(maxsplit=1)
-    if len(words) == 2 and words[0].lstrip("-").isdigit():
-        return int(words[0]), words[1]
-    return 1, (arguments or "").strip()
 
 
 async def image(
@@ -43,15 +37,18 @@ async def image(
     services: Services,
     requester: Requester,
 ) -> None:
-    count, prompt = parse_image_arguments(command.args)
-    if not prompt:
+    asked = counted_prompt(command.args, maximum=MAX_IMAGES)
+    if isinstance(asked, UnreadableCount):
+        await message.answer(text("count_unreadable", lang, max=MAX_IMAGES, command="/image"))
+        return
+    if not asked.prompt:
         await message.answer(text("image_usage", lang))
         return
     model = chosen_model(user, Kind.text_to_image, services.catalog)
     await requester.submit(
         message,
         kind=Kind.text_to_image,
-        fields={"prompt": prompt, "num_images": count, "model": model.id if model else None},
+        fields={"prompt": asked.prompt, "num_images": asked.count, "model": model.id if model else None},
     )
 
 

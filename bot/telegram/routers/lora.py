@@ -13,14 +13,14 @@ from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import Message
 
+from bot.telegram.arguments import UnreadableCount, counted_prompt
 from bot.telegram.keyboards import answer_insufficient_balance
-from bot.telegram.routers.image import parse_image_arguments
 from bot.telegram.submit import Requester
 from generation.archives import MEGABYTE, TRAINING_ARCHIVE
 from generation.catalog import Kind
 from generation.intake import Refused, Stage
 from generation.kinds.lora import trigger_word_problem
-from generation.requests import Problem
+from generation.requests import MAX_IMAGES, Problem
 from generation.services import Services
 from generation.store import User
 from generation.texts import text
@@ -135,11 +135,16 @@ async def photo(
     requester: Requester,
 ) -> None:
     """/photo [n] <prompt>: the user's own trained model (the preparer finds it, or says how to train)."""
-    count, prompt = parse_image_arguments(command.args)
-    if not prompt:
+    asked = counted_prompt(command.args, maximum=MAX_IMAGES)
+    if isinstance(asked, UnreadableCount):
+        await message.answer(text("count_unreadable", lang, max=MAX_IMAGES, command="/photo"))
+        return
+    if not asked.prompt:
         await message.answer(text("photo_usage", lang))
         return
-    await requester.submit(message, kind=Kind.neuro_photo, fields={"prompt": prompt, "num_images": count})
+    await requester.submit(
+        message, kind=Kind.neuro_photo, fields={"prompt": asked.prompt, "num_images": asked.count}
+    )
 
 
 def build_router() -> Router:

@@ -19,6 +19,7 @@ from aiogram.types import (
 )
 from loguru import logger
 
+from bot.telegram.arguments import whole_number
 from bot.telegram.keyboards import BUY_CALLBACK, BUY_MISSING_CALLBACK, BUY_PACKAGE_CALLBACK
 from generation import payments
 from generation.services import Services
@@ -29,6 +30,8 @@ from generation.users import find_user
 # What Telegram answers refundStarPayment for a charge it already refunded: a refund that crashed
 # after Telegram returned the Stars is finished on the next try instead of failing forever.
 ALREADY_REFUNDED = "CHARGE_ALREADY_REFUNDED"
+# The most stars a "buy-missing:<stars>" button may say are missing (more than any price).
+MAX_MISSING = 10**9
 
 
 async def buy_command(message: Message, user: User, lang: str, services: Services) -> None:
@@ -39,11 +42,11 @@ async def buy_button(query: CallbackQuery, user: User, lang: str, services: Serv
     data = query.data or ""
     missing = 0
     if data.startswith(BUY_MISSING_CALLBACK):
-        argument = data.removeprefix(BUY_MISSING_CALLBACK)
-        missing = int(argument) if argument.isascii() and argument.isdigit() else 0
+        # Ours, but a client can send any callback data: a number that is none marks no package.
+        missing = whole_number(data.removeprefix(BUY_MISSING_CALLBACK), minimum=0, maximum=MAX_MISSING) or 0
     await query.answer()
     if isinstance(query.message, Message):
-        await _offer_packages(query.message, user, lang, services, missing=min(missing, 10**9))
+        await _offer_packages(query.message, user, lang, services, missing=missing)
 
 
 async def _offer_packages(
@@ -126,6 +129,7 @@ async def successful_payment(message: Message, bot_name: str, lang: str, service
         order_id=payment.invoice_payload,
         charge_id=charge_id,
         amount=payment.total_amount,
+        currency=payment.currency,
     )
     log = logger.bind(user=message.from_user.id, bot=bot_name)
     if recorded.order is None:
@@ -198,7 +202,8 @@ def build_refund_router(admin_ids: list[int]) -> Router:
             await payments.cancel_refund(services.db, order.id)
             await message.answer(text("refund_telegram_refused", lang, reason=telegram_refusal))
             return
-        recorded = await payments.finish_refund(services.db, order.id)
+        admin = message.from_user.id if message.from_user else message.chat.id
+        recorded = await payments.finish_refund(services.db, order.id, note=f"by admin {admin}")
         await message.answer(
             text(
                 "refund_done",

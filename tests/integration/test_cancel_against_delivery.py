@@ -1,0 +1,153 @@
+"""A cancellation and the start of a delivery never both win (generation/lifecycle.py), on SQLite and
+PostgreSQL: before the `delivering` mark a cancellation refunds in full and the delivery may not
+begin; after it the cancellation is refused and refunds nothing. Under races, each generation is
+refunded at most once and the ledger always sums to the balance."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+
+from generation import ledger, lifecycle
+from generation.steps import StepJournal
+from generation.store import Database, Generation, GenerationStatus, LedgerEntry, Plan, User
+from generation.users import ensure_user
+from migrations.runner import upgrade
+from tests.conftest import wait_until
+
+BONUS = 100
+PRICE = 2
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    await asyncio.to_thread(upgrade, database_url)
+    database = Database(database_url)
+    yield database
+    await database.close()
+
+
+async def running_generation(db: Database, key: str) -> str:
+    """A generation a runner has claimed, charged PRICE."""
+    async with db.transaction() as session:
+        user, _ = await ensure_user(session, "main", 1, username=None, language="en", new_user_bonus=BONUS)
+        generation = Generation(
+            request_key=key,
+            kind="text_to_image",
+            user_id=user.id,
+            bot_name="main",
+            model="flux-schnell",
+            request={},
+            plan=Plan.B,
+            status=GenerationStatus.running,
+            attempts=1,
+            units=PRICE,
+            unit_price=1,
+            price=PRICE,
+        )
+        session.add(generation)
+        await session.flush()
+        await ledger.charge(session, user.id, PRICE, ledger.charge_key(generation.id), generation.id)
+        return generation.id
+
+
+async def begin_delivery(db: Database, generation_id: str) -> bool:
+    async with db.transaction() as session:
+        return await lifecycle.begin_delivery(session, StepJournal(db, generation_id))
+
+
+async def refunded(db: Database, generation_id: str) -> list[int]:
+    async with db.sessions() as session:
+        amounts = await session.scalars(
+            select(LedgerEntry.amount).where(LedgerEntry.operation_key == ledger.refund_key(generation_id))
+        )
+        return list(amounts)
+
+
+async def balance_and_ledger_sum(db: Database) -> tuple[int, int]:
+    async with db.sessions() as session:
+        balance = await session.scalar(select(User.balance))
+        total = await session.scalar(select(func.sum(LedgerEntry.amount)))
+        return int(balance or 0), int(total or 0)
+
+
+async def a_writer_waits(db: Database) -> None:
+    """Until another transaction waits for the one open now: on PostgreSQL for its row lock, on
+    SQLite for its turn to write (one writer at a time)."""
+
+    async def waiting() -> bool:
+        if db.url.startswith("sqlite"):
+            return bool(db._write_gate is not None and db._write_gate._waiting)
+        async with db.sessions() as session:
+            count = await session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+            return bool(count)
+
+    await wait_until(waiting)
+
+
+async def test_a_cancel_that_waited_on_a_delivery_beginning_is_refused(db: Database) -> None:
+    """The cancel's statement starts before the mark commits: it must still see it (a check made in
+    the UPDATE that changes the status would not, on PostgreSQL: the row is re-read after the lock,
+    the journal is not)."""
+    generation_id = await running_generation(db, "delivering")
+    async with db.transaction() as session:
+        assert await lifecycle.begin_delivery(session, StepJournal(db, generation_id))
+        canceling = asyncio.create_task(lifecycle.cancel(db, generation_id))
+        await a_writer_waits(db)
+    assert await canceling is None
+    assert await lifecycle.being_delivered(db, generation_id)
+    assert await refunded(db, generation_id) == []
+    assert await balance_and_ledger_sum(db) == (BONUS - PRICE, BONUS - PRICE)
+
+
+async def test_a_delivery_that_waited_on_a_cancel_does_not_begin(db: Database) -> None:
+    generation_id = await running_generation(db, "canceled")
+    async with db.transaction() as session:
+        # What lifecycle.cancel does, held open: the row locked and the status changed.
+        await session.execute(select(Generation.id).where(Generation.id == generation_id).with_for_update())
+        row = await session.get(Generation, generation_id)
+        assert row is not None
+        row.status = GenerationStatus.canceled
+        await session.flush()
+        delivering = asyncio.create_task(begin_delivery(db, generation_id))
+        await a_writer_waits(db)
+    assert await delivering is False
+    assert not await lifecycle.being_delivered(db, generation_id)
+
+
+async def test_cancels_racing_the_start_of_delivery_never_both_win(db: Database) -> None:
+    rounds = 12
+    for round_number in range(rounds):
+        generation_id = await running_generation(db, f"race-{round_number}")
+        racers: list[Coroutine[Any, Any, lifecycle.Canceled | bool | None]] = [
+            lifecycle.cancel(db, generation_id) for _ in range(3)
+        ]
+        racers.insert(random.randrange(len(racers) + 1), begin_delivery(db, generation_id))
+        outcomes = await asyncio.gather(*racers)
+        begun = [outcome for outcome in outcomes if isinstance(outcome, bool)]
+        canceled = [outcome for outcome in outcomes if isinstance(outcome, lifecycle.Canceled)]
+        assert len(begun) == 1
+        assert len(canceled) <= 1
+        assert begun[0] != bool(canceled)  # exactly one side won
+        async with db.sessions() as session:
+            status = await session.scalar(select(Generation.status).where(Generation.id == generation_id))
+        if canceled:
+            assert status == GenerationStatus.canceled
+            assert canceled[0].refund == PRICE
+            assert await refunded(db, generation_id) == [PRICE]
+        else:
+            assert status == GenerationStatus.running
+            assert await refunded(db, generation_id) == []
+            assert await lifecycle.cancel(db, generation_id) is None  # and stays refused
+    balance, total = await balance_and_ledger_sum(db)
+    assert balance == total
