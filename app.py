@@ -26,18 +26,20 @@ from loguru import logger
 
 from bot.http.health import Readiness, probes_app
 from bot.http.web_app import build_web_app
+from bot.telegram.api_metrics import CountedApiCalls
 from bot.telegram.delivery import TelegramDelivery
 from bot.telegram.payment_reconciler import reconcile_forever
 from bot.telegram.response_types import keep_response_types
 from bot.telegram.setup import build_bot_dispatcher, publish_menus, set_webhooks
 from fallback.inline import InlineRunner
+from generation.alerts import Alerts
+from generation.alerts import watch as watch_for_alerts
 from generation.catalog import load_catalog
 from generation.delivery import ChatDelivery, NoDelivery
 from generation.dispatcher import Dispatcher
 from generation.drain import CLOSE_WITHIN, Drain, interrupt, within
 from generation.services import Services
 from generation.store import Database
-from generation.texts import text
 from jobs.queue import ArqQueue, connect
 from jobs.runner import SupervisedWorker, worker_options
 from migrations.runner import upgrade
@@ -158,10 +160,10 @@ class Process:
         # All at once: each session's close waits a quarter of a second for its connections to end.
         self._opened.push_async_callback(_close_sessions, bots)
         for name, token in self.settings.bot_tokens.items():
+            session = AiohttpSession(api=api)
+            session.middleware(CountedApiCalls())  # /metrics: every Bot API call, by method and outcome
             bots[name] = Bot(
-                token.get_secret_value(),
-                session=AiohttpSession(api=api),
-                default=DefaultBotProperties(parse_mode=None),
+                token.get_secret_value(), session=session, default=DefaultBotProperties(parse_mode=None)
             )
         return bots
 
@@ -245,9 +247,12 @@ class StandaloneWorker(Process):
         self.readiness.checks["redis"] = self.worker.redis_answers
         if self.settings.worker_http_port:
             _, self.probes_port = await self._serve_http(
-                probes_app(self.readiness), self.settings.worker_http_port
+                probes_app(self.readiness, metrics_token=self.settings.metrics_token),
+                self.settings.worker_http_port,
             )
-            logger.info("/livez and /readyz on http://{}:{}", self.settings.http_host, self.probes_port)
+            logger.info(
+                "/livez, /readyz and /metrics on http://{}:{}", self.settings.http_host, self.probes_port
+            )
 
     async def _drain(self, drain: Drain) -> None:
         self.readiness.draining = True
@@ -346,6 +351,8 @@ class App(Process):
         if resumed:
             logger.info("resumed {} interrupted Plan B generation(s)", len(resumed))
         self._lookers.append(self._run_in_background(self._resume_plan_b_orphans(), name="plan-b-reconciler"))
+        queue_depth = self.queue.depth if self.queue is not None else None
+        self._lookers.append(self._run_in_background(watch_for_alerts(services, queue_depth), name="alerts"))
         if self.bots:
             self._lookers.append(
                 self._run_in_background(
@@ -438,13 +445,7 @@ class App(Process):
                 logger.warning("could not look for interrupted Plan B generations: {!r}", error)
 
     async def _report_plan_change(self, old: str, new: str, reason: str) -> None:
-        """Tell every admin, through the default bot (SPEC §5: every switch is reported)."""
+        """Tell every admin (SPEC §5: every switch is reported), as an alert: a breaker that opens and
+        closes over and over, or in every process at once, is told of once per ALERT_REPEAT_AFTER."""
         assert self.services is not None
-        bot_name = self.settings.default_bot_name
-        if bot_name is None:
-            return
-        for admin_id in self.settings.admin_ids:
-            with contextlib.suppress(Exception):
-                await self.services.delivery.send_text(
-                    bot_name, admin_id, text("plan_changed_notice", "en", old=old, new=new, reason=reason)
-                )
+        await Alerts(self.services).plan_changed(old, new, reason)

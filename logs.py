@@ -263,9 +263,18 @@ class _InterceptHandler(logging.Handler):
         logger.opt(depth=6, exception=record.exc_info).log(level, message)
 
 
+# The fields of a generation's log context (generation/log_context.py), shown first and in this order
+# whichever was set first (an update names its user and bot before its generation exists).
+CONTEXT_ORDER = ("generation", "kind", "plan", "user", "bot")
+_CONTEXT_RANK = {key: rank for rank, key in enumerate(CONTEXT_ORDER)}
+
+
 def _text_format(record: Record) -> str:
-    # The generation's id, kind, plan and user ride in `extra`; show them only when there are some.
-    context = " ".join(f"{key}={text_of(value)}" for key, value in record["extra"].items())
+    # The generation's id, kind, plan, user and bot ride in `extra` (bound, or the task's context);
+    # show them only when there are some.
+    extra = record["extra"]
+    ordered = sorted(extra, key=lambda key: _CONTEXT_RANK.get(key, len(CONTEXT_ORDER)))  # a stable sort
+    context = " ".join(f"{key}={text_of(extra[key])}" for key in ordered)
     # The result is a template loguru fills and colours: braces and tags in a value must stay text.
     context = context.replace("{", "{{").replace("}", "}}").replace("<", r"\<")
     line = "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> {message}"

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     api_token: SecretStr | None = None
+    # GET /metrics (both servers: `aibot run`'s and `aibot worker`'s probes port) is open like /healthz;
+    # set this and it asks for `Authorization: Bearer <token>` instead.
+    metrics_token: SecretStr | None = None
+    # The admin dashboard's password (/admin); without it API_TOKEN is the password, without both the
+    # dashboard is off.
+    dashboard_password: SecretStr | None = None
 
     new_user_bonus: int = Field(default=0, ge=0)
     log_format: LogFormat = LogFormat.text
@@ -74,6 +80,9 @@ class Settings(BaseSettings):
     # Plan A tuning (beyond SPEC §3).
     redis_timeout: float = Field(default=1.0, gt=0, le=30, description="seconds an enqueue may take")
     breaker_cooldown: float = Field(default=10.0, gt=0, description="seconds on Plan B before a probe")
+    # The A/B test: in `auto` mode this % of new generations (by a hash of their id) go to Plan B;
+    # `/ab <0-100>` overrides it at run time.
+    plan_b_share: int = Field(default=0, ge=0, le=100, description="% of new generations sent to Plan B")
     # Kept short: arq marks a running job for this + 10 s, and a try waits on a provider only
     # JOB_WAIT_BUDGET seconds before it frees the worker anyway.
     job_timeout: int = Field(default=120, ge=2, description="seconds one run of a job may take")
@@ -113,8 +122,8 @@ class Settings(BaseSettings):
     # Plan A jobs put back in the queue) and the process exits within a few more seconds. Kept under
     # an orchestrator's grace period (Kubernetes: 30 s). A second signal cuts the drain short.
     drain_timeout: float = Field(default=25.0, ge=0, le=3600)
-    # `aibot worker`: the port of its small HTTP server answering GET /livez and /readyz on HTTP_HOST
-    # (0: none).
+    # `aibot worker`: the port of its small HTTP server answering GET /livez, /readyz and /metrics on
+    # HTTP_HOST (0: none).
     worker_http_port: int = Field(default=0, ge=0, le=65535)
 
     # Payments in Telegram Stars: the texts /paysupport and /terms answer (Telegram requires both of a
@@ -157,6 +166,16 @@ class Settings(BaseSettings):
     fetch_timeout: float = Field(default=30.0, gt=0, le=600)
     fetch_concurrency: int = Field(default=8, ge=1, le=1000)
     fetch_allow_private: bool = False
+    # Alerts to the admins (generation/alerts.py): looked for every ALERT_CHECK_EVERY seconds; failures
+    # alerted when more than ALERT_FAILURE_RATE of the generations that ended in the last ALERT_WINDOW
+    # minutes failed (with at least ALERT_MIN_GENERATIONS ended); the queue when over ALERT_QUEUE_DEPTH
+    # jobs. One alert is told again at most every ALERT_REPEAT_AFTER minutes, over every process.
+    alert_check_every: float = Field(default=60.0, gt=0, le=3600)
+    alert_window: float = Field(default=15.0, gt=0, le=24 * 60)
+    alert_failure_rate: float = Field(default=0.5, ge=0, lt=1)
+    alert_min_generations: int = Field(default=10, ge=1)
+    alert_queue_depth: int = Field(default=500, ge=1)
+    alert_repeat_after: float = Field(default=30.0, ge=0)
 
     @field_validator("bot_tokens", mode="before")
     @classmethod

@@ -21,8 +21,10 @@ from generation import lifecycle, progress
 from generation.drain import INTERRUPT_WITHIN, Drain, interrupt
 from generation.execution import execute
 from generation.limits import Limits
+from generation.log_context import about_generation
 from generation.services import Services
 from generation.store import Generation, Plan, get_generation
+from metrics import InFlight
 
 
 class _Slots:
@@ -47,6 +49,10 @@ class KeyedLimits:
         """Whether `hold(key, ...)` would wait now (every slot taken, or others already waiting)."""
         slots = self._slots.get(key)
         return slots is not None and (slots.free <= 0 or bool(slots.waiting))
+
+    def waiting(self) -> int:
+        """How many wait for a slot, over every key (one waits for one key at a time)."""
+        return sum(len(slots.waiting) for slots in self._slots.values())
 
     def place(self, key: str, holder: str) -> int | None:
         """1 for the first in line for `key`; None when `holder` does not wait for it."""
@@ -116,6 +122,12 @@ class InlineRunner:
         task.add_done_callback(lambda _: self.tasks.pop(generation_id, None))
         return task
 
+    def in_flight(self) -> InFlight:
+        """Runs holding their slots, and those waiting in line for one (each is a task here)."""
+        waiting = self.limits.waiting()
+        running = sum(not task.done() for task in self.tasks.values())
+        return InFlight(running=max(0, running - waiting), waiting=waiting)
+
     def stop(self, generation_id: str) -> None:
         """Interrupt a cancelled generation's run (its status is already final)."""
         task = self.tasks.get(generation_id)
@@ -123,11 +135,24 @@ class InlineRunner:
             task.cancel()
 
     async def run(self, generation_id: str, generation: Generation | None = None) -> object:
+        if generation is None:
+            try:
+                generation = await get_generation(self.services.db, generation_id)
+            except Exception:
+                logger.bind(generation=generation_id, plan="B").exception("Plan B run could not start")
+                return None
+            if generation is None:
+                return None
+        # Every line of the run (the libraries' too, and the tasks it starts) names the generation.
+        with about_generation(generation):
+            return await self._run(generation)
+
+    async def _run(self, generation: Generation) -> object:
         try:
-            async with self._turn(generation_id, generation):
+            async with self._turn(generation):
                 return await execute(
                     self.services,
-                    generation_id,
+                    generation.id,
                     Plan.B,
                     self.owner,
                     max_tries=1,
@@ -137,20 +162,16 @@ class InlineRunner:
                     can_defer=False,
                 )
         except Exception:
-            logger.bind(generation=generation_id, plan="B").exception("Plan B run crashed")
+            logger.exception("Plan B run crashed")
             return None
 
     @asynccontextmanager
-    async def _turn(self, generation_id: str, generation: Generation | None) -> AsyncIterator[None]:
+    async def _turn(self, generation: Generation) -> AsyncIterator[None]:
         """Wait until this generation's user, provider and the process have room (the same limits as
         Plan A, counted in this process); while a limit is full the user is told so, with the place
         in line (generation/progress.py, as on Plan A)."""
         settings = self.services.settings
-        if generation is None:
-            generation = await get_generation(self.services.db, generation_id)
-        if generation is None:
-            yield
-            return
+        generation_id = generation.id
         provider = self.services.catalog.provider_of(generation.model)
         limits = Limits.from_settings(settings).slots(generation.user_id, provider)
         async with contextlib.AsyncExitStack() as held:

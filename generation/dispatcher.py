@@ -9,6 +9,7 @@ runner claims it on its own plan only, so at most one plan ever runs it.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +18,7 @@ from loguru import logger
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+import metrics
 from generation import ledger, lifecycle
 from generation.cancellation import Canceled, cancel_generation
 from generation.plan import (
@@ -24,15 +26,18 @@ from generation.plan import (
     PlanMode,
     mode_from_environment,
     plan_for,
-    read_stored_mode,
+    read_plan_flags,
     store_mode,
+    store_plan_b_share,
     stored_mode,
+    stored_plan_b_share,
 )
 from generation.registry import spec_of
 from generation.requests import ValidRequest
 from generation.services import Services
 from generation.store import Generation, GenerationStatus, Plan
 from generation.users import ensure_user
+from metrics import InFlight
 
 
 class JobQueue(Protocol):
@@ -50,6 +55,14 @@ class JobQueue(Protocol):
         """Abort the job of a cancelled generation (running: interrupted; waiting: run at once, to end)."""
         ...
 
+    async def depth(self) -> int:
+        """Jobs in the queue, deferred ones included (for /metrics)."""
+        ...
+
+    async def in_flight(self) -> InFlight:
+        """Plan A generations holding slots and waiting for one, over every worker (for /metrics)."""
+        ...
+
 
 class InlineRunner(Protocol):
     """Plan B (fallback/inline.py): run a generation in this process, one attempt."""
@@ -57,6 +70,10 @@ class InlineRunner(Protocol):
     def start(self, generation_id: str, generation: Generation | None = None) -> asyncio.Task[object]: ...
 
     def stop(self, generation_id: str) -> None: ...
+
+    def in_flight(self) -> InFlight:
+        """This process's Plan B generations holding slots and waiting for one (for /metrics)."""
+        ...
 
 
 PlanChangeListener = Callable[[str, str, str], Awaitable[None]]
@@ -100,10 +117,23 @@ class Dispatcher:
         await store_mode(self.db, mode)
         logger.info("plan mode set to {} at run time", mode.value)
 
+    async def plan_b_share(self) -> tuple[int, str]:
+        """The A/B share in force (% of new generations sent to Plan B in `auto`) and where it comes
+        from: the persisted runtime flag wins over env."""
+        stored = await stored_plan_b_share(self.db)
+        if stored is not None:
+            return stored, "/ab"
+        return self.settings.plan_b_share, "env"
+
+    async def set_plan_b_share(self, percent: int) -> None:
+        await store_plan_b_share(self.db, percent)
+        logger.info("Plan B share set to {}% at run time", percent)
+
     async def current_plan(self, queue_answers: bool | None = None) -> Plan:
-        """The plan a new generation would take now (without consuming a breaker probe). Given a
-        fresh look at the queue (`queue_answers`), a queue that does not answer means Plan B even
-        before an enqueue has tripped the breaker (in `a` too: each request falls back)."""
+        """The plan a new generation outside the A/B share would take now (without consuming a
+        breaker probe). Given a fresh look at the queue (`queue_answers`), a queue that does not
+        answer means Plan B even before an enqueue has tripped the breaker (in `a` too: each
+        request falls back)."""
         mode, _ = await self.mode()
         if mode is PlanMode.b or self.queue is None or queue_answers is False:
             return Plan.B
@@ -122,6 +152,8 @@ class Dispatcher:
         """Record the generation and charge for it (raises ledger.InsufficientBalance, recording
         nothing), then hand it to a plan. A request key seen before answers the earlier generation."""
         generation, created = await self._record(valid, request_key, bot_name)
+        if created:
+            metrics.charged(generation.kind, generation.price)
         if not created:
             return Submission(generation=generation, created=False, plan=Plan(generation.plan))
         plan = Plan(generation.plan)
@@ -142,8 +174,8 @@ class Dispatcher:
         return Submission(generation=generation, created=True, plan=Plan.B, inline_task=task)
 
     async def _record(self, valid: ValidRequest, request_key: str, bot_name: str) -> tuple[Generation, bool]:
-        """Record and charge in one transaction, which also reads the plan mode in force (no read of
-        its own per request) to choose the plan."""
+        """Record and charge in one transaction, which also reads the plan mode and A/B share in force
+        (no read of their own per request) to choose the plan."""
         request = valid.request
         try:
             async with self.db.transaction(urgent=True) as session:
@@ -160,14 +192,24 @@ class Dispatcher:
                     language=request.language,
                     new_user_bonus=self.settings.new_user_bonus,
                 )
-                mode = await read_stored_mode(session) or self.environment_mode
-                plan = plan_for(mode, self.queue is not None, self.breaker)
+                flags = await read_plan_flags(session)
+                share = self.settings.plan_b_share if flags.plan_b_share is None else flags.plan_b_share
+                # The id is chosen here, not by the row's default, because the A/B split hashes it.
+                generation_id = uuid.uuid4().hex
+                plan = plan_for(
+                    flags.mode or self.environment_mode,
+                    self.queue is not None,
+                    self.breaker,
+                    plan_b_share=share,
+                    generation_id=generation_id,
+                )
                 prepared = request.model_dump(mode="json")
                 spec = spec_of(valid.kind)
                 if spec is not None and spec.preparer is not None:
                     # Raises InvalidRequest (e.g. no trained model yet): the transaction rolls back.
                     prepared.update(await spec.preparer(session, user, prepared))
                 generation = Generation(
+                    id=generation_id,
                     request_key=request_key,
                     kind=valid.kind.value,
                     user_id=user.id,

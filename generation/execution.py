@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from enum import StrEnum
 
 from loguru import logger
 
+import metrics
 from generation import lifecycle, progress
+from generation.alerts import Alerts
 from generation.catalog import Kind
 from generation.pipelines import Delivered, PipelineContext, StillWaiting, provider_job_started
 from generation.progress import (
@@ -28,7 +31,7 @@ from generation.progress import (
 from generation.registry import spec_of
 from generation.services import Services
 from generation.steps import StepJournal
-from generation.store import Database, Generation, GenerationStatus, Plan, User
+from generation.store import Database, Generation, GenerationStatus, Plan, User, as_utc
 from generation.texts import text
 from logs import redact
 from providers.errors import StepError
@@ -96,6 +99,10 @@ async def execute(
     claim = await lifecycle.claim(db, generation_id, plan, owner, lease)
     if claim is None:
         return Result.not_claimed
+    if claim.generation.attempts == 1:  # its first claim: it waited from its record until now
+        metrics.QUEUE_WAIT_SECONDS.labels(plan.value, claim.generation.kind).observe(
+            metrics.since(_recorded_at(claim.generation))
+        )
     async with _heartbeat(db, generation_id, owner, lease):
         return await _run_claimed(
             services, claim, plan, owner, max_tries, wait_budget, can_defer, retry_policy
@@ -172,12 +179,14 @@ async def _run_claimed(
         log.info("running, attempt {}", generation.attempts)
         async with _working_alongside(context):
             delivered = await spec.pipeline(context)
+        delivered_at = time.time()
     except lifecycle.NotRunning:
         # A cancellation came just before the hand-over; it refunded and told the user.
         log.info("canceled before its delivery; nothing sent")
         return Result.canceled
     except StillWaiting as waiting:
         log.debug("provider still working; back in {:.0f}s", waiting.delay)
+        metrics.DEFERRALS.labels(generation.kind, plan.value, "provider_working").inc()
         await lifecycle.release(db, generation.id, owner)
         # Spread: thousands of long waits started together must not all poll the provider at once.
         raise RetryLater(waiting.delay * random.uniform(0.8, 1.2), waiting) from waiting
@@ -189,10 +198,15 @@ async def _run_claimed(
                 failures, error.retry_after if isinstance(error, StepError) else None
             )
             log.warning("try failed ({} of {}), retrying in {:.1f}s: {}", failures, max_tries, delay, error)
+            metrics.RETRIES.labels(generation.kind, plan.value, metrics.error_reason(error)).inc()
             await lifecycle.release(db, generation.id, owner, failed=True)
             await progress.update(status, progress.Stage.queued)  # not "rendering" while it waits
             raise RetryLater(delay, error) from error
-        if not await settle_failure(services, generation, user, steps, error):
+        settled = await settle_failure(services, generation, user, steps, error)
+        # An error only an operator can fix (the account's credit, its token): the admins are told,
+        # once the user has their refund.
+        await Alerts(services).provider_error(services.catalog.provider_of(generation.model), error)
+        if not settled:
             log.info("canceled while it ran ({})", type(error).__name__)
             return Result.canceled
         if isinstance(error, StepError):
@@ -203,6 +217,13 @@ async def _run_claimed(
     if not await settle_success(services, generation, user, steps, delivered):
         log.info("canceled while it ran")
         return Result.canceled
+    metrics.delivered(
+        generation.kind,
+        plan.value,
+        provider_started_at=_provider_job_created_at(await steps.load(), services),
+        handed_over_at=_float_or_none(await steps.saved(lifecycle.DELIVERING_STEP)),
+        delivered_at=delivered_at,
+    )
     log.info("done: {} unit(s) delivered", delivered.units)
     return Result.done
 
@@ -288,7 +309,7 @@ async def settle_failure(
         return False
     reason = error.reason if isinstance(error, StepError) else "failed_generic"
     message = text(reason, user.language, refund=refund, balance=balance)
-    return await _settle(
+    settled = await _settle(
         services,
         generation,
         steps,
@@ -298,6 +319,9 @@ async def settle_failure(
         refund,
         error=_public_error(error),
     )
+    if settled:
+        metrics.FAILURES.labels(generation.kind, generation.plan, metrics.error_reason(error)).inc()
+    return settled
 
 
 async def _settle(
@@ -321,6 +345,14 @@ async def _settle(
             await steps.add(session, step, sent)
         settled = await lifecycle.settle(session, generation, status, refund, result=result, error=error)
     if settled:
+        metrics.ended(
+            generation.kind,
+            generation.model,
+            generation.plan,
+            status.value,
+            refund,
+            metrics.since(_recorded_at(generation)),
+        )
         await _remove_status_message(services, generation, steps)
     return settled
 
@@ -358,3 +390,27 @@ def _public_error(error: BaseException) -> str:
     if isinstance(error, StepError):
         return redact(f"{type(error).__name__}: {error}")[:500]
     return f"internal error ({type(error).__name__})"
+
+
+def _recorded_at(generation: Generation) -> float:
+    return as_utc(generation.created_at).timestamp()
+
+
+def _provider_job_created_at(journal: dict[str, object], services: Services) -> float | None:
+    """When the generation's provider job was created, as its journal tells it; None for kinds whose
+    provider answers at once (speech, voice cloning: their calls are timed by the provider metrics).
+
+    A job's id is journaled with the moment waiting for it gives up, its creation + the deadline of its
+    step (generation/pipelines.py `create_once`): the one moment of its creation every try can read."""
+    settings = services.settings
+    deadlines = {"prediction": settings.generation_deadline, "training": settings.training_deadline}
+    created = [
+        give_up_at - deadline
+        for step, deadline in deadlines.items()
+        if (give_up_at := _float_or_none(journal.get(f"{step}:deadline"))) is not None
+    ]
+    return min(created, default=None)
+
+
+def _float_or_none(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None

@@ -9,11 +9,13 @@ channel adds is where the request came from, which makes its request key (SPEC Â
 from __future__ import annotations
 
 import enum
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import metrics
 from generation.catalog import Kind
 from generation.dispatcher import Dispatcher, Submission
 from generation.ledger import InsufficientBalance
@@ -114,6 +116,7 @@ Outcome = Submission | Refused | Unaffordable
 async def submit(generations: Dispatcher, incoming: Incoming) -> Outcome:
     """Validate, check, then submit; nothing is recorded or charged unless the outcome is a
     Submission (whose `created` is False when the request key was seen before)."""
+    started = time.perf_counter()
     services = generations.services
     try:
         valid = validate_request(
@@ -141,4 +144,6 @@ async def submit(generations: Dispatcher, incoming: Incoming) -> Outcome:
     # the other gets the recorded one back here, and is refused unless it is the same request.
     if not submission.created and not incoming.origin.repeats(submission.generation, valid):
         return Refused([Problem("Idempotency-Key", "idempotency_key_reused")], Stage.request)
+    if submission.created:
+        metrics.accepted(incoming.kind.value, submission.plan.value, time.perf_counter() - started)
     return submission

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import metrics
 from generation import ledger
 from generation.steps import StepJournal
 from generation.store import Database, Generation, GenerationStatus, LedgerEntry, Plan, Step, User, as_utc
@@ -181,7 +182,7 @@ async def settle(
             error=error,
             lease_owner=None,
             lease_expires_at=None,
-            finished_at=func.now(),
+            finished_at=datetime.now(UTC),  # to the microsecond, as created_at is
         )
     )
     if not finished.rowcount:  # type: ignore[attr-defined]
@@ -204,6 +205,17 @@ async def cancel(db: Database, generation_id: str) -> Canceled | None:
     """Final at once and refunded in full, in one transaction; None when the generation had already
     ended or its delivery has begun (`begin_delivery`: the runner settles it, paying for what reached
     the chat). A runner still working finds the status final and stops."""
+    canceled = await _cancel_and_refund(db, generation_id)
+    if canceled is not None:  # committed: counted once, as the settling of a run is
+        moved = canceled.generation
+        age = metrics.since(as_utc(moved.created_at).timestamp())
+        metrics.ended(
+            moved.kind, moved.model, moved.plan, GenerationStatus.canceled.value, canceled.refund, age
+        )
+    return canceled
+
+
+async def _cancel_and_refund(db: Database, generation_id: str) -> Canceled | None:
     async with db.transaction() as session:
         # The row is locked before the journal is read: a delivery beginning at this very moment holds
         # the lock until its mark commits, and this read, a statement of its own, then sees the mark
@@ -221,7 +233,7 @@ async def cancel(db: Database, generation_id: str) -> Canceled | None:
                 error="canceled by the user",
                 lease_owner=None,
                 lease_expires_at=None,
-                finished_at=func.now(),
+                finished_at=datetime.now(UTC),  # to the microsecond, as created_at is
             )
             .returning(Generation)
         )

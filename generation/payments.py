@@ -17,6 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+import metrics
 from generation import ledger
 from generation.catalog import TopUpPackage
 from generation.ledger import InsufficientBalance
@@ -101,12 +102,15 @@ async def record_payment(
     this order's payment); it is kept with 0 stars so that an admin can /refund it by its charge id."""
     for _ in range(3):
         try:
-            return await _record_payment_once(
+            recorded = await _record_payment_once(
                 db, bot_name, telegram_id, order_id, charge_id, amount, currency
             )
         except IntegrityError:
             # Another process recorded this charge between our read and our write: read it again.
             continue
+        if recorded.credited and recorded.order is not None:  # committed, once per charge id
+            metrics.STARS_BOUGHT.inc(recorded.order.stars)
+        return recorded
     raise RuntimeError(f"could not record payment {charge_id}")  # pragma: no cover
 
 

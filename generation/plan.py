@@ -1,9 +1,12 @@
 """Which plan new generations take: the persisted runtime mode (`/plan`) over the environment, and in
-`auto` a circuit breaker around the queue (SPEC §5)."""
+`auto` a circuit breaker around the queue (SPEC §5) and an A/B share (`/ab`) of new generations sent
+to Plan B on purpose, so the two plans can be compared on live traffic."""
 
 from __future__ import annotations
 
+import hashlib
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 
 from sqlalchemy import select
@@ -13,6 +16,7 @@ from generation.store import Database, Plan, RuntimeFlag
 from settings import Settings
 
 PLAN_MODE_FLAG = "plan_mode"
+PLAN_B_SHARE_FLAG = "plan_b_share"
 
 
 class PlanMode(StrEnum):
@@ -42,12 +46,74 @@ async def read_stored_mode(session: AsyncSession) -> PlanMode | None:
 
 
 async def store_mode(db: Database, mode: PlanMode) -> None:
+    await _store_flag(db, PLAN_MODE_FLAG, mode.value)
+
+
+# --- the A/B share ---------------------------------------------------------------------------------
+
+
+def parse_share(value: str | None) -> int | None:
+    """A stored (or typed) share: a whole percent from 0 to 100, else None."""
+    text = (value or "").strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 3:
+        return None
+    percent = int(text)
+    return percent if percent <= 100 else None
+
+
+async def stored_plan_b_share(db: Database) -> int | None:
+    async with db.sessions() as session:
+        return (await read_plan_flags(session)).plan_b_share
+
+
+async def store_plan_b_share(db: Database, percent: int) -> None:
+    if not 0 <= percent <= 100:
+        raise ValueError(f"a share is a percent from 0 to 100, not {percent}")
+    await _store_flag(db, PLAN_B_SHARE_FLAG, str(percent))
+
+
+@dataclass(frozen=True)
+class StoredPlanFlags:
+    """What `/plan` and `/ab` persisted; None where nothing was set (the environment decides)."""
+
+    mode: PlanMode | None
+    plan_b_share: int | None
+
+
+async def read_plan_flags(session: AsyncSession) -> StoredPlanFlags:
+    """The mode and the share, in one read of the caller's session (the dispatcher's record
+    transaction: both are read with the generation they decide, no read of their own per request)."""
+    rows = await session.execute(
+        select(RuntimeFlag.key, RuntimeFlag.value).where(
+            RuntimeFlag.key.in_((PLAN_MODE_FLAG, PLAN_B_SHARE_FLAG))
+        )
+    )
+    values = {key: value for key, value in rows}
+    try:
+        mode = PlanMode(values[PLAN_MODE_FLAG]) if values.get(PLAN_MODE_FLAG) else None
+    except ValueError:
+        mode = None
+    return StoredPlanFlags(mode=mode, plan_b_share=parse_share(values.get(PLAN_B_SHARE_FLAG)))
+
+
+def share_bucket(generation_id: str) -> int:
+    """The generation's place (0-99) in the A/B split: from a hash of its id, so the same generation
+    always lands on the same side, in every process, and ids spread evenly whatever their shape."""
+    digest = hashlib.sha256(generation_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 100
+
+
+def in_plan_b_share(generation_id: str, plan_b_share: int) -> bool:
+    return share_bucket(generation_id) < plan_b_share
+
+
+async def _store_flag(db: Database, key: str, value: str) -> None:
     async with db.transaction() as session:
-        flag = await session.get(RuntimeFlag, PLAN_MODE_FLAG)
+        flag = await session.get(RuntimeFlag, key)
         if flag is None:
-            session.add(RuntimeFlag(key=PLAN_MODE_FLAG, value=mode.value))
+            session.add(RuntimeFlag(key=key, value=value))
         else:
-            flag.value = mode.value
+            flag.value = value
 
 
 class BreakerState(StrEnum):
@@ -96,9 +162,20 @@ class CircuitBreaker:
         return f"{self.state.value}, {self.failures} failure(s)"
 
 
-def plan_for(mode: PlanMode, queue_available: bool, breaker: CircuitBreaker) -> Plan:
+def plan_for(
+    mode: PlanMode,
+    queue_available: bool,
+    breaker: CircuitBreaker,
+    *,
+    plan_b_share: int = 0,
+    generation_id: str = "",
+) -> Plan:
+    """The plan of a new generation. The share only ever moves generations from A to B: modes `a`
+    and `b` ignore it, and what the queue's absence or the breaker sends to B stays on B."""
     if mode is PlanMode.b or not queue_available:
         return Plan.B
     if mode is PlanMode.a:
         return Plan.A
+    if in_plan_b_share(generation_id, plan_b_share):
+        return Plan.B  # decided before the breaker, so it takes no half-open probe from Plan A
     return Plan.A if breaker.allows_queue() else Plan.B

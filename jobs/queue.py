@@ -12,9 +12,14 @@ import msgpack
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import abort_jobs_ss, in_progress_key_prefix
 
+from jobs.limits import LINES, PREFIX
+from metrics import InFlight
 from settings import Settings
 
 JOB_FUNCTION = "run_generation"
+# The slot every Plan A generation in flight holds (generation/limits.py names it), whatever its user
+# or provider: counting it counts them all.
+OVERALL_SLOT = PREFIX + "global"
 
 
 def serialize(value: Any) -> bytes:
@@ -110,6 +115,24 @@ class ArqQueue:
             # Waiting for a deferred retry: run it now; it finds the generation final and ends,
             # giving back its concurrency slots.
             await self.wake(generation_id)
+
+    async def depth(self) -> int:
+        """Jobs in arq's queue (a sorted set of job ids), deferred ones included."""
+        return int(await self.pool.zcard(self.pool.default_queue_name))
+
+    async def in_flight(self) -> InFlight:
+        """Plan A generations holding their slots (slots not yet expired), and those waiting in a line
+        for one (a waiter stands in one line at a time), over every worker."""
+        now_ms = int(time.time() * 1000)
+        running = await self.pool.zcount(OVERALL_SLOT, now_ms, "+inf")
+        lines = await self.pool.smembers(LINES)  # type: ignore[misc]
+        waiting = 0
+        if lines:
+            async with self.pool.pipeline(transaction=False) as pipe:
+                for line in lines:
+                    pipe.zcard(line)
+                waiting = sum(int(count) for count in await pipe.execute())
+        return InFlight(running=int(running), waiting=waiting)
 
     async def ping(self) -> bool:
         try:

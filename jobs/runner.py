@@ -20,12 +20,14 @@ from arq.worker import Worker, func
 from loguru import logger
 from redis.exceptions import RedisError
 
+import metrics
 from generation import lifecycle, progress
 from generation.drain import CLOSE_WITHIN, INTERRUPT_WITHIN, Drain, interrupt, within
 from generation.execution import RetryLater, RetryPolicy, execute
 from generation.limits import Limits
+from generation.log_context import about_generation
 from generation.services import Services
-from generation.store import GenerationStatus, Plan, as_utc, get_generation
+from generation.store import Generation, GenerationStatus, Plan, as_utc, get_generation
 from jobs.limits import ConcurrencyLimiter
 from jobs.queue import JOB_FUNCTION, ArqQueue, deserialize, redis_settings_for, serialize
 from jobs.reconciler import reconcile_job
@@ -40,11 +42,20 @@ TIMEOUT_MARGIN = 20.0
 
 async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     services: Services = ctx["services"]
-    settings = services.settings
-    job_try: int = ctx.get("job_try", 1)
-    generation = await get_generation(services.db, generation_id)
+    # Read as the job started (`_follow_the_job`), or here when the job was run otherwise.
+    generation: Generation | None = ctx.pop(_READ_AT_START, None)
+    if generation is None or generation.id != generation_id:
+        generation = await get_generation(services.db, generation_id)
     if generation is None:
         return "unknown generation"
+    with about_generation(generation):
+        return await _run_try(ctx, services, generation)
+
+
+async def _run_try(ctx: dict[str, Any], services: Services, generation: Generation) -> str:
+    settings = services.settings
+    generation_id = generation.id
+    job_try: int = ctx.get("job_try", 1)
     if generation.plan != Plan.A:
         # Its enqueue looked failed, so it moved to Plan B, yet the job reached Redis: not ours.
         return "on Plan B"
@@ -55,9 +66,13 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
         try:
             refusal = await limiter.acquire(generation.id, generation.user_id, provider, arrival=arrival)
         except RedisError as error:  # Redis went away under this job: come back when it may be back
+            metrics.DEFERRALS.labels(generation.kind, Plan.A.value, "redis_unavailable").inc()
             raise Retry(defer=2) from error
         if refusal is not None:
-            logger.bind(generation=generation.id, plan="A").debug("waits its turn: {} is full", refusal.limit)
+            logger.debug("waits its turn: {} is full", refusal.limit)
+            # The per-minute window of creates, or a line for a slot (named by scope, never by user).
+            cause = "create_rate" if refusal.place is None else "slot_full"
+            metrics.DEFERRALS.labels(generation.kind, Plan.A.value, cause).inc()
             await _wake(ctx, refusal.wake)
             # Every look at the limiter tells the user (throttled): never waiting in silence.
             place = refusal.place
@@ -86,8 +101,47 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
         try:
             await _wake(ctx, await limiter.release(generation.id, generation.user_id, provider))
         except RedisError as error:  # the slots expire on their own; the generation is settled
-            logger.bind(generation=generation.id).warning("could not free its slots: {!r}", error)
+            logger.warning("could not free its slots: {!r}", error)
     return result.value
+
+
+# What `_follow_the_job` leaves in a job's ctx: the generation it read, for the job to use rather
+# than read again, and the log context it set, for `_stop_following` to end.
+_READ_AT_START = "generation_read_at_start"
+_LOG_CONTEXT = "log_context"
+
+
+async def _follow_the_job(ctx: dict[str, Any]) -> None:
+    """arq's on_job_start. arq awaits it in the task that then runs the whole job (not in a task of
+    its own), so the generation's fields set here stay for that task: arq's own lines about the job
+    ("→ started", "↻ retrying", "← done") carry them like the job's own lines, and the task, which
+    ends with the job, takes them to no other job. A job's id is its generation's id; a cron job's
+    is not one."""
+    job_id = str(ctx.get("job_id", ""))
+    if not _is_generation_id(job_id):
+        return
+    try:
+        generation = await get_generation(ctx["services"].db, job_id)
+    except Exception:  # the job's own read will report it; its lines carry the id at least
+        generation = None
+    context = contextlib.ExitStack()
+    if generation is None:
+        context.enter_context(logger.contextualize(generation=job_id, plan=Plan.A.value))
+    else:
+        ctx[_READ_AT_START] = generation
+        context.enter_context(about_generation(generation))
+    ctx[_LOG_CONTEXT] = context
+
+
+async def _stop_following(ctx: dict[str, Any]) -> None:
+    """arq's after_job_end, in the same task: the job's lines are all written."""
+    context: contextlib.ExitStack | None = ctx.pop(_LOG_CONTEXT, None)
+    if context is not None:
+        context.close()
+
+
+def _is_generation_id(job_id: str) -> bool:
+    return len(job_id) == 32 and all(character in "0123456789abcdef" for character in job_id)
 
 
 async def _wake(ctx: dict[str, Any], arrivals: Mapping[str, float]) -> None:
@@ -167,6 +221,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "job_deserializer": deserialize,
         "keep_result": 3600,
         "allow_abort_jobs": True,  # /cancel interrupts a running job
+        "on_job_start": _follow_the_job,
+        "after_job_end": _stop_following,
         # Under arq's own command (its signal handlers): on SIGTERM it stops taking jobs, waits this
         # long for the running ones, then interrupts them once. `aibot` drains with SupervisedWorker.
         "job_completion_wait": max(1, round(settings.drain_timeout)),

@@ -14,6 +14,7 @@ import httpx
 from elevenlabs.client import AsyncElevenLabs
 from elevenlabs.core.api_error import ApiError
 
+import metrics
 from providers.errors import (
     ProviderMisconfigured,
     ProviderQuotaExceeded,
@@ -109,14 +110,17 @@ class ElevenLabsProvider:
 
 @asynccontextmanager
 async def _mapped_errors(action: str) -> AsyncIterator[None]:
-    try:
-        yield
-    except StepError:
-        raise
-    except ApiError as error:
-        raise map_elevenlabs_error(error, action) from None
-    except (httpx.TimeoutException, httpx.TransportError) as error:
-        raise ProviderUnavailable(f"elevenlabs {action}: {type(error).__name__}") from None
+    """Turn the SDK's and httpx's exceptions into typed errors; every call is counted and timed here
+    (metrics.py), with the typed error it ended in."""
+    with metrics.provider_call(ElevenLabsProvider.name, action):
+        try:
+            yield
+        except StepError:
+            raise
+        except ApiError as error:
+            raise map_elevenlabs_error(error, action) from None
+        except (httpx.TimeoutException, httpx.TransportError) as error:
+            raise ProviderUnavailable(f"elevenlabs {action}: {type(error).__name__}") from None
 
 
 CLONING = "voice cloning"

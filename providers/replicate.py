@@ -20,6 +20,7 @@ import httpx
 from replicate.client import Client as ReplicateClient
 from replicate.exceptions import ReplicateError
 
+import metrics
 from providers.errors import (
     ProviderFailed,
     ProviderMisconfigured,
@@ -263,6 +264,10 @@ class ReplicateProvider:
     async def download_at_most(self, url: str, max_bytes: int | None) -> bytes | None:
         """An output's bytes; None when it is larger than `max_bytes` (stopped as soon as that shows,
         so a large video is never held in memory just to learn it is too large)."""
+        with metrics.provider_call(self.name, "download"):
+            return await self._download_at_most(url, max_bytes)
+
+    async def _download_at_most(self, url: str, max_bytes: int | None) -> bytes | None:
         try:
             async with self._downloads.stream("GET", url) as response:
                 if response.status_code >= 500 or response.status_code == 429:
@@ -293,19 +298,21 @@ class ReplicateProvider:
         """Bound the call in time and turn the SDK's and httpx's exceptions into typed errors.
 
         The SDK sends creates with no timeout at all (httpx's `timeout=None` per request), so a
-        provider that accepts the connection and never answers would hold the caller forever."""
-        try:
-            async with asyncio.timeout(self.timeout):
-                yield
-        except StepError:
-            raise
-        except ReplicateError as error:
-            retry_after = self._retry_after.pop(id(asyncio.current_task()), None)
-            raise map_replicate_error(error, action, retry_after) from None
-        except (TimeoutError, httpx.TimeoutException, httpx.TransportError) as error:
-            raise ProviderUnavailable(f"replicate {action}: {type(error).__name__}") from None
-        finally:
-            self._retry_after.pop(id(asyncio.current_task()), None)
+        provider that accepts the connection and never answers would hold the caller forever. Every
+        call is counted and timed here (metrics.py), with the typed error it ended in."""
+        with metrics.provider_call(self.name, action):
+            try:
+                async with asyncio.timeout(self.timeout):
+                    yield
+            except StepError:
+                raise
+            except ReplicateError as error:
+                retry_after = self._retry_after.pop(id(asyncio.current_task()), None)
+                raise map_replicate_error(error, action, retry_after) from None
+            except (TimeoutError, httpx.TimeoutException, httpx.TransportError) as error:
+                raise ProviderUnavailable(f"replicate {action}: {type(error).__name__}") from None
+            finally:
+                self._retry_after.pop(id(asyncio.current_task()), None)
 
 
 def map_replicate_error(error: ReplicateError, action: str, retry_after: float | None = None) -> StepError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -14,10 +15,12 @@ from bot.http.responses import json_error, json_problems
 from bot.http.secrets import has_bearer_token
 from generation import intake, ledger, payments
 from generation.catalog import Kind
+from generation.log_context import about_requester
 from generation.registry import spec_of
 from generation.requests import MAX_TELEGRAM_ID, Problem
 from generation.store import Generation, get_generation
 from generation.users import find_user
+from settings import Settings
 
 
 def _check_bearer(request: web.Request) -> web.Response | None:
@@ -44,7 +47,8 @@ async def create_generation(request: web.Request) -> web.Response:
     except UnreadableBody as unreadable:
         return json_problems([unreadable.problem])
     origin = intake.FromApi(request.headers.get("Idempotency-Key", "").strip())
-    outcome = await intake.submit(request.app[GENERATIONS], intake.Incoming(kind, body, origin))
+    with _about_requester(body, request.app[SERVICES].settings):
+        outcome = await intake.submit(request.app[GENERATIONS], intake.Incoming(kind, body, origin))
     if isinstance(outcome, intake.Refused):
         return json_problems(outcome.problems)
     if isinstance(outcome, intake.Unaffordable):
@@ -53,6 +57,22 @@ async def create_generation(request: web.Request) -> web.Response:
     return web.json_response(
         {"id": generation.id, "plan": outcome.plan.value, "status": generation.status}, status=202
     )
+
+
+def _about_requester(body: dict[str, Any], settings: Settings) -> AbstractContextManager[None]:
+    """The log context of the request's record and charge lines: its user and bot, taken from the
+    body only when they have the shape validation accepts (a client's text in a log line could pass
+    for another field, or another line)."""
+    telegram_id, named = body.get("telegram_id"), body.get("bot_name")
+    if named is None:
+        bot = settings.default_bot_name or intake.API_ONLY_BOT  # as the intake chooses it
+    elif isinstance(named, str) and named in settings.bot_tokens:
+        bot = named
+    else:
+        return nullcontext()
+    if type(telegram_id) is not int:  # not a bool either
+        return nullcontext()
+    return about_requester(telegram_id, bot)
 
 
 # What the generations' id column holds: anything else names no generation, and is not worth a query

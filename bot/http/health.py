@@ -17,8 +17,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from loguru import logger
+from pydantic import SecretStr
 
 from bot.http.keys import GENERATIONS, SERVICES
+from bot.http.metrics import metrics_handler
 from bot.http.secrets import has_bearer_token
 from generation.dispatcher import Dispatcher
 
@@ -93,12 +95,14 @@ def refuse_new_work_while_draining(readiness: Readiness, paths: Collection[str])
     return middleware
 
 
-def probes_app(readiness: Readiness) -> web.Application:
-    """The small HTTP server of a process that has no other (`aibot worker`): /livez and /readyz."""
+def probes_app(readiness: Readiness, metrics_token: SecretStr | None = None) -> web.Application:
+    """The small HTTP server of a process that has no other (`aibot worker`): /livez, /readyz, and
+    /metrics (what this process counted; METRICS_TOKEN, when set, guards it)."""
     app = web.Application()
     app[READINESS] = readiness
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler(metrics_token))
     return app
 
 

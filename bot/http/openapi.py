@@ -305,6 +305,16 @@ def _health_paths() -> dict[str, Any]:
         ),
         "/livez": probe("livez", "The process's event loop answers", text),
         "/readyz": probe("readyz", "The process takes work: not draining, and what it needs answers", text),
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (text format); with METRICS_TOKEN set, for that bearer token",
+                "responses": {
+                    "200": {**text, "description": "the metrics"},
+                    "401": _error("METRICS_TOKEN is set and the request does not carry it"),
+                },
+            }
+        },
     }
 
 

@@ -6,7 +6,8 @@ from aiogram import Bot
 from aiogram import Dispatcher as BotDispatcher
 from aiohttp import web
 
-from bot.http import api, health, openapi, webhooks
+from bot.http import api, health, metrics, openapi, webhooks
+from bot.http.dashboard import setup_dashboard
 from bot.http.ingest import UpdatesInFlight
 from bot.http.keys import BOT_DISPATCHER, BOTS, GENERATIONS, SERVICES, UPDATES_IN_FLIGHT
 from bot.http.responses import refusals_as_json, unavailable_as_503
@@ -51,4 +52,7 @@ def build_web_app(
     app.router.add_get("/livez", health.livez)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/openapi.json", openapi.serve_openapi)
+    metrics_token = services.settings.metrics_token
+    app.router.add_get("/metrics", metrics.metrics_handler(metrics_token, metrics.app_gauges))
+    setup_dashboard(app)
     return app

@@ -10,6 +10,7 @@ from aiogram.types import TelegramObject
 from aiogram.types import User as TelegramUser
 
 from bot.telegram.submit import Requester
+from generation.log_context import about_requester
 from generation.services import Services
 from generation.texts import language_from_code
 from generation.users import ensure_user, find_user
@@ -36,22 +37,25 @@ class UserMiddleware(BaseMiddleware):
         bot_name = self.bot_names.get(bot.id)
         if sender is None or sender.is_bot or bot_name is None:
             return None
-        # A read first: most updates come from known users, and a write transaction on every update
-        # would queue each one behind the others on SQLite's single writer.
-        async with self.services.db.sessions() as session:
-            user = await find_user(session, bot_name, sender.id)
-        if user is None or (sender.username and user.username != sender.username):
-            async with self.services.db.transaction(urgent=True) as session:
-                user, _ = await ensure_user(
-                    session,
-                    bot_name,
-                    sender.id,
-                    username=sender.username,
-                    language=language_from_code(sender.language_code),
-                    new_user_bonus=self.services.settings.new_user_bonus,
-                )
-        data["bot_name"] = bot_name
-        data["user"] = user
-        data["lang"] = user.language
-        data["requester"] = Requester(user, bot_name, user.language, self.services, data["generations"])
-        return await handler(event, data)
+        # Every line while the update is handled (the record and charge, aiogram's and aiohttp's own)
+        # names who wrote and to which bot; a generation it starts adds its own fields.
+        with about_requester(sender.id, bot_name):
+            # A read first: most updates come from known users, and a write transaction on every update
+            # would queue each one behind the others on SQLite's single writer.
+            async with self.services.db.sessions() as session:
+                user = await find_user(session, bot_name, sender.id)
+            if user is None or (sender.username and user.username != sender.username):
+                async with self.services.db.transaction(urgent=True) as session:
+                    user, _ = await ensure_user(
+                        session,
+                        bot_name,
+                        sender.id,
+                        username=sender.username,
+                        language=language_from_code(sender.language_code),
+                        new_user_bonus=self.services.settings.new_user_bonus,
+                    )
+            data["bot_name"] = bot_name
+            data["user"] = user
+            data["lang"] = user.language
+            data["requester"] = Requester(user, bot_name, user.language, self.services, data["generations"])
+            return await handler(event, data)

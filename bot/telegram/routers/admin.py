@@ -1,6 +1,7 @@
-"""Admin commands: /plan (show or switch the plan), /grant, /stats (figures) and /user (one user's
-account). The router only sees admins' messages; anyone else's /plan, /stats or /user falls through to
-the unknown-command answer, with no admin output."""
+"""Admin commands: /plan (show or switch the plan), /ab (the A/B share of Plan B and the figures that
+compare the plans), /grant, /stats (figures) and /user (one user's account). The router only sees
+admins' messages; anyone else's /plan, /ab, /stats or /user falls through to the unknown-command
+answer, with no admin output."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from loguru import logger
 from bot.telegram.arguments import BIGINT_MAX, whole_number
 from generation import ledger, stats
 from generation.dispatcher import Dispatcher
-from generation.plan import PlanMode
+from generation.plan import PlanMode, parse_share
+from generation.plan_figures import Figures, plan_figures
 from generation.services import Services
 from generation.store import as_utc
 from generation.texts import count_of, text
@@ -47,7 +49,20 @@ def build_admin_router(admin_ids: list[int]) -> Router:
             current = await generations.current_plan()
             await message.answer(text("plan_switched", lang, mode=mode.value, plan=current.value))
             return
-        await message.answer(await plan_status(generations, lang))
+        await message.answer(fit(await plan_status(generations, lang)))
+
+    @router.message(Command("ab"))
+    async def ab(message: Message, command: CommandObject, lang: str, generations: Dispatcher) -> None:
+        argument = (command.args or "").strip()
+        if argument:
+            percent = parse_share(argument)
+            if percent is None:
+                await message.answer(text("ab_usage", lang))
+                return
+            await generations.set_plan_b_share(percent)
+            await message.answer(text("ab_set", lang, share=percent))
+            return
+        await message.answer(fit(await ab_status(generations, lang)))
 
     @router.message(Command("grant"))
     async def grant(
@@ -308,13 +323,66 @@ def _date(moment: datetime | None) -> str:
     return as_utc(moment).strftime("%Y-%m-%d %H:%M") if moment is not None else "-"
 
 
+async def ab_status(generations: Dispatcher, lang: str) -> str:
+    """/ab: the share, whether the mode lets it act, and the plans side by side."""
+    mode, _ = await generations.mode()
+    lines = [await share_line(generations, lang)]
+    if mode is not PlanMode.auto:
+        lines.append(text("ab_mode_not_auto", lang, mode=mode.value))
+    elif generations.queue is None:
+        lines.append(text("ab_no_queue", lang))
+    lines += ["", render_comparison(await plan_figures(generations.db), lang)]
+    return "\n".join(lines)
+
+
+async def share_line(generations: Dispatcher, lang: str) -> str:
+    share, source = await generations.plan_b_share()
+    return text("ab_share", lang, share=share, source=source)
+
+
+def render_comparison(figures: list[Figures], lang: str) -> str:
+    """Plan A and Plan B side by side over the figures' window: volume, outcomes, end-to-end
+    percentiles of the done ones and the failure reasons."""
+    lines = [text("ab_figures_title", lang)]
+    for plan in figures:
+        lines.append(
+            text(
+                "ab_figures_line",
+                lang,
+                plan=plan.plan,
+                generations=count_of(plan.count, "generation", lang),
+                done=plan.done,
+                failed=plan.failed,
+                canceled=plan.canceled,
+                active=plan.active,
+                success=_percent(plan.success_rate, lang),
+                p50=_seconds(plan.p50_seconds, lang),
+                p95=_seconds(plan.p95_seconds, lang),
+            )
+        )
+        if plan.failures:
+            reasons = ", ".join(f"{reason} {count}" for reason, count in plan.failures.items())
+            lines.append(text("ab_figures_failures", lang, reasons=reasons))
+    return "\n".join(lines)
+
+
+def _percent(rate: float | None, lang: str) -> str:
+    return text("ab_not_available", lang) if rate is None else f"{rate * 100:.1f} %"
+
+
+def _seconds(seconds: float | None, lang: str) -> str:
+    if seconds is None:
+        return text("ab_not_available", lang)
+    return text("ab_seconds", lang, seconds=f"{seconds:.1f}")
+
+
 async def plan_status(generations: Dispatcher, lang: str) -> str:
     mode, source = await generations.mode()
     queue_answers = await generations.queue.ping() if generations.queue is not None else None
     current = await generations.current_plan(queue_answers)
     queue = {None: "not connected", True: "healthy", False: "NOT answering"}[queue_answers]
     counts = await generations.counts_per_plan()
-    return text(
+    status = text(
         "plan_status",
         lang,
         plan=current.value,
@@ -325,3 +393,5 @@ async def plan_status(generations: Dispatcher, lang: str) -> str:
         count_a=counts.get("A", 0),
         count_b=counts.get("B", 0),
     )
+    comparison = render_comparison(await plan_figures(generations.db), lang)
+    return "\n".join([status, await share_line(generations, lang), "", comparison])
