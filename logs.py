@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit
 
+from aiohttp.http_exceptions import HttpProcessingError
 from loguru import logger
 
 from settings import LogFormat, Settings
@@ -312,3 +313,16 @@ def configure_logging(settings: Settings) -> None:
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.INFO, force=True)
     for noisy in ("httpx", "httpcore", "aiosqlite", "sqlalchemy.engine", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.server").addFilter(_malformed_requests_in_one_line)
+
+
+def _malformed_requests_in_one_line(record: logging.LogRecord) -> bool:
+    """aiohttp logs a request it cannot even parse (bad framing, a header over its limit) at ERROR with
+    a traceback of its parser: anyone could fill the log with them. It is the client's fault, so one
+    line at INFO, without the traceback; a handler's own error keeps its traceback."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, HttpProcessingError):
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = "malformed HTTP request refused: %s", (type(error).__name__,)
+        record.exc_info = record.exc_text = None
+    return True

@@ -3,7 +3,7 @@ and deep JSON, URLs at private addresses in every spelling, forged webhooks, slo
 requests. Passes when no answer is a 5xx, no private address is ever fetched, no secret reaches a log
 line, memory stays bounded, the process stays up and the ledger sums exactly.
 
-    uv run --locked python -m bench.hostile_run                      # PostgreSQL, Plan A (~1 minute)
+    uv run --locked python -m bench.hostile_run                      # PostgreSQL, Plan A (about 20 s)
     uv run --locked python -m bench.hostile_run --database sqlite --plan B
     uv run --locked python -m bench.hostile_run --keep-logs /tmp/hostile --log-level DEBUG
 
@@ -1728,7 +1728,6 @@ async def run(arguments: argparse.Namespace) -> tuple[dict[str, Any], Tally]:
                     result["rss after (MiB)"] = round(rss_mib(pid), 1)
                     result["rss highest sample (MiB)"] = round(max(samples, default=0.0), 1)
                     result["rss peak, VmHWM (MiB)"] = round(peak_rss_mib(pid), 1)
-
                     result["listener connections"] = listener.accepted
                     result["listener Host headers"] = listener.host_headers[:10]
                     ledger = await ledger_checks(config, folder, options.postgres, database)
@@ -1862,6 +1861,9 @@ def checks(result: dict[str, Any], tally: Tally, budget: float) -> list[tuple[st
         "generation ledger != charged - refunded",
     ):
         tally.findings += [f"ledger: {item}" for item in ledger[name][:20]]
+    if result["listener connections"]:
+        hosts = ", ".join(result["listener Host headers"])
+        tally.findings.append(f"the private listener was connected to (Host headers: {hosts})")
     tally.findings += [f"log: {line}" for line in result["leaks"][:20]]
     tally.findings += [f"log, forged line: {line}" for line in result["injected"][:20]]
     return rows

@@ -34,6 +34,11 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UnreadableBody("the body is not UTF-8 text") from None
+    return parse_json_object(text)
+
+
+def parse_json_object(text: str) -> dict[str, Any]:
+    """A JSON object read from `text` within the bounds above, or UnreadableBody."""
     try:
         body = json.loads(
             text, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant

@@ -4,17 +4,18 @@ with a prediction's or training's final state."""
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 
 from aiogram.types import Update
 from aiohttp import web
 from loguru import logger
 
+from bot.http.api import GENERATION_ID_SHAPE
 from bot.http.keys import BOT_DISPATCHER, BOTS, GENERATIONS, SERVICES, UPDATES_IN_FLIGHT
+from bot.http.request_body import UnreadableBody, parse_json_object
 from bot.http.responses import is_unavailable, json_error
 from bot.http.secrets import TELEGRAM_WEBHOOK_HEADER, same_secret, telegram_webhook_secret
-from generation.callbacks import take_job_result
+from generation.callbacks import WAITING_STEPS, take_job_result
 from providers.replicate import verify_webhook
 
 # Seconds Telegram is asked to wait before delivering a refused update again.
@@ -80,12 +81,13 @@ async def replicate_webhook(request: web.Request) -> web.Response:
         logger.warning("Replicate webhook with a bad or missing signature refused")
         return json_error(401, "bad signature")
     try:
-        payload = json.loads(body)
-    except json.JSONDecodeError:
-        return json_error(400, "not JSON")
+        payload = parse_json_object(body)
+    except UnreadableBody as unreadable:
+        return json_error(400, str(unreadable))
     generation_id = request.query.get("generation", "")
     step = request.query.get("step", "")
-    if not isinstance(payload, dict) or not generation_id or not step:
+    # Checked before the database sees them: a NUL byte, say, is no id PostgreSQL can even compare.
+    if not GENERATION_ID_SHAPE.fullmatch(generation_id) or step not in WAITING_STEPS:
         return json_error(400, "a callback names its generation and step")
     generation = await take_job_result(services.db, headers["webhook-id"], generation_id, step, payload)
     if generation is not None:

@@ -277,3 +277,27 @@ def test_an_uncaught_exception_is_printed_masked() -> None:
     assert "RuntimeError: the bot stopped" in result.stderr
     assert "OSError: while fetching https://api.telegram.org/file/bot***/photos/file_1.jpg" in result.stderr
     assert_no_secret(result.stderr)
+
+
+def test_a_request_aiohttp_cannot_parse_is_one_line_without_a_traceback(
+    configure: Configure, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Anyone can send bytes that are no HTTP request; each would otherwise be an ERROR with aiohttp's
+    parser traceback. A handler's own error keeps its traceback."""
+    from aiohttp.http_exceptions import BadHttpMessage
+
+    configure()
+    server_log = logging.getLogger("aiohttp.server")
+    try:
+        raise BadHttpMessage("Invalid method encountered")
+    except BadHttpMessage:
+        server_log.exception("Error handling request from %s", "127.0.0.1")
+    try:
+        raise RuntimeError("a handler's bug")
+    except RuntimeError:
+        server_log.exception("Error handling request from %s", "127.0.0.1")
+    written = capfd.readouterr().err
+
+    assert "malformed HTTP request refused: BadHttpMessage" in written
+    assert written.count("Traceback") == 1 and "RuntimeError: a handler's bug" in written
+    assert "Invalid method encountered" not in written
