@@ -23,6 +23,7 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiohttp import web
 from loguru import logger
+from pydantic import SecretStr
 
 from bot.http.health import Readiness, probes_app
 from bot.http.web_app import build_web_app
@@ -31,10 +32,11 @@ from bot.telegram.delivery import TelegramDelivery
 from bot.telegram.payment_reconciler import reconcile_forever
 from bot.telegram.response_types import keep_response_types
 from bot.telegram.setup import build_bot_dispatcher, publish_menus, set_webhooks
+from bot.web_chat import WEB_BOT_NAME, WebChat
 from fallback.inline import InlineRunner
 from generation.alerts import Alerts
 from generation.alerts import watch as watch_for_alerts
-from generation.catalog import load_catalog
+from generation.catalog import Catalog, Kind, load_catalog
 from generation.delivery import ChatDelivery, NoDelivery
 from generation.dispatcher import Dispatcher
 from generation.drain import CLOSE_WITHIN, Drain, interrupt, within
@@ -44,6 +46,7 @@ from jobs.queue import ArqQueue, connect
 from jobs.runner import SupervisedWorker, worker_options
 from migrations.runner import upgrade
 from providers.address_policy import AddressPolicy
+from providers.demo import DemoServer
 from providers.elevenlabs import ElevenLabsProvider
 from providers.guarded_fetch import GuardedFetcher
 from providers.replicate import ReplicateProvider
@@ -84,6 +87,7 @@ class Process:
         self.bots: dict[str, Bot] = {}
         self.services: Services | None = None
         self.worker: SupervisedWorker | None = None
+        self.demo: DemoServer | None = None
         # /readyz: the checks are added as what they check is opened.
         self.readiness = Readiness({})
         self._opened = _Closings()
@@ -149,7 +153,39 @@ class Process:
 
     async def _open(self) -> None:
         self.bots = self._open_bots()
+        self.demo = await self._open_demo()
         self.services = self._open_services()
+
+    async def _open_demo(self) -> DemoServer | None:
+        """Demo mode (providers/demo): a provider without a key is answered by a local server made
+        for it, so its kinds still run their real pipelines, on local results that cost nothing. Every
+        process opens its own (`aibot worker` too): a demo result never needs another process."""
+        replicate = not _secret(self.settings.replicate_api_token)
+        elevenlabs = not _secret(self.settings.elevenlabs_api_key)
+        if not (replicate or elevenlabs):
+            return None
+        videos = frozenset(
+            model.ref
+            for model in load_catalog().models.values()
+            if model.kind in (Kind.text_to_video, Kind.image_to_video)
+        )
+        demo = DemoServer(replicate=replicate, elevenlabs=elevenlabs, video_models=videos)
+        await demo.start()
+        self._opened.push_async_callback(demo.close)
+        logger.warning(
+            "demo mode for {}: no key, so results are made locally and cost nothing",
+            " and ".join(name for name, on in (("Replicate", replicate), ("ElevenLabs", elevenlabs)) if on),
+        )
+        return demo
+
+    def _catalog(self) -> Catalog:
+        """The catalogue, with the models of providers in demo mode free (Catalog.in_demo)."""
+        demo = self.demo
+        if demo is None:
+            return load_catalog()
+        return load_catalog().in_demo(
+            name for name, on in (("replicate", demo.replicate), ("elevenlabs", demo.elevenlabs)) if on
+        )
 
     def _open_bots(self) -> dict[str, Bot]:
         """One aiogram Bot per configured token, all through TELEGRAM_API_URL."""
@@ -171,25 +207,26 @@ class Process:
         settings = self.settings
         db = Database(settings.database_url)
         self._opened.push_async_callback(db.close)
+        demo = self.demo
+        replicate_demo = demo is not None and demo.replicate is not None
+        elevenlabs_demo = demo is not None and demo.elevenlabs is not None
         replicate = ReplicateProvider(
-            api_token=settings.replicate_api_token.get_secret_value()
-            if settings.replicate_api_token
-            else None,
-            base_url=settings.replicate_base_url,
+            api_token=demo.token if demo and replicate_demo else _secret(settings.replicate_api_token),
+            base_url=demo.replicate_url if demo and replicate_demo else settings.replicate_base_url,
             poll_interval=settings.replicate_poll_interval,
             timeout=settings.provider_timeout,
         )
         self._opened.push_async_callback(replicate.close)
         elevenlabs = ElevenLabsProvider(
-            api_key=settings.elevenlabs_api_key.get_secret_value() if settings.elevenlabs_api_key else None,
-            base_url=settings.elevenlabs_base_url,
+            api_key=demo.token if demo and elevenlabs_demo else _secret(settings.elevenlabs_api_key),
+            base_url=demo.elevenlabs_url if demo and elevenlabs_demo else settings.elevenlabs_base_url,
         )
         self._opened.push_async_callback(elevenlabs.close)
         delivery: ChatDelivery = TelegramDelivery(self.bots) if self.bots else NoDelivery()
         return Services(
             settings=settings,
             db=db,
-            catalog=load_catalog(),
+            catalog=self._catalog(),
             replicate=replicate,
             elevenlabs=elevenlabs,
             delivery=delivery,
@@ -218,6 +255,11 @@ class Process:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         return runner, sockets[0].getsockname()[1] if sockets else port
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    """A key's value; None when it is unset or empty (an empty variable in .env means unset)."""
+    return (value.get_secret_value() or None) if value is not None else None
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:
@@ -291,8 +333,21 @@ class App(Process):
         self.bot_dispatcher: BotDispatcher | None = None
         self.web_runner: web.AppRunner | None = None
         self.http_port: int | None = None
+        self.web_chat: WebChat | None = None
         # What looks for work on its own (interrupted Plan B runs, lost payments): stopped first.
         self._lookers: list[asyncio.Task[object]] = []
+
+    def _open_bots(self) -> dict[str, Bot]:
+        """The Telegram bots, and the web chat's bot among them (WEB_CHAT): the same routers answer it
+        and deliveries reach it, Plan B's and the embedded worker's (not a separate `aibot worker`'s:
+        the chat lives in this process)."""
+        bots = super()._open_bots()
+        if self.settings.web_chat_enabled:
+            if WEB_BOT_NAME in bots:
+                raise ValueError(f"BOT_TOKENS names a bot {WEB_BOT_NAME!r}: that name is the web chat's")
+            self.web_chat = WebChat()
+            bots[WEB_BOT_NAME] = self.web_chat.bot
+        return bots
 
     async def _drain(self, drain: Drain) -> None:
         """Take no new work, at once: /readyz answers 503 and the routes that take work refuse it,
@@ -393,14 +448,17 @@ class App(Process):
         if self.settings.bot_mode is BotMode.webhook:
             await self._set_webhooks()
             return
-        for name, bot in self.bots.items():
+        telegram_bots = {name: bot for name, bot in self.bots.items() if name != WEB_BOT_NAME}
+        if not telegram_bots:  # the web chat alone: its updates come from its page
+            return
+        for name, bot in telegram_bots.items():
             try:  # a webhook left from webhook mode would make getUpdates fail
                 await bot.delete_webhook(drop_pending_updates=False)
             except Exception as error:
                 logger.warning("could not remove the webhook of bot {}: {}", name, type(error).__name__)
         self._run_in_background(
             self.bot_dispatcher.start_polling(
-                *self.bots.values(),
+                *telegram_bots.values(),
                 handle_signals=False,
                 close_bot_session=False,
                 tasks_concurrency_limit=self.settings.updates_in_flight,  # fetch no more than that
@@ -408,7 +466,7 @@ class App(Process):
             name="polling",
         )
         self._opened.push_async_callback(self._stop_polling)
-        logger.info("polling {} bot(s): {}", len(self.bots), ", ".join(self.bots))
+        logger.info("polling {} bot(s): {}", len(telegram_bots), ", ".join(telegram_bots))
 
     async def _stop_polling(self) -> None:
         assert self.bot_dispatcher is not None
@@ -428,10 +486,17 @@ class App(Process):
         assert self.services is not None and self.generations is not None
         self.readiness.checks["database"] = self.services.db.ping
         app = build_web_app(
-            self.services, self.generations, self.bots, self.bot_dispatcher, readiness=self.readiness
+            self.services,
+            self.generations,
+            self.bots,
+            self.bot_dispatcher,
+            readiness=self.readiness,
+            web_chat=self.web_chat,
         )
         self.web_runner, self.http_port = await self._serve_http(app, self.settings.http_port)
         logger.info("HTTP server on http://{}:{}", self.settings.http_host, self.http_port)
+        if self.web_chat is not None:
+            logger.info("web chat: open http://{}:{}/chat", self.settings.http_host, self.http_port)
 
     async def _resume_plan_b_orphans(self) -> None:
         """Plan B's reconciler: another `aibot run` process that died leaves generations whose leases

@@ -31,6 +31,10 @@ class LogFormat(StrEnum):
     json = "json"
 
 
+# The web chat's bot's name (bot/web_chat): its users and generations are recorded under it.
+WEB_CHAT_BOT_NAME = "web"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
 
@@ -72,6 +76,9 @@ class Settings(BaseSettings):
     # The admin dashboard's password (/admin); without it API_TOKEN is the password, without both the
     # dashboard is off.
     dashboard_password: SecretStr | None = None
+    # The web chat (/chat): the same bot in a browser. Unset: on when no bot token is set and the HTTP
+    # server binds to loopback only; a server bound beyond loopback serves it only with WEB_CHAT=true.
+    web_chat: bool | None = None
 
     new_user_bonus: int = Field(default=0, ge=0)
     log_format: LogFormat = LogFormat.text
@@ -286,6 +293,18 @@ class Settings(BaseSettings):
             if not self.webhook_secret:
                 raise ValueError("BOT_MODE=webhook needs WEBHOOK_SECRET (checked on every update)")
         return self
+
+    @property
+    def bot_names(self) -> set[str]:
+        """Every bot this deployment answers through: the Telegram ones, and the web chat's."""
+        return set(self.bot_tokens) | ({WEB_CHAT_BOT_NAME} if self.web_chat_enabled else set())
+
+    @property
+    def web_chat_enabled(self) -> bool:
+        if self.web_chat is not None:
+            return self.web_chat
+        loopback = self.http_host in {"localhost", "::1"} or self.http_host.startswith("127.")
+        return not self.bot_tokens and loopback
 
     @property
     def default_bot_name(self) -> str | None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -13,6 +14,10 @@ from typing import Any
 CATALOG_PATH = Path(__file__).with_name("catalog.toml")
 MAX_PROMPT = 2000
 _PLACEHOLDER = re.compile(r"^\{(\w+)\}$")
+# Demo mode makes audio with the standard library, which writes WAV only (providers/demo/media.py).
+DEMO_AUDIO_FORMAT = "wav_22050"
+# The setting whose key takes a provider out of demo mode, named to the user in a demo result.
+PROVIDER_KEYS = {"replicate": "REPLICATE_API_TOKEN", "elevenlabs": "ELEVENLABS_API_KEY"}
 
 
 class Kind(StrEnum):
@@ -51,6 +56,8 @@ class CatalogModel:
     max_text: int = 5000
     default: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # Run by the demo provider (its provider has no key): free, and its results say they are demos.
+    demo: bool = False
 
     def build_input(self, request: dict[str, Any]) -> dict[str, Any]:
         """The provider's input for a request: placeholders take the request's values, typed as they are."""
@@ -77,10 +84,28 @@ class Catalog:
     def __init__(self, models: list[CatalogModel], packages: list[TopUpPackage] | None = None) -> None:
         self.models = {model.id: model for model in models}
         self.packages = {package.id: package for package in packages or []}
+        self.demo_providers: frozenset[str] = frozenset()
         for kind in Kind:
             defaults = [model.id for model in models if model.kind is kind and model.default]
             if len(defaults) > 1:
                 raise ValueError(f"catalogue: kind {kind} has several defaults: {defaults}")
+
+    def in_demo(self, providers: Iterable[str]) -> Catalog:
+        """This catalogue with the models of `providers` (those without a key) run in demo mode: the
+        one rule that makes a demo result cost nothing, as every price is read from here. Audio is
+        asked for as WAV, the format the demo makes."""
+        demo = frozenset(providers)
+        models = []
+        for model in self.models.values():
+            if model.provider in demo:
+                extra = dict(model.extra)
+                if "output_format" in extra:
+                    extra["output_format"] = DEMO_AUDIO_FORMAT
+                model = replace(model, price=0, demo=True, extra=extra)
+            models.append(model)
+        catalog = Catalog(models, list(self.packages.values()))
+        catalog.demo_providers = demo
+        return catalog
 
     def get(self, model_id: str) -> CatalogModel | None:
         return self.models.get(model_id)

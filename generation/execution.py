@@ -23,7 +23,7 @@ from loguru import logger
 import metrics
 from generation import lifecycle, progress
 from generation.alerts import Alerts
-from generation.catalog import Kind
+from generation.catalog import PROVIDER_KEYS, Kind
 from generation.pipelines import Delivered, PipelineContext, StillWaiting, provider_job_started
 from generation.progress import (
     CANCEL_CALLBACK as CANCEL_CALLBACK,  # bot/telegram/routers/cancel.py answers it
@@ -285,6 +285,13 @@ async def settle_success(
         )
     else:
         message = text("done", user.language, price=charged, balance=balance)
+    result = delivered.result
+    model = services.catalog.get(generation.model)
+    if model is not None and model.demo:
+        # Made by the demo provider (no key): the user and the API's result both say so.
+        key = PROVIDER_KEYS.get(model.provider, model.provider)
+        message += "\n" + text("demo_result", user.language, key=key)
+        result = {**result, "demo": True}
     return await _settle(
         services,
         generation,
@@ -293,7 +300,7 @@ async def settle_success(
         message,
         GenerationStatus.done,
         refund,
-        result=delivered.result,
+        result=result,
     )
 
 

@@ -120,7 +120,7 @@ async def submit(generations: Dispatcher, incoming: Incoming) -> Outcome:
     services = generations.services
     try:
         valid = validate_request(
-            incoming.kind, dict(incoming.fields), services.catalog, set(services.settings.bot_tokens)
+            incoming.kind, dict(incoming.fields), services.catalog, services.settings.bot_names
         )
         bot_name = incoming.origin.bot_for(valid.request, services.settings.default_bot_name)
         request_key = incoming.origin.request_key(bot_name, valid.request)

@@ -11,6 +11,8 @@ from bot.http.dashboard import setup_dashboard
 from bot.http.ingest import UpdatesInFlight
 from bot.http.keys import BOT_DISPATCHER, BOTS, GENERATIONS, SERVICES, UPDATES_IN_FLIGHT
 from bot.http.responses import refusals_as_json, unavailable_as_503
+from bot.web_chat import WebChat
+from bot.web_chat import routes as web_chat_routes
 from generation.dispatcher import Dispatcher
 from generation.services import Services
 
@@ -23,11 +25,12 @@ def build_web_app(
     bots: dict[str, Bot],
     bot_dispatcher: BotDispatcher | None,
     readiness: health.Readiness | None = None,
+    web_chat: WebChat | None = None,
 ) -> web.Application:
     """`readiness`: what /readyz answers and where the process says it drains (by default: ready
-    while the database answers)."""
+    while the database answers). `web_chat`: serve the browser chat under /chat."""
     readiness = readiness or health.Readiness({"database": services.db.ping})
-    new_work = {"/api/generation/{kind}", "/webhooks/telegram/{bot_name}"}
+    new_work = {"/api/generation/{kind}", "/webhooks/telegram/{bot_name}", *web_chat_routes.TAKING_WORK}
     app = web.Application(
         client_max_size=MAX_BODY,
         middlewares=[
@@ -55,4 +58,6 @@ def build_web_app(
     metrics_token = services.settings.metrics_token
     app.router.add_get("/metrics", metrics.metrics_handler(metrics_token, metrics.app_gauges))
     setup_dashboard(app)
+    if web_chat is not None:
+        web_chat_routes.setup_web_chat(app, web_chat)
     return app

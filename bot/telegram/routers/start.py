@@ -16,7 +16,7 @@ from bot.telegram.keyboards import topup_button, topup_keyboard
 from bot.telegram.routers.image import chosen_model
 from generation import ledger
 from generation.archives import MEGABYTE, TRAINING_ARCHIVE
-from generation.catalog import Kind
+from generation.catalog import PROVIDER_KEYS, Kind
 from generation.history import LedgerLine, Purpose, recent_ledger_lines
 from generation.services import Services
 from generation.store import User, as_utc
@@ -144,7 +144,12 @@ async def help_command(message: Message, lang: str, services: Services) -> None:
         for kind in COMMAND_KINDS.values()
         for model in services.catalog.for_kind(kind)
     )
-    await message.answer(text("help", lang, commands=commands_text(services, lang), models=models))
+    answer = text("help", lang, commands=commands_text(services, lang), models=models)
+    demo_kinds = sorted({model.kind.slug for model in services.catalog.models.values() if model.demo})
+    if demo_kinds:
+        keys = " / ".join(PROVIDER_KEYS[name] for name in sorted(services.catalog.demo_providers))
+        answer += "\n\n" + text("help_demo", lang, keys=keys, kinds=", ".join(demo_kinds))
+    await message.answer(answer)
 
 
 async def balance(message: Message, user: User, lang: str, services: Services) -> None:
