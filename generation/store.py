@@ -111,7 +111,12 @@ REQUEST_KEY_LENGTH = 200
 
 class Generation(Base):
     __tablename__ = "generations"
-    __table_args__ = (Index("ix_generations_status_plan", "status", "plan"),)
+    __table_args__ = (
+        Index("ix_generations_status_plan", "status", "plan"),
+        # The figures (/plan, /ab, the dashboard) and the alerts' failure rate read recent windows.
+        Index("ix_generations_created_at", "created_at"),
+        Index("ix_generations_finished_at", "finished_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=lambda: uuid.uuid4().hex)
     request_key: Mapped[str] = mapped_column(String(REQUEST_KEY_LENGTH), unique=True)
