@@ -4,19 +4,17 @@ figures move as generations run on both plans, switch the plan from the page, lo
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from app import App
 from bot.http.dashboard.auth import SESSION_COOKIE
 from generation.plan import PlanMode
-from tests.conftest import API_TOKEN, IN_CI, AppFactory
+from tests.conftest import API_TOKEN, AppFactory
 from tests.e2e.helpers import USER, all_settled
 
 pytestmark = pytest.mark.browser
@@ -28,24 +26,6 @@ HOSTILE_PROMPT = '<img src=x onerror="window.__pwned = true">'
 # Whether some row of a table has these texts in these cells: [[cell index, text], ...].
 ROW_WITH = """([table, cells]) => Array.from(document.querySelectorAll(`#table-${table} tbody tr`)).some(
   (row) => cells.every(([index, text]) => row.cells[index]?.textContent === text))"""
-
-
-def chromium_path() -> str:
-    found = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(found).exists():
-        if IN_CI:
-            pytest.fail("Chromium is not installed, and CI=true requires it")
-        pytest.skip("Chromium is not installed (apt-get install chromium)")
-    return found
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    executable = chromium_path()
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield launched
-        await launched.close()
 
 
 def base(app: App) -> str:

@@ -9,13 +9,11 @@ answers /image in the browser with a locally made photo marked as a demo."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, FilePayload, Page, async_playwright, expect
+from playwright.async_api import Browser, FilePayload, Page, expect
 
-from tests.browser.test_dashboard import chromium_path
 from tests.conftest import AppFactory
 from tests.e2e.helpers import all_settled
 from tests.fakes.elevenlabs import FakeElevenLabs
@@ -35,15 +33,6 @@ PNG_1X1 = bytes.fromhex(
 BONUS = 100  # /animate costs 35 stars, /speech 5: more than the default 10-star bonus
 
 
-@pytest.fixture
-async def chromium() -> AsyncIterator[Browser]:
-    executable = chromium_path()
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield launched
-        await launched.close()
-
-
 async def type_and_send(page: Page, text: str, *, enter: bool = True) -> None:
     """Type into the message box and send it with Enter or with the Send button."""
     await page.fill("#text", text)
@@ -54,10 +43,10 @@ async def type_and_send(page: Page, text: str, *, enter: bool = True) -> None:
 
 
 async def test_a_person_chats_with_the_bot_in_a_browser(
-    make_app: AppFactory, replicate: FakeReplicate, elevenlabs: FakeElevenLabs, chromium: Browser
+    make_app: AppFactory, replicate: FakeReplicate, elevenlabs: FakeElevenLabs, browser: Browser
 ) -> None:
     app = await make_app(bot_tokens={}, new_user_bonus=BONUS)
-    page = await chromium.new_page()
+    page = await browser.new_page()
     await page.goto(f"http://127.0.0.1:{app.http_port}/chat")
     bot = page.locator(".message:not(.mine)")
 
@@ -130,10 +119,10 @@ async def test_a_person_chats_with_the_bot_in_a_browser(
 
 
 async def test_demo_mode_in_a_browser_makes_a_free_photo_marked_as_a_demo(
-    make_app: AppFactory, replicate: FakeReplicate, chromium: Browser
+    make_app: AppFactory, replicate: FakeReplicate, browser: Browser
 ) -> None:
     app = await make_app(bot_tokens={}, replicate_api_token=None, elevenlabs_api_key=None)
-    page = await chromium.new_page()
+    page = await browser.new_page()
     await page.goto(f"http://127.0.0.1:{app.http_port}/chat")
 
     await type_and_send(page, "/image a red fox")
