@@ -61,10 +61,30 @@ def install_counter(path: Path) -> None:
     event.listen(Engine, "rollback", on_rollback)
 
 
+def install_statement_census(path: Path) -> None:
+    """Count the SQL statements the process executes, by text, and write them out at exit (most
+    frequent first): which queries a generation's path makes, and how often."""
+    counts: dict[str, int] = {}
+
+    def on_execute(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        key = " ".join(statement.split())[:160]
+        counts[key] = counts.get(key, 0) + 1
+
+    def dump() -> None:
+        lines = [f"{count}\t{key}" for key, count in sorted(counts.items(), key=lambda item: -item[1])]
+        path.write_text("\n".join(lines) + "\n")
+
+    event.listen(Engine, "before_cursor_execute", on_execute)
+    atexit.register(dump)
+
+
 def main() -> None:
     counter_file = os.environ.get("BENCH_COUNTER_FILE")
     if counter_file:
         install_counter(Path(counter_file))
+    census_file = os.environ.get("BENCH_STATEMENTS_FILE")
+    if census_file:
+        install_statement_census(Path(census_file))
     (script,) = entry_points(group="console_scripts", name="aibot")
     sys.argv = ["aibot", *sys.argv[1:]]
     command = script.load()

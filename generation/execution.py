@@ -36,13 +36,13 @@ from generation.texts import text
 from logs import redact
 from providers.errors import StepError
 
-# What the chat shows while a kind works ("sending a photo...").
+# What the chat shows while a kind works ("sending a video..."), besides the status message. Only for
+# the kinds that take minutes: the status message already says a photo or a voice is on its way, and
+# Telegram shows an action only until the bot's next message (that status message, a second later),
+# so for them it would be one more call to Telegram per generation, seen by nobody.
 CHAT_ACTIONS = {
-    Kind.text_to_image: "upload_photo",
-    Kind.neuro_photo: "upload_photo",
     Kind.text_to_video: "upload_video",
     Kind.image_to_video: "upload_video",
-    Kind.text_to_speech: "record_voice",
 }
 
 
@@ -251,16 +251,18 @@ async def _working_alongside(context: PipelineContext) -> AsyncIterator[None]:
 
 
 async def _show_working(context: PipelineContext) -> None:
-    """The status message for this run (generation/progress.py), and a chat action for each try."""
+    """The status message for this run (generation/progress.py), and for a long kind a chat action
+    for each try."""
     if not context.can_deliver:
         return
     generation = context.generation
     await progress.show_started(context, resuming=await provider_job_started(context.steps))
+    action = CHAT_ACTIONS.get(Kind(generation.kind))
+    if action is None:
+        return
     # A chat action is a courtesy; the delivery itself reports real trouble.
     with contextlib.suppress(StepError):
-        await context.services.delivery.chat_action(
-            generation.bot_name, context.chat_id, CHAT_ACTIONS.get(Kind(generation.kind), "typing")
-        )
+        await context.services.delivery.chat_action(generation.bot_name, context.chat_id, action)
 
 
 async def settle_success(

@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from generation.store import LedgerEntry, User
+from generation.store import LedgerEntry, User, insert_unless_present
 
 
 class InsufficientBalance(Exception):
@@ -69,33 +68,38 @@ async def credit(
 async def _post(
     session: AsyncSession, user_id: int, amount: int, key: str, generation_id: str | None, note: str | None
 ) -> Posting:
-    """Move the balance and append its ledger row in one savepoint: a key already in the ledger makes
-    the row's insert fail, which rolls the balance change back with it."""
+    """Move the balance, then append its ledger row unless its key is there already; then the move
+    is taken back, in the same transaction. The balance's UPDATE locks the user's row first, so of two
+    postings under one key the second waits, finds the first's row and changes nothing."""
     condition = User.balance >= -amount if amount < 0 else User.id == user_id
-    try:
-        async with session.begin_nested():
-            result = await session.execute(
-                update(User)
-                .where(User.id == user_id, condition)
-                .values(balance=User.balance + amount)
-                .returning(User.balance)
-            )
-            balance = result.scalar_one_or_none()
-            if balance is None:
-                raise InsufficientBalance(needed=-amount, balance=await balance_of(session, user_id))
-            session.add(
-                LedgerEntry(
-                    user_id=user_id,
-                    operation_key=key,
-                    amount=amount,
-                    balance_after=balance,
-                    generation_id=generation_id,
-                    note=note,
-                )
-            )
-            await session.flush()
-    except IntegrityError:
-        return Posting(applied=False, balance=await balance_of(session, user_id))
+    balance = await session.scalar(
+        update(User)
+        .where(User.id == user_id, condition)
+        .values(balance=User.balance + amount)
+        .returning(User.balance)
+    )
+    if balance is None:
+        raise InsufficientBalance(needed=-amount, balance=await balance_of(session, user_id))
+    appended = await session.scalar(
+        insert_unless_present(session, LedgerEntry)
+        .values(
+            user_id=user_id,
+            operation_key=key,
+            amount=amount,
+            balance_after=balance,
+            generation_id=generation_id,
+            note=note,
+        )
+        .returning(LedgerEntry.id)
+    )
+    if appended is None:  # this key was posted before: the balance goes back as it was
+        balance = await session.scalar(
+            update(User)
+            .where(User.id == user_id)
+            .values(balance=User.balance - amount)
+            .returning(User.balance)
+        )
+        return Posting(applied=False, balance=int(balance or 0))
     return Posting(applied=True, balance=int(balance))
 
 

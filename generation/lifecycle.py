@@ -96,6 +96,8 @@ async def claim(db: Database, generation_id: str, plan: Plan, owner: str, lease:
             return None
         user = await session.get(User, claimed.user_id)
         assert user is not None
+        if claimed.attempts == 1:  # its first claim: no runner has journaled anything yet
+            return Claim(claimed, user, {})
         rows = await session.execute(
             select(Step.name, Step.result).where(Step.generation_id == generation_id)
         )
@@ -150,15 +152,21 @@ async def balance_after_refund(db: Database, generation: Generation, refund: int
     """The balance once this generation's refund is in, or None when a cancellation ended it (and
     refunded it) meanwhile. One read: the final message says the balance before the refund commits,
     so that one transaction can journal the message, refund and end the generation."""
+    refunded = (
+        select(LedgerEntry.id).where(LedgerEntry.operation_key == ledger.refund_key(generation.id)).exists()
+    )
     async with db.sessions() as session:
-        status = await session.scalar(select(Generation.status).where(Generation.id == generation.id))
-        if status == GenerationStatus.canceled:
-            return None
-        balance = await ledger.balance_of(session, generation.user_id)
-        refunded = await session.scalar(
-            select(LedgerEntry.id).where(LedgerEntry.operation_key == ledger.refund_key(generation.id))
-        )
-    return balance if refunded is not None or refund <= 0 else balance + refund
+        row = (
+            await session.execute(
+                select(Generation.status, User.balance, refunded)
+                .join(User, User.id == Generation.user_id)
+                .where(Generation.id == generation.id)
+            )
+        ).one()
+    status, balance, refund_in = row
+    if status == GenerationStatus.canceled:
+        return None
+    return int(balance) if refund_in or refund <= 0 else int(balance) + refund
 
 
 async def settle(

@@ -13,10 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from generation.store import Database, Step
+from generation.store import Database, Step, insert_unless_present
 
 T = TypeVar("T")
 
@@ -110,10 +109,12 @@ class StepJournal:
         """Journal a step inside the caller's transaction (so it commits with what it is part of); a
         step journaled already keeps its first result."""
         done = await self.load()
-        try:
-            async with session.begin_nested():
-                session.add(Step(generation_id=self.generation_id, name=name, result=result))
-        except IntegrityError:  # another runner journaled it first: continue from its result
+        added = await session.scalar(
+            insert_unless_present(session, Step)
+            .values(generation_id=self.generation_id, name=name, result=result)
+            .returning(Step.name)
+        )
+        if added is None:  # another runner journaled it first: continue from its result
             result = await session.scalar(
                 select(Step.result).where(Step.generation_id == self.generation_id, Step.name == name)
             )
@@ -126,15 +127,7 @@ class StepJournal:
                 await self.add(session, name, result)
 
     async def record(self, name: str, result: Any) -> None:
-        done = await self.load()
-        try:
-            async with self.db.transaction() as session:
-                session.add(Step(generation_id=self.generation_id, name=name, result=result))
-        except IntegrityError:
-            # Another runner journaled it first (only possible after a lease expired under a live
-            # runner); the first record wins, so everyone continues from the same result.
-            async with self.db.sessions() as session:
-                result = await session.scalar(
-                    select(Step.result).where(Step.generation_id == self.generation_id, Step.name == name)
-                )
-        done[name] = result
+        """Journal one step in a transaction of its own. Another runner may have journaled it first
+        (only possible after a lease expired under a live runner): the first record wins, so everyone
+        continues from the same result."""
+        await self.record_many({name: result})

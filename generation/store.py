@@ -32,10 +32,13 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.dml import Insert
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -429,6 +432,15 @@ class Database:
                 await self.read_engine.dispose()
         finally:
             await self._sqlite_connections.close_all()
+
+
+def insert_unless_present(session: AsyncSession, table: type[Base]) -> Insert:
+    """`INSERT ... ON CONFLICT DO NOTHING` in the session's database: a row whose key is taken is
+    skipped, in one statement, where catching the IntegrityError would need a savepoint around the
+    insert (two more round trips) to keep the transaction usable. Add `.returning(...)` to learn
+    whether the row went in: nothing comes back when it did not."""
+    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    return insert(table).on_conflict_do_nothing()
 
 
 # --- generation queries shared by the dispatcher, the runners and the HTTP API -----------------------

@@ -14,6 +14,7 @@ from aiogram.types import Message
 from loguru import logger
 
 from bot.telegram.arguments import BIGINT_MAX, whole_number
+from bot.telegram.filters import in_loop
 from generation import ledger, stats
 from generation.dispatcher import Dispatcher
 from generation.plan import PlanMode, parse_share
@@ -34,7 +35,9 @@ MAX_BALANCE = 1_000_000_000_000
 def build_admin_router(admin_ids: list[int]) -> Router:
     router = Router(name="admin")
     admins = set(admin_ids)
-    router.message.filter(lambda message: message.from_user is not None and message.from_user.id in admins)
+    router.message.filter(
+        in_loop(lambda message: message.from_user is not None and message.from_user.id in admins)
+    )
 
     @router.message(Command("plan"))
     async def plan(message: Message, command: CommandObject, lang: str, generations: Dispatcher) -> None:

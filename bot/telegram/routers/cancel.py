@@ -9,6 +9,7 @@ from aiogram.exceptions import TelegramAPIError
 from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
 
+from bot.telegram.filters import in_loop
 from generation.cancellation import Canceled, active_generations, being_delivered
 from generation.dispatcher import Dispatcher
 from generation.execution import CANCEL_CALLBACK
@@ -74,5 +75,5 @@ def build_router() -> Router:
     """A new router each time: aiogram attaches a router to one dispatcher only."""
     router = Router(name="cancel")
     router.message.register(cancel_command, Command("cancel"))
-    router.callback_query.register(cancel_button, F.data.startswith(CANCEL_CALLBACK))
+    router.callback_query.register(cancel_button, in_loop(F.data.startswith(CANCEL_CALLBACK)))
     return router

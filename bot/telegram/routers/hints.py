@@ -15,6 +15,7 @@ from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.types import Message
 
+from bot.telegram.filters import in_loop
 from bot.telegram.routers.lora import Training
 from generation.archives import MEGABYTE, TRAINING_ARCHIVE
 from generation.catalog import Kind
@@ -98,10 +99,13 @@ def build_router() -> Router:
     """A new router each time: aiogram attaches a router to one dispatcher only."""
     router = Router(name="hints")
     # In a group the bot sees only what is meant for it; a hint there would be noise.
-    router.message.filter(F.chat.type == "private")
+    router.message.filter(in_loop(F.chat.type == "private"))
     not_a_command = ~F.text.startswith("/") & ~F.caption.startswith("/")
     router.message.register(
-        waiting_for_archive, StateFilter(Training.waiting_archive), USER_CONTENT, not_a_command
+        waiting_for_archive,
+        StateFilter(Training.waiting_archive),
+        in_loop(USER_CONTENT),
+        in_loop(not_a_command),
     )
-    router.message.register(hint, StateFilter(None), USER_CONTENT, not_a_command)
+    router.message.register(hint, StateFilter(None), in_loop(USER_CONTENT), in_loop(not_a_command))
     return router

@@ -14,6 +14,7 @@ from aiogram.exceptions import TelegramAPIError
 from aiogram.filters import Command
 from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
 
+from bot.telegram.filters import in_loop
 from bot.telegram.submit import Requester
 from generation.catalog import Kind
 from generation.dispatcher import Submission
@@ -96,5 +97,5 @@ def build_router() -> Router:
     """A new router each time: aiogram attaches a router to one dispatcher only."""
     router = Router(name="history")
     router.message.register(history, Command("history"))
-    router.callback_query.register(repeat, F.data.startswith(REPEAT_CALLBACK))
+    router.callback_query.register(repeat, in_loop(F.data.startswith(REPEAT_CALLBACK)))
     return router

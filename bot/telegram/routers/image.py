@@ -17,6 +17,7 @@ from aiogram.types import (
 )
 
 from bot.telegram.arguments import UnreadableCount, counted_prompt
+from bot.telegram.filters import in_loop
 from bot.telegram.submit import Requester
 from generation.catalog import Catalog, CatalogModel, Kind
 from generation.requests import MAX_IMAGES
@@ -181,6 +182,6 @@ def build_router() -> Router:
     router = Router(name="image")
     router.message.register(image, Command("image"))
     router.message.register(choose_model, Command("model"))
-    router.callback_query.register(model_chosen, F.data.startswith(MODEL_CALLBACK))
-    router.callback_query.register(kind_menu_chosen, F.data.startswith(KIND_MENU_CALLBACK))
+    router.callback_query.register(model_chosen, in_loop(F.data.startswith(MODEL_CALLBACK)))
+    router.callback_query.register(kind_menu_chosen, in_loop(F.data.startswith(KIND_MENU_CALLBACK)))
     return router

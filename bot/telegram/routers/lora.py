@@ -14,6 +14,7 @@ from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import Message
 
 from bot.telegram.arguments import UnreadableCount, counted_prompt
+from bot.telegram.filters import in_loop
 from bot.telegram.keyboards import answer_insufficient_balance
 from bot.telegram.submit import Requester
 from generation.archives import MEGABYTE, TRAINING_ARCHIVE
@@ -150,8 +151,8 @@ async def photo(
 def build_router() -> Router:
     """A new router each time: aiogram attaches a router to one dispatcher only."""
     router = Router(name="lora")
-    router.message.register(train_with_archive, Command("train"), F.document)
+    router.message.register(train_with_archive, Command("train"), in_loop(F.document))
     router.message.register(train_command, Command("train"))
-    router.message.register(archive_after_train, StateFilter(Training.waiting_archive), F.document)
+    router.message.register(archive_after_train, StateFilter(Training.waiting_archive), in_loop(F.document))
     router.message.register(photo, Command("photo"))
     return router

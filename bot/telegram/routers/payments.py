@@ -20,6 +20,7 @@ from aiogram.types import (
 from loguru import logger
 
 from bot.telegram.arguments import whole_number
+from bot.telegram.filters import in_loop
 from bot.telegram.keyboards import BUY_CALLBACK, BUY_MISSING_CALLBACK, BUY_PACKAGE_CALLBACK
 from generation import payments
 from generation.services import Services
@@ -167,10 +168,10 @@ def build_router() -> Router:
     router.message.register(buy_command, Command("buy"))
     router.message.register(paysupport, Command("paysupport"))
     router.message.register(terms, Command("terms"))
-    router.message.register(successful_payment, F.successful_payment)
-    router.callback_query.register(buy_button, F.data == BUY_CALLBACK)
-    router.callback_query.register(buy_button, F.data.startswith(BUY_MISSING_CALLBACK))
-    router.callback_query.register(package_chosen, F.data.startswith(BUY_PACKAGE_CALLBACK))
+    router.message.register(successful_payment, in_loop(F.successful_payment))
+    router.callback_query.register(buy_button, in_loop(F.data == BUY_CALLBACK))
+    router.callback_query.register(buy_button, in_loop(F.data.startswith(BUY_MISSING_CALLBACK)))
+    router.callback_query.register(package_chosen, in_loop(F.data.startswith(BUY_PACKAGE_CALLBACK)))
     router.pre_checkout_query.register(pre_checkout)
     return router
 
@@ -180,7 +181,9 @@ def build_refund_router(admin_ids: list[int]) -> Router:
     was paid, then the stars are debited once."""
     router = Router(name="payments-admin")
     admins = set(admin_ids)
-    router.message.filter(lambda message: message.from_user is not None and message.from_user.id in admins)
+    router.message.filter(
+        in_loop(lambda message: message.from_user is not None and message.from_user.id in admins)
+    )
 
     @router.message(Command("refund"))
     async def refund(

@@ -12,6 +12,7 @@ from aiogram.types import (
     Message,
 )
 
+from bot.telegram.filters import in_loop
 from bot.telegram.keyboards import topup_button, topup_keyboard
 from bot.telegram.routers.image import chosen_model
 from generation import ledger
@@ -208,6 +209,6 @@ def build_router() -> Router:
     router.message.register(start, CommandStart())
     router.message.register(help_command, Command("help"))
     router.message.register(balance, Command("balance"))
-    router.message.register(switch_language, Command("lang"), F.from_user)
-    router.callback_query.register(start_button, F.data.startswith(START_CALLBACK))
+    router.message.register(switch_language, Command("lang"), in_loop(F.from_user))
+    router.callback_query.register(start_button, in_loop(F.data.startswith(START_CALLBACK)))
     return router

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiogram import F, Router
 from aiogram.types import Message
 
+from bot.telegram.filters import in_loop
 from generation.texts import text
 
 
@@ -16,5 +17,5 @@ def build_router() -> Router:
     """A new router each time: aiogram attaches a router to one dispatcher only."""
     router = Router(name="unknown")
     # A command nobody took, typed or as the caption of a photo or file.
-    router.message.register(unknown_command, F.text.startswith("/") | F.caption.startswith("/"))
+    router.message.register(unknown_command, in_loop(F.text.startswith("/") | F.caption.startswith("/")))
     return router
