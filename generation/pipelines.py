@@ -112,8 +112,9 @@ async def await_provider_job(
             return PredictionState.from_json(journaled)
         state = await fetch(job_id)
         if state.is_terminal:
-            await ctx.steps.record(f"{step}:result", state.as_json())
-            return PredictionState.from_json(await ctx.steps.saved(f"{step}:result"))
+            # Journaled with the next write (the delivery's mark, or the settling of a failure): a
+            # crash before it costs one more poll.
+            return PredictionState.from_json(await ctx.steps.keep(f"{step}:result", state.as_json()))
         if time.time() >= give_up_at:
             await _cancel_quietly(cancel, job_id)
             raise ProviderFailed(f"{step} {job_id} did not finish in {deadline:.0f}s; cancelled")

@@ -416,8 +416,11 @@ async def _show(target: Target, compose: Callable[[], Awaitable[str]]) -> None:
         wanted = Shown(await compose(), await _cancelable(target))
         if message_id is not None and board.shown.get(generation.id) == wanted:
             return
-        if not await _still_active(services, generation.id):
-            return  # cancelled or settled meanwhile: its status is the cancellation's, or gone
+        # Cancelled or settled meanwhile: its status is the cancellation's, or gone. Not to be asked
+        # once its delivery has begun: a cancellation is refused from then on, and this run settles it.
+        delivering = await target.steps.is_done(DELIVERING_STEP)
+        if not delivering and not await _still_active(services, generation.id):
+            return
         if message_id is None:
             # Not bounded in time: a send given up on could still arrive, as a status never removed.
             await _send(target, wanted)

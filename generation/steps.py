@@ -29,6 +29,8 @@ class StepJournal:
         # A step being run now: a second caller in this run (a status shown from two places at once)
         # waits for the same call instead of making it twice.
         self._running: dict[str, asyncio.Future[Any]] = {}
+        # Results kept (`keep`) and not yet written: they go with the journal's next write.
+        self._kept: dict[str, Any] = {}
 
     async def load(self) -> dict[str, Any]:
         if self._done is None:
@@ -105,10 +107,28 @@ class StepJournal:
                 self._running.pop(name, None)
         return done[name]  # type: ignore[no-any-return]
 
+    async def keep(self, name: str, result: Any) -> Any:
+        """Save a step's result for this run now, and in the journal with its next write (`add`,
+        `record`, `run`) instead of a transaction of its own. Only for a result that can be had again
+        for free (a provider job's final state, read by one more poll): a crash, or a try that ends
+        with no write after it, loses it, and the next run reads it again. A result journaled already
+        (a provider's webhook) is the one kept."""
+        done = await self.load()
+        if name not in done:
+            done[name] = self._kept[name] = result
+        return done[name]
+
     async def add(self, session: AsyncSession, name: str, result: Any) -> None:
         """Journal a step inside the caller's transaction (so it commits with what it is part of); a
-        step journaled already keeps its first result."""
+        step journaled already keeps its first result. Kept results go in the same transaction."""
         done = await self.load()
+        kept, self._kept = self._kept, {}
+        for kept_name, kept_result in kept.items():
+            done[kept_name] = await self._insert(session, kept_name, kept_result)
+        done[name] = await self._insert(session, name, result)
+
+    async def _insert(self, session: AsyncSession, name: str, result: Any) -> Any:
+        """The step's journaled result: `result`, or the one another runner journaled first."""
         added = await session.scalar(
             insert_unless_present(session, Step)
             .values(generation_id=self.generation_id, name=name, result=result)
@@ -118,7 +138,7 @@ class StepJournal:
             result = await session.scalar(
                 select(Step.result).where(Step.generation_id == self.generation_id, Step.name == name)
             )
-        done[name] = result
+        return result
 
     async def record_many(self, results: dict[str, Any]) -> None:
         """Journal several steps in one transaction (fewer commits); each keeps a first result."""
