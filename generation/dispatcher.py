@@ -35,7 +35,7 @@ from generation.plan import (
 from generation.registry import spec_of
 from generation.requests import ValidRequest
 from generation.services import Services
-from generation.store import Generation, GenerationStatus, Plan
+from generation.store import Generation, GenerationStatus, Plan, statements
 from generation.users import ensure_user
 from metrics import InFlight
 
@@ -179,10 +179,14 @@ class Dispatcher:
         request = valid.request
         try:
             async with self.db.transaction(urgent=True) as session:
-                existing = await session.scalar(
-                    select(Generation).where(Generation.request_key == request_key)
+                # Most requests are new: the key is looked up as a plain column, and only a repeat
+                # loads the generation it made.
+                seen = await (await statements(session)).scalar(
+                    select(Generation.id).where(Generation.request_key == request_key)
                 )
-                if existing is not None:
+                if seen is not None:
+                    existing = await session.get(Generation, seen)
+                    assert existing is not None
                     return existing, False
                 user, _ = await ensure_user(
                     session,

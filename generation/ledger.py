@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from generation.store import LedgerEntry, User, insert_unless_present
+from generation.store import LedgerEntry, User, insert_unless_present, statements
 
 
 class InsufficientBalance(Exception):
@@ -72,7 +72,8 @@ async def _post(
     is taken back, in the same transaction. The balance's UPDATE locks the user's row first, so of two
     postings under one key the second waits, finds the first's row and changes nothing."""
     condition = User.balance >= -amount if amount < 0 else User.id == user_id
-    balance = await session.scalar(
+    connection = await statements(session)
+    balance = await connection.scalar(
         update(User)
         .where(User.id == user_id, condition)
         .values(balance=User.balance + amount)
@@ -80,8 +81,8 @@ async def _post(
     )
     if balance is None:
         raise InsufficientBalance(needed=-amount, balance=await balance_of(session, user_id))
-    appended = await session.scalar(
-        insert_unless_present(session, LedgerEntry)
+    appended = await connection.scalar(
+        insert_unless_present(connection, LedgerEntry)
         .values(
             user_id=user_id,
             operation_key=key,
@@ -93,7 +94,7 @@ async def _post(
         .returning(LedgerEntry.id)
     )
     if appended is None:  # this key was posted before: the balance goes back as it was
-        balance = await session.scalar(
+        balance = await connection.scalar(
             update(User)
             .where(User.id == user_id)
             .values(balance=User.balance - amount)

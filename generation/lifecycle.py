@@ -33,7 +33,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import metrics
 from generation import ledger
 from generation.steps import StepJournal
-from generation.store import Database, Generation, GenerationStatus, LedgerEntry, Plan, Step, User, as_utc
+from generation.store import (
+    Database,
+    Generation,
+    GenerationStatus,
+    LedgerEntry,
+    Plan,
+    Step,
+    User,
+    as_utc,
+    statements,
+)
 
 ACTIVE = (GenerationStatus.queued, GenerationStatus.running)
 DELIVER_STEP = "deliver"
@@ -107,7 +117,7 @@ async def claim(db: Database, generation_id: str, plan: Plan, owner: str, lease:
 async def release(db: Database, generation_id: str, owner: str, *, failed: bool = False) -> None:
     """Give a claim back without finishing (a retry will claim it again); `failed` counts the try."""
     async with db.transaction() as session:
-        await session.execute(
+        await (await statements(session)).execute(
             update(Generation)
             .where(Generation.id == generation_id, Generation.lease_owner == owner)
             .values(
@@ -122,21 +132,22 @@ async def renew_lease(db: Database, generation_id: str, owner: str, lease: float
     """Extend this runner's lease; False when another runner holds the generation now (this one was
     too slow to renew in time and was taken for dead): it must stop, the other goes on."""
     async with db.transaction() as session:
-        renewed = await session.execute(
+        connection = await statements(session)
+        renewed = await connection.execute(
             update(Generation)
             .where(Generation.id == generation_id, Generation.lease_owner == owner)
             .values(lease_expires_at=time.time() + lease)
         )
-        if renewed.rowcount:  # type: ignore[attr-defined]
+        if renewed.rowcount:
             return True
-        holder = await session.scalar(select(Generation.lease_owner).where(Generation.id == generation_id))
+        holder = await connection.scalar(select(Generation.lease_owner).where(Generation.id == generation_id))
     return holder is None  # released or settled meanwhile: nobody else runs it
 
 
 async def move_to_plan_b(db: Database, generation_id: str) -> bool:
     """Hand a Plan A generation that could not be enqueued to Plan B, unless a worker already took it."""
     async with db.transaction() as session:
-        result = await session.execute(
+        result = await (await statements(session)).execute(
             update(Generation)
             .where(
                 Generation.id == generation_id,
@@ -145,7 +156,7 @@ async def move_to_plan_b(db: Database, generation_id: str) -> bool:
             )
             .values(plan=Plan.B)
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        return bool(result.rowcount)
 
 
 async def balance_after_refund(db: Database, generation: Generation, refund: int) -> int | None:
@@ -155,9 +166,9 @@ async def balance_after_refund(db: Database, generation: Generation, refund: int
     refunded = (
         select(LedgerEntry.id).where(LedgerEntry.operation_key == ledger.refund_key(generation.id)).exists()
     )
-    async with db.sessions() as session:
+    async with db.reads() as connection:
         row = (
-            await session.execute(
+            await connection.execute(
                 select(Generation.status, User.balance, refunded)
                 .join(User, User.id == Generation.user_id)
                 .where(Generation.id == generation.id)
@@ -180,7 +191,7 @@ async def settle(
 ) -> bool:
     """End a running generation as done or failed and refund what was not delivered, in the caller's
     transaction; False (nothing changed) when a cancellation ended it first."""
-    finished = await session.execute(
+    finished = await (await statements(session)).execute(
         update(Generation)
         .where(Generation.id == generation.id, Generation.status == GenerationStatus.running)
         .values(
@@ -193,7 +204,7 @@ async def settle(
             finished_at=datetime.now(UTC),  # to the microsecond, as created_at is
         )
     )
-    if not finished.rowcount:  # type: ignore[attr-defined]
+    if not finished.rowcount:
         return False
     if refund > 0:
         await ledger.credit(
@@ -266,7 +277,7 @@ async def begin_delivery(session: AsyncSession, steps: StepJournal) -> bool:
 
     Under the generation's row lock, as `cancel` takes it: the two never both win. A rerun (a retry,
     a restarted runner) finds the mark already journaled and delivers again; the user pays once."""
-    running = await session.scalar(
+    running = await (await statements(session)).scalar(
         select(Generation.id)
         .where(Generation.id == steps.generation_id, Generation.status == GenerationStatus.running)
         # FOR NO KEY UPDATE, the lock an UPDATE takes: it excludes `cancel` but lets journal rows

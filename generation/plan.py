@@ -12,7 +12,7 @@ from enum import StrEnum
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from generation.store import Database, Plan, RuntimeFlag
+from generation.store import Database, Plan, RuntimeFlag, statements
 from settings import Settings
 
 PLAN_MODE_FLAG = "plan_mode"
@@ -83,7 +83,7 @@ class StoredPlanFlags:
 async def read_plan_flags(session: AsyncSession) -> StoredPlanFlags:
     """The mode and the share, in one read of the caller's session (the dispatcher's record
     transaction: both are read with the generation they decide, no read of their own per request)."""
-    rows = await session.execute(
+    rows = await (await statements(session)).execute(
         select(RuntimeFlag.key, RuntimeFlag.value).where(
             RuntimeFlag.key.in_((PLAN_MODE_FLAG, PLAN_B_SHARE_FLAG))
         )

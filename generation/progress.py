@@ -474,8 +474,8 @@ def _buttons(target: Target, shown: Shown) -> list[Button] | None:
 
 
 async def _still_active(services: Services, generation_id: str) -> bool:
-    async with services.db.sessions() as session:
-        status = await session.scalar(select(Generation.status).where(Generation.id == generation_id))
+    async with services.db.reads() as connection:
+        status = await connection.scalar(select(Generation.status).where(Generation.id == generation_id))
     return status in (GenerationStatus.queued, GenerationStatus.running)
 
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from generation.store import Database, Step, insert_unless_present
+from generation.store import Database, Step, insert_unless_present, statements
 
 T = TypeVar("T")
 
@@ -34,8 +34,8 @@ class StepJournal:
 
     async def load(self) -> dict[str, Any]:
         if self._done is None:
-            async with self.db.sessions() as session:
-                rows = await session.execute(
+            async with self.db.reads() as connection:
+                rows = await connection.execute(
                     select(Step.name, Step.result).where(Step.generation_id == self.generation_id)
                 )
                 self._done = {name: result for name, result in rows}
@@ -129,13 +129,14 @@ class StepJournal:
 
     async def _insert(self, session: AsyncSession, name: str, result: Any) -> Any:
         """The step's journaled result: `result`, or the one another runner journaled first."""
-        added = await session.scalar(
-            insert_unless_present(session, Step)
+        connection = await statements(session)
+        added = await connection.scalar(
+            insert_unless_present(connection, Step)
             .values(generation_id=self.generation_id, name=name, result=result)
             .returning(Step.name)
         )
         if added is None:  # another runner journaled it first: continue from its result
-            result = await session.scalar(
+            result = await connection.scalar(
                 select(Step.result).where(Step.generation_id == self.generation_id, Step.name == name)
             )
         return result

@@ -36,7 +36,13 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InvalidatePoolError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.dml import Insert
 
@@ -413,6 +419,13 @@ class Database:
         async with self._write_turn(urgent), self._writes() as session, session.begin():
             yield session
 
+    @asynccontextmanager
+    async def reads(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for plain reads (rows, not objects): what `sessions()` does, without the ORM
+        session's own work around each statement, which costs more than the statement on the hot path."""
+        async with self.read_engine.connect() as connection:
+            yield connection
+
     def _write_turn(self, urgent: bool) -> contextlib.AbstractAsyncContextManager[None]:
         if self._write_gate is None:
             return contextlib.nullcontext()
@@ -438,12 +451,20 @@ class Database:
             await self._sqlite_connections.close_all()
 
 
-def insert_unless_present(session: AsyncSession, table: type[Base]) -> Insert:
+async def statements(session: AsyncSession) -> AsyncConnection:
+    """The connection under a write session, for statements that load no objects (an UPDATE, a keyed
+    INSERT, a read of a few columns): run there they skip the ORM's execution (identity map, the
+    objects' sync), about a third of a millisecond of CPU each, in the same transaction."""
+    return await session.connection()
+
+
+def insert_unless_present(session: AsyncSession | AsyncConnection, table: type[Base]) -> Insert:
     """`INSERT ... ON CONFLICT DO NOTHING` in the session's database: a row whose key is taken is
     skipped, in one statement, where catching the IntegrityError would need a savepoint around the
     insert (two more round trips) to keep the transaction usable. Add `.returning(...)` to learn
     whether the row went in: nothing comes back when it did not."""
-    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    dialect = session.dialect if isinstance(session, AsyncConnection) else session.get_bind().dialect
+    insert = postgresql_insert if dialect.name == "postgresql" else sqlite_insert
     return insert(table).on_conflict_do_nothing()
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, StorageKey
+from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 
 from generation.store import ConversationState, Database
@@ -37,9 +38,15 @@ class DatabaseStorage(BaseStorage):
     async def close(self) -> None:
         return None  # the database belongs to the process's services, which close it
 
-    async def _read(self, key: StorageKey) -> ConversationState | None:
-        async with self.db.sessions() as session:
-            return await session.get(ConversationState, self.keys.build(key))
+    async def _read(self, key: StorageKey) -> Row[tuple[str | None, Any]] | None:
+        """The conversation's state and data (read at every update: as plain columns, not an object)."""
+        async with self.db.reads() as connection:
+            result = await connection.execute(
+                select(ConversationState.state, ConversationState.data).where(
+                    ConversationState.key == self.keys.build(key)
+                )
+            )
+            return result.first()
 
     async def _write(self, key: StorageKey, **values: Any) -> None:
         """Change one field of the conversation's row, creating it on first use; a conversation with
