@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -87,11 +87,15 @@ class ArqQueue:
     def __init__(self, pool: ArqRedis, timeout: float = 1.0) -> None:
         self.pool = pool
         self.timeout = timeout  # for a health look: a hung Redis must not hang /healthz or /plan
+        # Told of each enqueue: the worker this process embeds, which then looks for it at once.
+        self.on_enqueued: Callable[[], None] | None = None
 
     async def enqueue(self, generation_id: str) -> None:
         # The job id is the generation id: arq refuses a second job with the same id, so a repeated
         # enqueue (a retried submit, the reconciler) never makes a second job.
         await self.pool.enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)
+        if self.on_enqueued is not None:
+            self.on_enqueued()
 
     async def wake(self, *generation_ids: str) -> None:
         # arq keeps a deferred job in its queue, a sorted set scored by when it may run: moving the

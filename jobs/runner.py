@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from arq import Retry
+from arq.connections import create_pool
 from arq.cron import cron
 from arq.worker import Worker, func
 from loguru import logger
@@ -229,10 +230,42 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def build_worker(settings: Settings, services: Services) -> Worker:
+class PromptWorker(Worker):
+    """arq's worker, which looks for due jobs every `poll_delay`, and also at once when `nudge`d: the
+    worker `aibot run` embeds is nudged by its own front's enqueue, so a job it enqueued starts now
+    rather than at the next look (half a poll later on average), at no cost when nothing comes."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._nudged = asyncio.Event()
+
+    def nudge(self) -> None:
+        self._nudged.set()
+
+    async def main(self) -> None:
+        # arq's own `main`, but for the wait between looks at the queue (arq sleeps a fixed step).
+        if self._pool is None:
+            self._pool = await create_pool(
+                self.redis_settings,
+                job_deserializer=self.job_deserializer,
+                job_serializer=self.job_serializer,
+                default_queue_name=self.queue_name,
+                expires_extra_ms=self.expires_extra_ms,
+            )
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        while True:
+            self._nudged.clear()
+            await self._poll_iteration()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._nudged.wait(), timeout=self.poll_delay_s)
+
+
+def build_worker(settings: Settings, services: Services) -> PromptWorker:
     options = worker_options(settings)
     options["ctx"]["services"] = services
-    return Worker(**options, handle_signals=False)
+    return PromptWorker(**options, handle_signals=False)
 
 
 class SupervisedWorker:
@@ -249,7 +282,7 @@ class SupervisedWorker:
         self.settings = settings
         self.services = services
         self.restart_delay = restart_delay
-        self.worker: Worker | None = None
+        self.worker: PromptWorker | None = None
         self._stopping = asyncio.Event()
         self._handed_back = asyncio.Event()
         self._ended = asyncio.Event()
@@ -279,6 +312,11 @@ class SupervisedWorker:
                         await asyncio.wait_for(self._stopping.wait(), timeout=self.restart_delay)
         finally:
             self._ended.set()
+
+    def nudge(self) -> None:
+        """A job was just enqueued (by this process): look for it now."""
+        if self.worker is not None:
+            self.worker.nudge()
 
     def stop_taking_jobs(self) -> None:
         self._stopping.set()

@@ -281,7 +281,11 @@ async def test_a_clone_whose_answer_was_lost_in_a_crash_is_found_not_paid_for_tw
             # Nothing listens there: the rerun must not need the recording again.
             request={"telegram_id": USER, "audio_url": f"http://127.0.0.1:{closed_port()}/gone.ogg"},
             plan="B",
-            status="queued",
+            # As the dead run left it: claimed once, its lease run out.
+            status="running",
+            attempts=1,
+            lease_owner="inline-dead",
+            lease_expires_at=time.time() - 1,
             units=1,
             unit_price=50,
             price=50,
