@@ -12,10 +12,11 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 from loguru import logger
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 import metrics
@@ -77,6 +78,14 @@ class InlineRunner(Protocol):
 
 
 PlanChangeListener = Callable[[str, str, str], Awaitable[None]]
+
+# What recording a generation writes: every column but those set only later in its life.
+RECORDED_COLUMNS = [
+    column
+    for column in Generation.__table__.columns
+    if column.name
+    not in {"result", "error", "status_message_id", "lease_owner", "lease_expires_at", "finished_at"}
+]
 
 
 @dataclass
@@ -212,6 +221,7 @@ class Dispatcher:
                 if spec is not None and spec.preparer is not None:
                     # Raises InvalidRequest (e.g. no trained model yet): the transaction rolls back.
                     prepared.update(await spec.preparer(session, user, prepared))
+                recorded_at = datetime.now(UTC)  # to the microsecond: the order of the lines for a slot
                 generation = Generation(
                     id=generation_id,
                     request_key=request_key,
@@ -223,12 +233,22 @@ class Dispatcher:
                     request=prepared,
                     plan=plan.value,
                     status=GenerationStatus.queued,
+                    attempts=0,
+                    failures=0,
                     units=request.units(),
                     unit_price=valid.model.price,
                     price=valid.price,
+                    refunded=0,
+                    created_at=recorded_at,
+                    updated_at=recorded_at,
                 )
-                session.add(generation)
-                await session.flush()
+                # Inserted as a plain row (the object is what the caller gets): the ORM's flush
+                # would only add its own bookkeeping to one INSERT.
+                await (await statements(session)).execute(
+                    insert(Generation).values(
+                        {column.name: getattr(generation, column.name) for column in RECORDED_COLUMNS}
+                    )
+                )
                 if valid.price > 0:
                     await ledger.charge(
                         session, user.id, valid.price, ledger.charge_key(generation.id), generation.id

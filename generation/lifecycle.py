@@ -83,35 +83,42 @@ async def claim(db: Database, generation_id: str, plan: Plan, owner: str, lease:
     user and its journal come back from the same transaction, so the run starts without re-reading."""
     now = time.time()
     async with db.transaction() as session:
-        claimed = await session.scalar(
-            update(Generation)
-            .where(
-                Generation.id == generation_id,
-                Generation.plan == plan,
-                (Generation.status == GenerationStatus.queued)
-                | (
-                    (Generation.status == GenerationStatus.running)
-                    & ((Generation.lease_expires_at.is_(None)) | (Generation.lease_expires_at < now))
-                ),
+        connection = await statements(session)
+        claimed = (
+            await connection.execute(
+                update(Generation)
+                .where(
+                    Generation.id == generation_id,
+                    Generation.plan == plan,
+                    (Generation.status == GenerationStatus.queued)
+                    | (
+                        (Generation.status == GenerationStatus.running)
+                        & ((Generation.lease_expires_at.is_(None)) | (Generation.lease_expires_at < now))
+                    ),
+                )
+                .values(
+                    status=GenerationStatus.running,
+                    attempts=Generation.attempts + 1,
+                    lease_owner=owner,
+                    lease_expires_at=now + lease,
+                )
+                .returning(*Generation.__table__.columns)
             )
-            .values(
-                status=GenerationStatus.running,
-                attempts=Generation.attempts + 1,
-                lease_owner=owner,
-                lease_expires_at=now + lease,
-            )
-            .returning(Generation)
-        )
+        ).first()
         if claimed is None:
             return None
-        user = await session.get(User, claimed.user_id)
-        assert user is not None
-        if claimed.attempts == 1:  # its first claim: no runner has journaled anything yet
-            return Claim(claimed, user, {})
-        rows = await session.execute(
+        generation = Generation(**claimed._mapping)
+        user = User(
+            **(await connection.execute(select(*User.__table__.columns).where(User.id == generation.user_id)))
+            .one()
+            ._mapping
+        )
+        if generation.attempts == 1:  # its first claim: no runner has journaled anything yet
+            return Claim(generation, user, {})
+        rows = await connection.execute(
             select(Step.name, Step.result).where(Step.generation_id == generation_id)
         )
-        return Claim(claimed, user, {name: result for name, result in rows})
+        return Claim(generation, user, {name: result for name, result in rows})
 
 
 async def release(db: Database, generation_id: str, owner: str, *, failed: bool = False) -> None:

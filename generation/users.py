@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from generation import ledger
-from generation.store import User
+from generation.store import Database, User
 
 
 async def ensure_user(
@@ -49,3 +49,18 @@ async def find_user(session: AsyncSession, bot_name: str, telegram_id: int) -> U
     return await session.scalar(
         select(User).where(User.bot_name == bot_name, User.telegram_id == telegram_id)
     )
+
+
+async def read_user(db: Database, bot_name: str, telegram_id: int) -> User | None:
+    """The user as it stands, outside any transaction (every update begins with this read): read as
+    plain columns, the object detached from any session. To change a user, `ensure_user` in a
+    transaction."""
+    async with db.reads() as connection:
+        row = (
+            await connection.execute(
+                select(*User.__table__.columns).where(
+                    User.bot_name == bot_name, User.telegram_id == telegram_id
+                )
+            )
+        ).first()
+    return None if row is None else User(**row._mapping)

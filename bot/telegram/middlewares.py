@@ -13,7 +13,7 @@ from bot.telegram.submit import Requester
 from generation.log_context import about_requester
 from generation.services import Services
 from generation.texts import language_from_code
-from generation.users import ensure_user, find_user
+from generation.users import ensure_user, read_user
 
 
 class UserMiddleware(BaseMiddleware):
@@ -42,8 +42,7 @@ class UserMiddleware(BaseMiddleware):
         with about_requester(sender.id, bot_name):
             # A read first: most updates come from known users, and a write transaction on every update
             # would queue each one behind the others on SQLite's single writer.
-            async with self.services.db.sessions() as session:
-                user = await find_user(session, bot_name, sender.id)
+            user = await read_user(self.services.db, bot_name, sender.id)
             if user is None or (sender.username and user.username != sender.username):
                 async with self.services.db.transaction(urgent=True) as session:
                     user, _ = await ensure_user(
