@@ -121,31 +121,40 @@ class StepJournal:
     async def add(self, session: AsyncSession, name: str, result: Any) -> None:
         """Journal a step inside the caller's transaction (so it commits with what it is part of); a
         step journaled already keeps its first result. Kept results go in the same transaction."""
-        done = await self.load()
-        kept, self._kept = self._kept, {}
-        for kept_name, kept_result in kept.items():
-            done[kept_name] = await self._insert(session, kept_name, kept_result)
-        done[name] = await self._insert(session, name, result)
+        await self.add_many(session, {name: result})
 
-    async def _insert(self, session: AsyncSession, name: str, result: Any) -> Any:
-        """The step's journaled result: `result`, or the one another runner journaled first."""
+    async def add_many(self, session: AsyncSession, results: dict[str, Any]) -> None:
+        """Journal several steps, and the kept results, in the caller's transaction: one INSERT of
+        them all. A step journaled already (by another runner) keeps its first result."""
+        done = await self.load()
+        rows, self._kept = {**self._kept, **results}, {}
         connection = await statements(session)
-        added = await connection.scalar(
-            insert_unless_present(connection, Step)
-            .values(generation_id=self.generation_id, name=name, result=result)
-            .returning(Step.name)
-        )
-        if added is None:  # another runner journaled it first: continue from its result
-            result = await connection.scalar(
-                select(Step.result).where(Step.generation_id == self.generation_id, Step.name == name)
+        added = set(
+            await connection.scalars(
+                insert_unless_present(connection, Step)
+                .values(
+                    [
+                        {"generation_id": self.generation_id, "name": name, "result": result}
+                        for name, result in rows.items()
+                    ]
+                )
+                .returning(Step.name)
             )
-        return result
+        )
+        done.update({name: result for name, result in rows.items() if name in added})
+        taken = [name for name in rows if name not in added]
+        if taken:  # another runner journaled these first: continue from its results
+            journaled = await connection.execute(
+                select(Step.name, Step.result).where(
+                    Step.generation_id == self.generation_id, Step.name.in_(taken)
+                )
+            )
+            done.update({name: result for name, result in journaled})
 
     async def record_many(self, results: dict[str, Any]) -> None:
         """Journal several steps in one transaction (fewer commits); each keeps a first result."""
         async with self.db.transaction() as session:
-            for name, result in results.items():
-                await self.add(session, name, result)
+            await self.add_many(session, results)
 
     async def record(self, name: str, result: Any) -> None:
         """Journal one step in a transaction of its own. Another runner may have journaled it first
