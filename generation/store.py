@@ -472,8 +472,14 @@ def insert_unless_present(session: AsyncSession | AsyncConnection, table: type[B
 
 
 async def get_generation(db: Database, generation_id: str) -> Generation | None:
-    async with db.sessions() as session:
-        return await session.get(Generation, generation_id)
+    """The generation as it stands (read as plain columns: a runner's job reads it as it starts)."""
+    async with db.reads() as connection:
+        row = (
+            await connection.execute(
+                select(*Generation.__table__.columns).where(Generation.id == generation_id)
+            )
+        ).first()
+    return None if row is None else Generation(**row._mapping)
 
 
 async def find_by_request_key(db: Database, request_key: str) -> Generation | None:
