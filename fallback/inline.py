@@ -20,6 +20,7 @@ from loguru import logger
 from generation import lifecycle, progress
 from generation.drain import INTERRUPT_WITHIN, Drain, interrupt
 from generation.execution import execute
+from generation.lifecycle import Reserved
 from generation.limits import Limits
 from generation.log_context import about_generation
 from generation.services import Services
@@ -53,6 +54,19 @@ class KeyedLimits:
     def waiting(self) -> int:
         """How many wait for a slot, over every key (one waits for one key at a time)."""
         return sum(len(slots.waiting) for slots in self._slots.values())
+
+    def take_now(self, slots: list[tuple[str, int]]) -> bool:
+        """A slot of each of these limits, taken at once if every one has room now (and nobody waits
+        for it): all or none, never waiting. `give_back` returns them."""
+        if any(self.is_full(key) for key, _ in slots):
+            return False
+        for key, limit in slots:
+            self._slots.setdefault(key, _Slots(limit)).free -= 1
+        return True
+
+    def give_back(self, slots: list[tuple[str, int]]) -> None:
+        for key, _ in slots:
+            self._release(key, self._slots[key])
 
     def place(self, key: str, holder: str) -> int | None:
         """1 for the first in line for `key`; None when `holder` does not wait for it."""
@@ -103,6 +117,20 @@ class KeyedLimits:
             del self._slots[key]  # nobody holds or waits: forget the key (users come and go)
 
 
+class Reservation:
+    """Slots taken for a generation about to be recorded (`InlineRunner.reserve`): held by its run
+    once it starts, given back once, by the run or by a recording that did not happen."""
+
+    def __init__(self, limits: KeyedLimits, slots: list[tuple[str, int]]) -> None:
+        self._limits = limits
+        self._slots: list[tuple[str, int]] | None = slots
+
+    def give_back(self) -> None:
+        if self._slots is not None:
+            self._limits.give_back(self._slots)
+            self._slots = None
+
+
 class InlineRunner:
     def __init__(self, services: Services) -> None:
         self.services = services
@@ -110,16 +138,32 @@ class InlineRunner:
         self.tasks: dict[str, asyncio.Task[object]] = {}
         self.limits = KeyedLimits()
 
-    def start(self, generation_id: str, generation: Generation | None = None) -> asyncio.Task[object]:
-        """Run it in this process; `generation`: the row as just recorded, so the run need not read it."""
+    def reserve(self, user_id: int, model: str) -> Reservation | None:
+        """The slots a generation of this user on this model's provider would hold, taken now if
+        they all have room: the generation is then recorded already claimed by this runner (one write
+        transaction fewer before the provider's call). None when it would have to wait its turn."""
+        provider = self.services.catalog.provider_of(model)
+        slots = Limits.from_settings(self.services.settings).slots(user_id, provider)
+        return Reservation(self.limits, slots) if self.limits.take_now(slots) else None
+
+    def start(
+        self, generation_id: str, generation: Generation | None = None, reserved: Reserved | None = None
+    ) -> asyncio.Task[object]:
+        """Run it in this process; `generation`: the row as just recorded, so the run need not read it;
+        `reserved`: it was recorded claimed by this runner, with its slots taken."""
         running = self.tasks.get(generation_id)
         if running is not None and not running.done():
+            if reserved is not None:
+                reserved.reservation.give_back()
             return running
         task: asyncio.Task[object] = asyncio.create_task(
-            self.run(generation_id, generation), name=f"plan-b-{generation_id}"
+            self.run(generation_id, generation, reserved), name=f"plan-b-{generation_id}"
         )
         self.tasks[generation_id] = task
         task.add_done_callback(lambda _: self.tasks.pop(generation_id, None))
+        if reserved is not None:
+            # However the task ends, even cancelled before it began.
+            task.add_done_callback(lambda _: reserved.reservation.give_back())
         return task
 
     def in_flight(self) -> InFlight:
@@ -134,7 +178,9 @@ class InlineRunner:
         if task is not None:
             task.cancel()
 
-    async def run(self, generation_id: str, generation: Generation | None = None) -> object:
+    async def run(
+        self, generation_id: str, generation: Generation | None = None, reserved: Reserved | None = None
+    ) -> object:
         if generation is None:
             try:
                 generation = await get_generation(self.services.db, generation_id)
@@ -145,11 +191,14 @@ class InlineRunner:
                 return None
         # Every line of the run (the libraries' too, and the tasks it starts) names the generation.
         with about_generation(generation):
-            return await self._run(generation)
+            return await self._run(generation, reserved)
 
-    async def _run(self, generation: Generation) -> object:
+    async def _run(self, generation: Generation, reserved: Reserved | None) -> object:
         try:
-            async with self._turn(generation):
+            # Recorded claimed (its slots taken, nothing journaled yet), or claimed once its turn comes.
+            claimed = None if reserved is None else reserved.claim(generation)
+            turn = contextlib.nullcontext() if reserved is not None else self._turn(generation)
+            async with turn:
                 return await execute(
                     self.services,
                     generation.id,
@@ -160,6 +209,7 @@ class InlineRunner:
                     # Plan B waits inline for as long as the job may take (its deadline ends it sooner).
                     wait_budget=self.services.settings.training_deadline,
                     can_defer=False,
+                    claimed=claimed,
                 )
         except Exception:
             logger.exception("Plan B run crashed")

@@ -9,6 +9,7 @@ runner claims it on its own plan only, so at most one plan ever runs it.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -68,7 +69,18 @@ class JobQueue(Protocol):
 class InlineRunner(Protocol):
     """Plan B (fallback/inline.py): run a generation in this process, one attempt."""
 
-    def start(self, generation_id: str, generation: Generation | None = None) -> asyncio.Task[object]: ...
+    owner: str  # the lease owner its runs claim as
+
+    def reserve(self, user_id: int, model: str) -> lifecycle.SlotReservation | None:
+        """Take this generation's slots now if they all have room (then it is recorded claimed)."""
+        ...
+
+    def start(
+        self,
+        generation_id: str,
+        generation: Generation | None = None,
+        reserved: lifecycle.Reserved | None = None,
+    ) -> asyncio.Task[object]: ...
 
     def stop(self, generation_id: str) -> None: ...
 
@@ -83,8 +95,7 @@ PlanChangeListener = Callable[[str, str, str], Awaitable[None]]
 RECORDED_COLUMNS = [
     column
     for column in Generation.__table__.columns
-    if column.name
-    not in {"result", "error", "status_message_id", "lease_owner", "lease_expires_at", "finished_at"}
+    if column.name not in {"result", "error", "status_message_id", "finished_at"}
 ]
 
 
@@ -160,7 +171,7 @@ class Dispatcher:
     async def submit(self, valid: ValidRequest, request_key: str, bot_name: str) -> Submission:
         """Record the generation and charge for it (raises ledger.InsufficientBalance, recording
         nothing), then hand it to a plan. A request key seen before answers the earlier generation."""
-        generation, created = await self._record(valid, request_key, bot_name)
+        generation, created, reserved = await self._record(valid, request_key, bot_name)
         if created:
             metrics.charged(generation.kind, generation.price)
         if not created:
@@ -179,12 +190,17 @@ class Dispatcher:
             log.bind(plan="B").warning("queue unavailable: running on Plan B instead")
         else:
             log.bind(plan="B").info("recorded; running inline")
-        task = self.inline.start(generation.id, generation)
+        task = self.inline.start(generation.id, generation, reserved)
         return Submission(generation=generation, created=True, plan=Plan.B, inline_task=task)
 
-    async def _record(self, valid: ValidRequest, request_key: str, bot_name: str) -> tuple[Generation, bool]:
+    async def _record(
+        self, valid: ValidRequest, request_key: str, bot_name: str
+    ) -> tuple[Generation, bool, lifecycle.Reserved | None]:
         """Record and charge in one transaction, which also reads the plan mode and A/B share in force
-        (no read of their own per request) to choose the plan."""
+        (no read of their own per request) to choose the plan. A Plan B generation whose slots have
+        room now is recorded already claimed by this process's runner (`Reserved`): its run then
+        makes no write of its own before the provider's call."""
+        reservation: lifecycle.SlotReservation | None = None
         request = valid.request
         try:
             async with self.db.transaction(urgent=True) as session:
@@ -196,7 +212,7 @@ class Dispatcher:
                 if seen is not None:
                     existing = await session.get(Generation, seen)
                     assert existing is not None
-                    return existing, False
+                    return existing, False, None
                 user, _ = await ensure_user(
                     session,
                     bot_name,
@@ -221,6 +237,9 @@ class Dispatcher:
                 if spec is not None and spec.preparer is not None:
                     # Raises InvalidRequest (e.g. no trained model yet): the transaction rolls back.
                     prepared.update(await spec.preparer(session, user, prepared))
+                if plan is Plan.B:
+                    reservation = self.inline.reserve(user.id, valid.model.id)
+                claimed = reservation is not None
                 recorded_at = datetime.now(UTC)  # to the microsecond: the order of the lines for a slot
                 generation = Generation(
                     id=generation_id,
@@ -232,8 +251,10 @@ class Dispatcher:
                     model=valid.model.id,
                     request=prepared,
                     plan=plan.value,
-                    status=GenerationStatus.queued,
-                    attempts=0,
+                    status=GenerationStatus.running if claimed else GenerationStatus.queued,
+                    attempts=1 if claimed else 0,
+                    lease_owner=self.inline.owner if claimed else None,
+                    lease_expires_at=time.time() + self.settings.lease_seconds if claimed else None,
                     failures=0,
                     units=request.units(),
                     unit_price=valid.model.price,
@@ -253,8 +274,15 @@ class Dispatcher:
                     await ledger.charge(
                         session, user.id, valid.price, ledger.charge_key(generation.id), generation.id
                     )
-                return generation, True
-        except IntegrityError:
+                reserved = None if reservation is None else lifecycle.Reserved(user, reservation)
+                return generation, True, reserved
+        except BaseException as error:
+            # Not recorded (a low balance, a refused preparation, a failed commit): nothing holds
+            # the slots taken for it.
+            if reservation is not None:
+                reservation.give_back()
+            if not isinstance(error, IntegrityError):
+                raise
             # A concurrent duplicate of the same request committed first: answer that one.
             async with self.db.sessions() as session:
                 existing = await session.scalar(
@@ -262,7 +290,7 @@ class Dispatcher:
                 )
             if existing is None:
                 raise
-            return existing, False
+            return existing, False, None
 
     async def cancel(self, generation_id: str) -> Canceled | None:
         """Cancel and refund (generation/cancellation.py), then stop whichever plan runs it."""

@@ -90,13 +90,15 @@ async def execute(
     wait_budget: float,
     can_defer: bool,
     retry_policy: RetryPolicy | None = None,
+    claimed: lifecycle.Claim | None = None,
 ) -> Result:
     """Run one try of a generation. A try that fails in a way that may pass raises RetryLater until
     `max_tries` tries have failed; then, or on a permanent error, the generation fails and is refunded.
     `wait_budget` bounds how long this try waits on the provider; with `can_defer` (Plan A) a longer
-    wait ends the try with RetryLater without counting as a failure."""
+    wait ends the try with RetryLater without counting as a failure. `claimed`: the generation was
+    recorded already claimed by this runner (Plan B with room at once), so no claim of its own."""
     db = services.db
-    claim = await lifecycle.claim(db, generation_id, plan, owner, lease)
+    claim = claimed or await lifecycle.claim(db, generation_id, plan, owner, lease)
     if claim is None:
         return Result.not_claimed
     if claim.generation.attempts == 1:  # its first claim: it waited from its record until now

@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -74,6 +74,25 @@ class Claim:
     generation: Generation
     user: User
     journal: dict[str, Any]  # the step journal as it stands
+
+
+class SlotReservation(Protocol):
+    """Concurrency slots taken for a generation before it is recorded (fallback/inline.py)."""
+
+    def give_back(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """A generation recorded already claimed by its Plan B runner, because its slots had room at
+    once: its run goes straight to the pipeline, with no claim of its own and no wait for a turn (one
+    write transaction, not two, before the provider's call)."""
+
+    user: User
+    reservation: SlotReservation
+
+    def claim(self, generation: Generation) -> Claim:
+        return Claim(generation, self.user, {})  # claimed as it was recorded: nothing journaled yet
 
 
 async def claim(db: Database, generation_id: str, plan: Plan, owner: str, lease: float) -> Claim | None:

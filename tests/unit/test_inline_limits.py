@@ -69,3 +69,30 @@ async def test_a_waiter_cancelled_as_its_turn_came_passes_the_slot_on() -> None:
     await asyncio.wait_for(third_entered.wait(), 1)  # the slot went on to "third"
     await third_task
     assert limits._slots == {}
+
+
+async def test_slots_taken_at_once_are_all_or_none_and_come_back() -> None:
+    limits = KeyedLimits()
+    slots = [("user:7", 1), ("global", 2)]
+    assert limits.take_now(slots)  # room in both: taken without waiting
+    assert limits.is_full("user:7") and not limits.is_full("global")
+    assert not limits.take_now(slots)  # the user's one slot is taken: nothing is taken
+    assert not limits.is_full("global")
+    assert limits.take_now([("user:8", 1), ("global", 2)])
+    assert limits.is_full("global")
+
+    # Someone waiting for a slot is not overtaken by a slot taken at once.
+    waiter_got_it = asyncio.Event()
+
+    async def wait_in_line() -> None:
+        async with limits.hold("global", 2, "waiter"):
+            waiter_got_it.set()
+
+    waiter = asyncio.create_task(wait_in_line())
+    await asyncio.sleep(0)
+    limits.give_back(slots)  # the first taker is done: its global slot goes to the one waiting
+    await asyncio.wait_for(waiter_got_it.wait(), 1)
+    await waiter
+    assert not limits.is_full("user:7")
+    limits.give_back([("user:8", 1), ("global", 2)])
+    assert not limits.is_full("global") and limits.waiting() == 0

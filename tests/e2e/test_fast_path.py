@@ -1,0 +1,65 @@
+"""The fast path of Plan B: a generation whose slots have room is recorded already claimed by the
+process's runner, so its run writes nothing of its own before the provider's call; one that must wait
+its turn is recorded queued and claimed when its turn comes, as before."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import event
+
+from tests.conftest import AppFactory
+from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of
+from tests.fakes.replicate import FakeReplicate, Outcome
+from tests.fakes.telegram import FakeTelegram
+
+FLUX = "black-forest-labs/flux-schnell"
+
+
+async def test_room_at_once_is_recorded_claimed_and_a_full_limit_waits_queued(
+    make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate
+) -> None:
+    app = await make_app(limit_per_user=1)  # no Redis: Plan B
+    assert app.services is not None and app.inline is not None
+    chat = Chat(telegram)
+    chat.send("/start")
+    await chat.reply("Hi,")
+    # The writes the product made, and which of them had been made when the provider's create came.
+    writes: list[str] = []
+    before_create: list[list[str]] = []
+
+    def on_execute(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.startswith(("INSERT", "UPDATE")):
+            writes.append(" ".join(statement.split()[:3]))
+
+    event.listen(app.services.db.engine.sync_engine, "before_cursor_execute", on_execute)
+
+    class CreatesSeen(list[object]):
+        def append(self, item: object) -> None:
+            before_create.append(list(writes))
+            super().append(item)
+
+    replicate.creates = CreatesSeen()  # type: ignore[assignment]
+    hold = asyncio.Event()
+    replicate.script(FLUX, Outcome(hold=hold), Outcome())
+
+    chat.send("/image 1 a fox")
+    await replicate.wait_for_create(1)
+    # The record (generation, charge, ledger row) also claimed it: no UPDATE of the generation came
+    # before the provider's call (the status message goes alongside the call).
+    assert not any(write.startswith("UPDATE generations") for write in before_create[0])
+    assert sum(write == "INSERT INTO generations" for write in before_create[0]) == 1
+    [first] = await generations_of(app)
+    assert (first.status, first.attempts, first.lease_owner) == ("running", 1, app.inline.owner)
+
+    chat.send("/image 1 a cat")  # the user's one slot is held: this one waits its turn
+    await chat.reply("Waiting")
+    second = [g for g in await generations_of(app) if g.id != first.id][0]
+    assert (second.status, second.attempts, second.lease_owner) == ("queued", 0, None)
+    assert replicate.create_count(FLUX) == 1
+
+    hold.set()
+    settled = await all_settled(app, 2)
+    assert [(g.status, g.attempts) for g in settled] == [("done", 1), ("done", 1)]
+    assert replicate.create_count(FLUX) == 2
+    assert await balance_and_ledger_sum(app) == (8, 8)
