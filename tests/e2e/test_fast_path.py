@@ -54,7 +54,7 @@ async def test_room_at_once_is_recorded_claimed_and_a_full_limit_waits_queued(
 
     chat.send("/image 1 a cat")  # the user's one slot is held: this one waits its turn
     await chat.reply("Waiting")
-    second = [g for g in await generations_of(app) if g.id != first.id][0]
+    second = next(g for g in await generations_of(app) if g.id != first.id)
     assert (second.status, second.attempts, second.lease_owner) == ("queued", 0, None)
     assert replicate.create_count(FLUX) == 1
 
