@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from loguru import logger
 from sqlalchemy import func, insert, select
@@ -37,7 +37,7 @@ from generation.plan import (
 from generation.registry import spec_of
 from generation.requests import ValidRequest
 from generation.services import Services
-from generation.store import Generation, GenerationStatus, Plan, statements
+from generation.store import Generation, GenerationStatus, Plan, User, statements
 from generation.users import ensure_user
 from metrics import InFlight
 
@@ -168,10 +168,13 @@ class Dispatcher:
 
     # --- submit --------------------------------------------------------------------------------------
 
-    async def submit(self, valid: ValidRequest, request_key: str, bot_name: str) -> Submission:
+    async def submit(
+        self, valid: ValidRequest, request_key: str, bot_name: str, *, known_user: User | None = None
+    ) -> Submission:
         """Record the generation and charge for it (raises ledger.InsufficientBalance, recording
-        nothing), then hand it to a plan. A request key seen before answers the earlier generation."""
-        generation, created, reserved = await self._record(valid, request_key, bot_name)
+        nothing), then hand it to a plan. A request key seen before answers the earlier generation.
+        `known_user`: the user as the channel just read them (not read again)."""
+        generation, created, reserved = await self._record(valid, request_key, bot_name, known_user)
         if created:
             metrics.charged(generation.kind, generation.price)
         if not created:
@@ -194,7 +197,7 @@ class Dispatcher:
         return Submission(generation=generation, created=True, plan=Plan.B, inline_task=task)
 
     async def _record(
-        self, valid: ValidRequest, request_key: str, bot_name: str
+        self, valid: ValidRequest, request_key: str, bot_name: str, known_user: User | None
     ) -> tuple[Generation, bool, lifecycle.Reserved | None]:
         """Record and charge in one transaction, which also reads the plan mode and A/B share in force
         (no read of their own per request) to choose the plan. A Plan B generation whose slots have
@@ -213,14 +216,17 @@ class Dispatcher:
                     existing = await session.get(Generation, seen)
                     assert existing is not None
                     return existing, False, None
-                user, _ = await ensure_user(
-                    session,
-                    bot_name,
-                    request.telegram_id,
-                    username=request.username,
-                    language=request.language,
-                    new_user_bonus=self.settings.new_user_bonus,
-                )
+                if _is(known_user, bot_name, request.telegram_id):
+                    user = known_user
+                else:
+                    user, _ = await ensure_user(
+                        session,
+                        bot_name,
+                        request.telegram_id,
+                        username=request.username,
+                        language=request.language,
+                        new_user_bonus=self.settings.new_user_bonus,
+                    )
                 flags = await read_plan_flags(session)
                 share = self.settings.plan_b_share if flags.plan_b_share is None else flags.plan_b_share
                 # The id is chosen here, not by the row's default, because the A/B split hashes it.
@@ -326,3 +332,8 @@ class Dispatcher:
                 await self.on_plan_change(old, new, reason)
             except Exception:
                 logger.exception("could not report the plan switch to admins")
+
+
+def _is(user: User | None, bot_name: str, telegram_id: int) -> TypeGuard[User]:
+    """Whether a user the channel read is the one the request names (a user is never deleted)."""
+    return user is not None and user.bot_name == bot_name and user.telegram_id == telegram_id

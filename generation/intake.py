@@ -21,7 +21,7 @@ from generation.dispatcher import Dispatcher, Submission
 from generation.ledger import InsufficientBalance
 from generation.registry import spec_of
 from generation.requests import GenerationRequest, InvalidRequest, Problem, ValidRequest, validate_request
-from generation.store import REQUEST_KEY_LENGTH, Generation, find_by_request_key
+from generation.store import REQUEST_KEY_LENGTH, Generation, User, find_by_request_key
 
 # The bot of an API request that names none, when the server runs no bot: results stay in the database.
 API_ONLY_BOT = "api"
@@ -88,6 +88,9 @@ class Incoming:
     kind: Kind
     fields: Mapping[str, Any]
     origin: FromTelegram | FromApi
+    # Who asks, when the channel has read them already (a Telegram update's user, read as it came in):
+    # recording then does not read them again.
+    user: User | None = None
 
 
 class Stage(enum.StrEnum):
@@ -135,7 +138,7 @@ async def submit(generations: Dispatcher, incoming: Incoming) -> Outcome:
         except InvalidRequest as invalid:
             return Refused(invalid.problems, Stage.inputs)
     try:
-        submission = await generations.submit(valid, request_key, bot_name)
+        submission = await generations.submit(valid, request_key, bot_name, known_user=incoming.user)
     except InvalidRequest as invalid:  # raised by the kind's preparer, inside the recording transaction
         return Refused(invalid.problems, Stage.account)
     except InsufficientBalance as error:

@@ -52,7 +52,7 @@ class Requester:
             **fields,
         }
         origin = intake.FromTelegram(self.bot_name, message.chat.id, event or str(message.message_id))
-        outcome = await intake.submit(self.generations, intake.Incoming(kind, data, origin))
+        outcome = await intake.submit(self.generations, intake.Incoming(kind, data, origin, self.user))
         if isinstance(outcome, intake.Refused):
             await message.answer("\n".join(problem.message(self.lang) for problem in outcome.problems))
         elif isinstance(outcome, intake.Unaffordable):
