@@ -27,8 +27,9 @@ from generation.plan import (
     CircuitBreaker,
     PlanMode,
     mode_from_environment,
+    plan_flag_columns,
+    plan_flags_from,
     plan_for,
-    read_plan_flags,
     store_mode,
     store_plan_b_share,
     stored_mode,
@@ -207,11 +208,18 @@ class Dispatcher:
         request = valid.request
         try:
             async with self.db.transaction(urgent=True) as session:
-                # Most requests are new: the key is looked up as a plain column, and only a repeat
-                # loads the generation it made.
-                seen = await (await statements(session)).scalar(
-                    select(Generation.id).where(Generation.request_key == request_key)
-                )
+                # Most requests are new: the key is looked up as a plain column (with the plan flags
+                # in force, in the same statement), and only a repeat loads the generation it made.
+                seen, mode_value, share_value = (
+                    await (await statements(session)).execute(
+                        select(
+                            select(Generation.id)
+                            .where(Generation.request_key == request_key)
+                            .scalar_subquery(),
+                            *plan_flag_columns(),
+                        )
+                    )
+                ).one()
                 if seen is not None:
                     existing = await session.get(Generation, seen)
                     assert existing is not None
@@ -227,7 +235,7 @@ class Dispatcher:
                         language=request.language,
                         new_user_bonus=self.settings.new_user_bonus,
                     )
-                flags = await read_plan_flags(session)
+                flags = plan_flags_from(mode_value, share_value)
                 share = self.settings.plan_b_share if flags.plan_b_share is None else flags.plan_b_share
                 # The id is chosen here, not by the row's default, because the A/B split hashes it.
                 generation_id = uuid.uuid4().hex

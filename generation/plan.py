@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import ScalarSelect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from generation.store import Database, Plan, RuntimeFlag, statements
@@ -80,20 +80,28 @@ class StoredPlanFlags:
     plan_b_share: int | None
 
 
-async def read_plan_flags(session: AsyncSession) -> StoredPlanFlags:
-    """The mode and the share, in one read of the caller's session (the dispatcher's record
-    transaction: both are read with the generation they decide, no read of their own per request)."""
-    rows = await (await statements(session)).execute(
-        select(RuntimeFlag.key, RuntimeFlag.value).where(
-            RuntimeFlag.key.in_((PLAN_MODE_FLAG, PLAN_B_SHARE_FLAG))
-        )
-    )
-    values = {key: value for key, value in rows}
+def plan_flag_columns() -> list[ScalarSelect[str]]:
+    """The stored mode and share as two columns, for a statement to read along with what it reads
+    (the dispatcher's record transaction reads them with the request key's lookup: both decide the
+    generation, and neither costs a round trip of its own); `plan_flags_from` reads them back."""
+    return [
+        select(RuntimeFlag.value).where(RuntimeFlag.key == flag).scalar_subquery()
+        for flag in (PLAN_MODE_FLAG, PLAN_B_SHARE_FLAG)
+    ]
+
+
+def plan_flags_from(mode_value: str | None, share_value: str | None) -> StoredPlanFlags:
     try:
-        mode = PlanMode(values[PLAN_MODE_FLAG]) if values.get(PLAN_MODE_FLAG) else None
+        mode = PlanMode(mode_value) if mode_value else None
     except ValueError:
         mode = None
-    return StoredPlanFlags(mode=mode, plan_b_share=parse_share(values.get(PLAN_B_SHARE_FLAG)))
+    return StoredPlanFlags(mode=mode, plan_b_share=parse_share(share_value))
+
+
+async def read_plan_flags(session: AsyncSession) -> StoredPlanFlags:
+    """The mode and the share, in one read of the caller's session."""
+    row = (await (await statements(session)).execute(select(*plan_flag_columns()))).one()
+    return plan_flags_from(row[0], row[1])
 
 
 def share_bucket(generation_id: str) -> int:
