@@ -231,16 +231,19 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 
 
 class PromptWorker(Worker):
-    """arq's worker, which looks for due jobs every `poll_delay`, and also at once when `nudge`d: the
-    worker `aibot run` embeds is nudged by its own front's enqueue, so a job it enqueued starts now
-    rather than at the next look (half a poll later on average), at no cost when nothing comes."""
+    """arq's worker, which looks for due jobs every `poll_delay`, and also at once when `nudge`d while
+    idle: the worker `aibot run` embeds is nudged by its own front's enqueue, so a job it enqueued
+    starts now rather than at the next look (half a poll later on average)."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._nudged = asyncio.Event()
 
     def nudge(self) -> None:
-        self._nudged.set()
+        # Only an idle worker: a busy one looks again as its jobs end, and a burst of enqueues must
+        # not turn into a look per enqueue while it works.
+        if not self.job_tasks:
+            self._nudged.set()
 
     async def main(self) -> None:
         # arq's own `main`, but for the wait between looks at the queue (arq sleeps a fixed step).
