@@ -5,7 +5,8 @@ The count is kept in a small file shared by memory map (``BENCH_COUNTER_FILE``):
 64-bit integers, the COMMITs and the ROLLBACKs SQLAlchemy issued on any engine of the process. The
 benchmark reads the file whenever it likes, without disturbing the process. Everything else is the
 product's own console script (the ``aibot`` entry point), unchanged; with ``BENCH_PROFILE_FILE`` it
-runs under cProfile and leaves its statistics there at exit.
+runs under cProfile and leaves its statistics there at exit; with ``BENCH_STATEMENTS_FILE`` it writes
+there at exit every SQL statement it executed, counted, most frequent first.
 
 On SQLite the product begins every transaction itself (BEGIN / BEGIN IMMEDIATE), so every commit
 counted is a COMMIT the database executed; on PostgreSQL the benchmark also reads the server's own
