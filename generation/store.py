@@ -311,7 +311,7 @@ def create_engine(
         return connection
 
     engine = create_async_engine(database_url, async_creator=connect)
-    _configure_sqlite(engine, begin="BEGIN IMMEDIATE" if for_writes else "BEGIN")
+    _configure_sqlite(engine, begin="BEGIN IMMEDIATE" if for_writes else None)
     return engine
 
 
@@ -334,11 +334,13 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
             raise InvalidatePoolError("an idle pooled connection is gone") from error
 
 
-def _configure_sqlite(engine: AsyncEngine, begin: str) -> None:
+def _configure_sqlite(engine: AsyncEngine, begin: str | None) -> None:
     """SQLite allows one writer: a transaction that writes takes the write lock when it begins
     (BEGIN IMMEDIATE). Otherwise two transactions that both read then write deadlock on the upgrade
     to a write lock and one fails at once with "database is locked" instead of waiting its turn.
-    Reads begin plainly: in WAL mode they neither wait for the writer nor block it."""
+    Reads begin no transaction (`begin` None): each statement reads the latest commits, as on
+    PostgreSQL's READ COMMITTED, and a read session costs no BEGIN (a trip to the connection's thread).
+    In WAL mode reads neither wait for the writer nor block it."""
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -348,6 +350,9 @@ def _configure_sqlite(engine: AsyncEngine, begin: str) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+
+    if begin is None:
+        return
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:

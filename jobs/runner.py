@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 import metrics
 from generation import lifecycle, progress
 from generation.drain import CLOSE_WITHIN, INTERRUPT_WITHIN, Drain, interrupt, within
-from generation.execution import RetryLater, RetryPolicy, execute
+from generation.execution import Result, RetryLater, RetryPolicy, execute
 from generation.limits import Limits
 from generation.log_context import about_generation
 from generation.services import Services
@@ -97,8 +97,8 @@ async def _run_try(ctx: dict[str, Any], services: Services, generation: Generati
         )
     except RetryLater as retry:
         raise Retry(defer=retry.delay) from retry.cause  # still in flight: it keeps its slots
-    settled = await get_generation(services.db, generation_id)
-    if settled is not None and GenerationStatus(settled.status).is_final:
+    # Done, failed or cancelled here: it is final. Not claimed: someone else may still run it.
+    if result is not Result.not_claimed or await _is_final(services, generation_id):
         try:
             await _wake(ctx, await limiter.release(generation.id, generation.user_id, provider))
         except RedisError as error:  # the slots expire on their own; the generation is settled
@@ -139,6 +139,11 @@ async def _stop_following(ctx: dict[str, Any]) -> None:
     context: contextlib.ExitStack | None = ctx.pop(_LOG_CONTEXT, None)
     if context is not None:
         context.close()
+
+
+async def _is_final(services: Services, generation_id: str) -> bool:
+    settled = await get_generation(services.db, generation_id)
+    return settled is not None and GenerationStatus(settled.status).is_final
 
 
 def _is_generation_id(job_id: str) -> bool:
