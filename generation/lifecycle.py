@@ -42,6 +42,8 @@ from generation.store import (
     Step,
     User,
     as_utc,
+    detached,
+    read_detached,
     statements,
 )
 
@@ -126,12 +128,9 @@ async def claim(db: Database, generation_id: str, plan: Plan, owner: str, lease:
         ).first()
         if claimed is None:
             return None
-        generation = Generation(**claimed._mapping)
-        user = User(
-            **(await connection.execute(select(*User.__table__.columns).where(User.id == generation.user_id)))
-            .one()
-            ._mapping
-        )
+        generation = detached(Generation, claimed)
+        user = await read_detached(connection, User, User.id == generation.user_id)
+        assert user is not None
         if generation.attempts == 1:  # its first claim: no runner has journaled anything yet
             return Claim(generation, user, {})
         rows = await connection.execute(

@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from generation import ledger
-from generation.store import Database, User
+from generation.store import Database, User, read_detached
 
 
 async def ensure_user(
@@ -56,11 +56,6 @@ async def read_user(db: Database, bot_name: str, telegram_id: int) -> User | Non
     plain columns, the object detached from any session. To change a user, `ensure_user` in a
     transaction."""
     async with db.reads() as connection:
-        row = (
-            await connection.execute(
-                select(*User.__table__.columns).where(
-                    User.bot_name == bot_name, User.telegram_id == telegram_id
-                )
-            )
-        ).first()
-    return None if row is None else User(**row._mapping)
+        return await read_detached(
+            connection, User, User.bot_name == bot_name, User.telegram_id == telegram_id
+        )
