@@ -41,7 +41,7 @@ T = TypeVar("T")
 # Modest runs: each example is a real request (or a few) against a real database; the suite keeps
 # under its 10 minutes, and the deterministic edge-value sweep covers every field on every run.
 FUZZ = settings(
-    max_examples=60,
+    max_examples=40,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
