@@ -6,7 +6,8 @@ The count is kept in a small file shared by memory map (``BENCH_COUNTER_FILE``):
 benchmark reads the file whenever it likes, without disturbing the process. Everything else is the
 product's own console script (the ``aibot`` entry point), unchanged; with ``BENCH_PROFILE_FILE`` it
 runs under cProfile and leaves its statistics there at exit; with ``BENCH_STATEMENTS_FILE`` it writes
-there at exit every SQL statement it executed, counted, most frequent first.
+there at exit every SQL statement it executed, counted, most frequent first (marked when SQLAlchemy
+compiled it rather than taking it from its cache).
 
 On SQLite the product begins every transaction itself (BEGIN / BEGIN IMMEDIATE), so every commit
 counted is a COMMIT the database executed; on PostgreSQL the benchmark also reads the server's own
@@ -26,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.engine.interfaces import CacheStats
 
 COUNTER = struct.Struct("<qq")
 
@@ -67,8 +69,12 @@ def install_statement_census(path: Path) -> None:
     frequent first): which queries a generation's path makes, and how often."""
     counts: dict[str, int] = {}
 
-    def on_execute(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        key = " ".join(statement.split())[:160]
+    def on_execute(_conn: Any, _cursor: Any, statement: str, _parameters: Any, context: Any, *_: Any) -> None:
+        # A statement SQLAlchemy compiled anew (not from its cache) is marked: on the hot path that
+        # is CPU spent on every call.
+        hit = getattr(context, "cache_hit", None)
+        mark = "" if hit in (None, CacheStats.CACHE_HIT) else f"[{hit.name}] "
+        key = mark + " ".join(statement.split())[:160]
         counts[key] = counts.get(key, 0) + 1
 
     def dump() -> None:

@@ -129,16 +129,16 @@ class StepJournal:
         done = await self.load()
         rows, self._kept = {**self._kept, **results}, {}
         connection = await statements(session)
+        # The rows go as parameters, not as `.values([...])`: SQLAlchemy caches no statement built
+        # with a list of values and would compile it anew each time; this one it sends as one
+        # multi-row INSERT all the same.
         added = set(
             await connection.scalars(
-                insert_unless_present(connection, Step)
-                .values(
-                    [
-                        {"generation_id": self.generation_id, "name": name, "result": result}
-                        for name, result in rows.items()
-                    ]
-                )
-                .returning(Step.name)
+                insert_unless_present(connection, Step).returning(Step.name),
+                [
+                    {"generation_id": self.generation_id, "name": name, "result": result}
+                    for name, result in rows.items()
+                ],
             )
         )
         done.update({name: result for name, result in rows.items() if name in added})
