@@ -197,6 +197,7 @@ class InlineRunner:
         try:
             # Recorded claimed (its slots taken, nothing journaled yet), or claimed once its turn comes.
             claimed = None if reserved is None else reserved.claim(generation)
+            await self.services.intake_first.wait_turn()
             turn = contextlib.nullcontext() if reserved is not None else self._turn(generation)
             async with turn:
                 return await execute(

@@ -50,6 +50,7 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     if generation is None:
         return "unknown generation"
     with about_generation(generation):
+        await services.intake_first.wait_turn()
         return await _run_try(ctx, services, generation)
 
 

@@ -1,0 +1,63 @@
+"""Requests being accepted go before runs starting (generation/intake_first.py): a generation recorded
+while another request is still being accepted starts its run, on either plan, only once that request
+is in, or after the longest wait; nothing is lost or paid twice by the wait."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from generation.intake_first import IntakeFirst
+from tests.conftest import AppFactory
+from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of
+from tests.fakes.replicate import FakeReplicate
+from tests.fakes.telegram import FakeTelegram
+
+FLUX = "black-forest-labs/flux-schnell"
+
+
+@pytest.mark.parametrize("plan", ["B", "A"])
+async def test_a_run_waits_until_requests_being_accepted_are_in(
+    make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate, redis_url: str, plan: str
+) -> None:
+    app = await make_app(redis_url=redis_url) if plan == "A" else await make_app()
+    assert app.services is not None
+    chat = Chat(telegram)
+    chat.send("/start")
+    await chat.reply("Hi,")
+
+    with app.services.intake_first.accepting_one():  # another request, still being accepted
+        chat.send("/image 1 a fox")
+        for _ in range(200):
+            if await generations_of(app):
+                break
+            await asyncio.sleep(0.01)
+        [recorded] = await generations_of(app)
+        assert recorded.plan == plan
+        await asyncio.sleep(0.3)  # time enough to reach the provider, were it not waiting
+        assert replicate.create_count(FLUX) == 0
+
+    await replicate.wait_for_create(1)
+    [settled] = await all_settled(app, 1)
+    assert (settled.status, settled.attempts) == ("done", 1)
+    assert await balance_and_ledger_sum(app) == (9, 9)
+
+
+async def test_waiting_for_accepting_to_end_is_bounded() -> None:
+    gate = IntakeFirst(longest_wait=0.2)
+    await asyncio.wait_for(gate.wait_turn(), 0.05)  # nothing being accepted: no wait at all
+
+    with gate.accepting_one():
+        started = time.monotonic()
+        await gate.wait_turn()  # accepting never ends here: the run goes on after the longest wait
+        assert time.monotonic() - started >= 0.19
+
+    with gate.accepting_one():
+        waiter = asyncio.ensure_future(gate.wait_turn())
+        with gate.accepting_one():
+            await asyncio.sleep(0.05)
+        assert not waiter.done()  # one of two requests is in: still waiting
+    await asyncio.wait_for(waiter, 0.05)  # both in: the run starts at once
+    assert gate.accepting == 0
