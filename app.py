@@ -56,6 +56,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+# Connections waiting to be accepted. aiohttp's default, 128, is below a burst of clients connecting at
+# once (Telegram alone opens up to 40 webhook connections a bot): the kernel drops the rest's SYNs and
+# they retry after a second or more. The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
+
+
 class _Closings(contextlib.AsyncExitStack):
     """What a process opened, closed last first when it stops. Each closing is bounded in time (a
     process told to stop must stop), and one that fails does not keep the others from closing."""
@@ -250,7 +256,7 @@ class Process:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         self._opened.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, self.settings.http_host, port)
+        site = web.TCPSite(runner, self.settings.http_host, port, backlog=LISTEN_BACKLOG)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
