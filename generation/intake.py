@@ -140,7 +140,7 @@ async def submit(generations: Dispatcher, incoming: Incoming) -> Outcome:
     try:
         # Runs starting in this process wait meanwhile (generation/intake_first.py); not during the
         # checker above, whose fetch may take seconds.
-        with services.intake_first.accepting_one():
+        async with services.intake_first.accepting_one():
             submission = await generations.submit(valid, request_key, bot_name, known_user=incoming.user)
     except InvalidRequest as invalid:  # raised by the kind's preparer, inside the recording transaction
         return Refused(invalid.problems, Stage.account)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from generation.intake_first import IntakeFirst
+from generation.intake_first import ACCEPTING_AT_ONCE, IntakeFirst
 from tests.conftest import AppFactory
 from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of
 from tests.fakes.replicate import FakeReplicate
@@ -28,7 +28,7 @@ async def test_a_run_waits_until_requests_being_accepted_are_in(
     chat.send("/start")
     await chat.reply("Hi,")
 
-    with app.services.intake_first.accepting_one():  # another request, still being accepted
+    async with app.services.intake_first.accepting_one():  # another request, still being accepted
         chat.send("/image 1 a fox")
         for _ in range(200):
             if await generations_of(app):
@@ -49,15 +49,38 @@ async def test_waiting_for_accepting_to_end_is_bounded() -> None:
     gate = IntakeFirst(longest_wait=0.2)
     await asyncio.wait_for(gate.wait_turn(), 0.05)  # nothing being accepted: no wait at all
 
-    with gate.accepting_one():
+    async with gate.accepting_one():
         started = time.monotonic()
         await gate.wait_turn()  # accepting never ends here: the run goes on after the longest wait
         assert time.monotonic() - started >= 0.19
 
-    with gate.accepting_one():
+    async with gate.accepting_one():
         waiter = asyncio.ensure_future(gate.wait_turn())
-        with gate.accepting_one():
+        async with gate.accepting_one():
             await asyncio.sleep(0.05)
         assert not waiter.done()  # one of two requests is in: still waiting
     await asyncio.wait_for(waiter, 0.05)  # both in: the run starts at once
+    assert gate.accepting == 0
+
+
+async def test_requests_are_recorded_a_few_at_a_time_and_all_counted_meanwhile() -> None:
+    gate = IntakeFirst()
+    inside = 0
+    most_inside = 0
+    release = asyncio.Event()
+
+    async def accept() -> None:
+        nonlocal inside, most_inside
+        async with gate.accepting_one():
+            inside += 1
+            most_inside = max(most_inside, inside)
+            await release.wait()
+            inside -= 1
+
+    requests = [asyncio.ensure_future(accept()) for _ in range(ACCEPTING_AT_ONCE * 3)]
+    await asyncio.sleep(0.05)
+    assert most_inside == ACCEPTING_AT_ONCE
+    assert gate.accepting == ACCEPTING_AT_ONCE * 3  # those waiting their turn hold runs back too
+    release.set()
+    await asyncio.gather(*requests)
     assert gate.accepting == 0
