@@ -3,6 +3,7 @@ Bot API's payment flow (sendInvoice in XTR, pre_checkout_query, successful_payme
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -188,14 +189,15 @@ async def test_a_payment_whose_update_was_lost_is_credited_by_the_reconciler(
     chat = Chat(telegram)
     invoice = await buy(chat)
 
+    crashed = asyncio.Event()
+
     async def crash(*args: object, **kwargs: object) -> None:
+        crashed.set()
         raise ConnectionError("the process died here")
 
     monkeypatch.setattr(payments, "record_payment", crash)
     await pay(chat, invoice)
-    await telegram.wait_for(
-        lambda call: call.method == "getUpdates" and not telegram.pending_updates(chat.token)
-    )
+    await asyncio.wait_for(crashed.wait(), 10)
     assert await balance_and_ledger_sum(app) == (0, 0)
     monkeypatch.undo()
 
