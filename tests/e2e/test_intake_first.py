@@ -9,8 +9,9 @@ import time
 
 import pytest
 
+from app import App
 from generation.intake_first import ACCEPTING_AT_ONCE, IntakeFirst
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, wait_until
 from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of
 from tests.fakes.replicate import FakeReplicate
 from tests.fakes.telegram import FakeTelegram
@@ -30,10 +31,7 @@ async def test_a_run_waits_until_requests_being_accepted_are_in(
 
     async with app.services.intake_first.accepting_one():  # another request, still being accepted
         chat.send("/image 1 a fox")
-        for _ in range(200):
-            if await generations_of(app):
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: _any_recorded(app))
         [recorded] = await generations_of(app)
         assert recorded.plan == plan
         await asyncio.sleep(0.3)  # time enough to reach the provider, were it not waiting
@@ -43,6 +41,10 @@ async def test_a_run_waits_until_requests_being_accepted_are_in(
     [settled] = await all_settled(app, 1)
     assert (settled.status, settled.attempts) == ("done", 1)
     assert await balance_and_ledger_sum(app) == (9, 9)
+
+
+async def _any_recorded(app: App) -> bool:
+    return bool(await generations_of(app))
 
 
 async def test_waiting_for_accepting_to_end_is_bounded() -> None:
