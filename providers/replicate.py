@@ -21,6 +21,7 @@ from replicate.client import Client as ReplicateClient
 from replicate.exceptions import ReplicateError
 
 import metrics
+from providers.aiohttp_transport import AiohttpTransport
 from providers.errors import (
     ProviderFailed,
     ProviderMisconfigured,
@@ -74,13 +75,17 @@ class ReplicateProvider:
         self.poll_interval = poll_interval
         self.timeout = timeout
         self._retry_after: dict[int, float] = {}
+        self._api_transport = AiohttpTransport()
         self.client = ReplicateClient(
             api_token=api_token or "",
             base_url=base_url,
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             event_hooks={"response": [self._remember_retry_after]},
+            transport=self._api_transport,
         )
-        self._downloads = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True)
+        self._downloads = httpx.AsyncClient(
+            timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True, transport=AiohttpTransport()
+        )
 
     async def _remember_retry_after(self, response: httpx.Response) -> None:
         # ReplicateError keeps no headers; a 429's Retry-After is read here and attached when mapping.
@@ -288,6 +293,7 @@ class ReplicateProvider:
 
     async def close(self) -> None:
         await self._downloads.aclose()
+        await self._api_transport.aclose()
 
     def _require_token(self) -> None:
         if not self._api_token:
