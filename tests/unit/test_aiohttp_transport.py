@@ -72,8 +72,12 @@ async def server() -> AsyncIterator[TestServer]:
     app.router.add_get("/slow", slow)
     app.router.add_get("/large", large)
     app.router.add_get("/cut", cut_short)
-    async with TestServer(app, host="127.0.0.1") as test_server:
+    test_server = TestServer(app, host="127.0.0.1")
+    await test_server.start_server()
+    try:
         yield test_server
+    finally:
+        await test_server.close()
 
 
 @pytest.fixture
