@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from generation.store import Database, Step, insert_unless_present, statements
 
@@ -123,12 +123,12 @@ class StepJournal:
         step journaled already keeps its first result. Kept results go in the same transaction."""
         await self.add_many(session, {name: result})
 
-    async def add_many(self, session: AsyncSession, results: dict[str, Any]) -> None:
+    async def add_many(self, session: AsyncSession | AsyncConnection, results: dict[str, Any]) -> None:
         """Journal several steps, and the kept results, in the caller's transaction: one INSERT of
         them all. A step journaled already (by another runner) keeps its first result."""
         done = await self.load()
         rows, self._kept = {**self._kept, **results}, {}
-        connection = await statements(session)
+        connection = session if isinstance(session, AsyncConnection) else await statements(session)
         # The rows go as parameters, not as `.values([...])`: SQLAlchemy caches no statement built
         # with a list of values and would compile it anew each time; this one it sends as one
         # multi-row INSERT all the same.
@@ -152,9 +152,9 @@ class StepJournal:
             done.update({name: result for name, result in journaled})
 
     async def record_many(self, results: dict[str, Any]) -> None:
-        """Journal several steps in one transaction (fewer commits); each keeps a first result."""
-        async with self.db.transaction() as session:
-            await self.add_many(session, results)
+        """Journal several steps at once (one INSERT, atomic by itself); each keeps a first result."""
+        async with self.db.one_statement() as connection:
+            await self.add_many(connection, results)
 
     async def record(self, name: str, result: Any) -> None:
         """Journal one step in a transaction of its own. Another runner may have journaled it first
