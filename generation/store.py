@@ -267,6 +267,78 @@ class _WholeStatementConnection(aiosqlite.Connection):
         """Neither closed nor being closed (aiosqlite marks it stopped as its close begins to end)."""
         return bool(self._running) and self._connection is not None
 
+    def cursor(self) -> _OneTripCursor:  # type: ignore[override]
+        return _OneTripCursor(self)
+
+    async def rollback(self) -> None:
+        # SQLAlchemy rolls back every connection it returns to its pool. One that has no transaction
+        # open (a read: reads begin none; a write after its COMMIT) has nothing to roll back, and
+        # the trip to its thread is saved. Asked from the event loop's thread, which the connection
+        # allows (`check_same_thread=False`): no statement of its runs meanwhile, its user awaits it.
+        if self._connection is not None and not self._connection.in_transaction:
+            return
+        await super().rollback()
+
+
+class _OneTripCursor:
+    """The cursor SQLAlchemy's aiosqlite dialect is given: a statement, all its rows and its cursor's
+    close in ONE trip to the connection's thread.
+
+    aiosqlite's own cursor makes a trip for each of these, and one more to create the cursor: four
+    per statement, each a hand-off to the thread and a wake-up of the event loop (a system call),
+    which on SQLite were most of what a statement cost. The rows are read whole, as SQLAlchemy's
+    dialect does right after every statement anyway (it streams none)."""
+
+    def __init__(self, connection: _WholeStatementConnection) -> None:
+        self._connection = connection
+        self._rows: list[Any] = []
+        self.description: Any = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self.arraysize = 1
+
+    async def __aenter__(self) -> _OneTripCursor:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+    async def execute(self, sql: str, parameters: Any = None) -> _OneTripCursor:
+        return await self._run("execute", sql, () if parameters is None else parameters)
+
+    async def executemany(self, sql: str, parameters: Any) -> _OneTripCursor:
+        return await self._run("executemany", sql, parameters)
+
+    async def _run(self, method: str, sql: str, parameters: Any) -> _OneTripCursor:
+        def in_thread() -> tuple[Any, int, int | None, list[Any]]:
+            cursor = self._connection._conn.cursor()
+            try:
+                getattr(cursor, method)(sql, parameters)
+                rows = cursor.fetchall() if cursor.description else []
+                return cursor.description, cursor.rowcount, cursor.lastrowid, rows
+            finally:
+                cursor.close()
+
+        self.description, self.rowcount, self.lastrowid, self._rows = await self._connection._execute(
+            in_thread
+        )
+        return self
+
+    async def fetchall(self) -> list[Any]:
+        rows, self._rows = self._rows, []
+        return rows
+
+    async def fetchone(self) -> Any:
+        return self._rows.pop(0) if self._rows else None
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        count = self.arraysize if size is None else size
+        rows, self._rows = self._rows[:count], self._rows[count:]
+        return rows
+
+    async def close(self) -> None:
+        self._rows = []
+
 
 class SqliteConnections:
     """Every SQLite connection a Database's engines open, so that closing the database closes each of
@@ -306,7 +378,9 @@ def create_engine(
     connections = sqlite_connections or SqliteConnections()
 
     async def connect() -> aiosqlite.Connection:
-        connection = _WholeStatementConnection(lambda: sqlite3.connect(path, timeout=30), 64)
+        connection = _WholeStatementConnection(
+            lambda: sqlite3.connect(path, timeout=30, check_same_thread=False), 64
+        )
         await connection
         connections.opened(connection)
         return connection

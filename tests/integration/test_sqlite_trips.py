@@ -1,0 +1,65 @@
+"""On SQLite a statement is one trip to its connection's thread (generation/store.py
+_OneTripCursor): aiosqlite's cursor made four, each a thread hand-off and an event-loop wake-up; and a
+connection with no transaction open goes back to the pool without a ROLLBACK."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text, update
+
+from generation.store import Database, RuntimeFlag, _WholeStatementConnection
+from migrations.runner import upgrade
+
+
+async def test_a_statement_and_its_rows_are_one_trip(tmp_path: Path, monkeypatch: Any) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+    await asyncio.to_thread(upgrade, url)
+    db = Database(url)
+    trips = 0
+    original = _WholeStatementConnection._execute
+
+    async def counted(self: _WholeStatementConnection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return await original(self, fn, *args, **kwargs)
+
+    try:
+        async with db.transaction() as session:  # connections open, pragmas set: not counted
+            session.add(RuntimeFlag(key="warm", value="0"))
+        async with db.reads() as connection:
+            await connection.execute(text("SELECT 1"))
+        monkeypatch.setattr(_WholeStatementConnection, "_execute", counted)
+
+        async with db.reads() as connection:
+            rows = (await connection.execute(text("SELECT 1 UNION ALL SELECT 2"))).all()
+        assert [row[0] for row in rows] == [1, 2]
+        assert trips == 1
+
+        trips = 0
+        async with db.transaction() as session:
+            changed = await session.execute(
+                update(RuntimeFlag)
+                .where(RuntimeFlag.key == "warm")
+                .values(value="1")
+                .returning(RuntimeFlag.value)
+            )
+            assert changed.scalar_one() == "1"
+            session.add_all([RuntimeFlag(key="a", value="x"), RuntimeFlag(key="b", value="y")])
+        assert trips == 4  # BEGIN IMMEDIATE, the UPDATE with its row, the INSERT of both, COMMIT
+        # (and no ROLLBACK as the pool takes either connection back: neither has a transaction open)
+
+        with pytest.raises(RuntimeError):
+            async with db.transaction() as session:  # a transaction open when it fails: rolled back
+                session.add(RuntimeFlag(key="c", value="z"))
+                await session.flush()
+                raise RuntimeError("fails halfway")
+
+        async with db.sessions() as session:
+            assert await session.scalar(select(func.count()).select_from(RuntimeFlag)) == 3
+            assert await session.scalar(select(RuntimeFlag.value).where(RuntimeFlag.key == "b")) == "y"
+    finally:
+        await db.close()
