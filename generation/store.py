@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import re
 import sqlite3
 import time
 import uuid
@@ -580,8 +581,16 @@ def detached(model: type[ModelT], row: Row[Any]) -> ModelT:
 # --- generation queries shared by the dispatcher, the runners and the HTTP API -----------------------
 
 
+# What the generations' id column holds: anything else names no generation, and is not worth a query
+# (PostgreSQL would refuse a NUL in it with an error, not an empty answer).
+GENERATION_ID_SHAPE = re.compile(r"[0-9A-Za-z_-]{1,32}")
+
+
 async def get_generation(db: Database, generation_id: str) -> Generation | None:
-    """The generation as it stands (a runner's job reads it as it starts)."""
+    """The generation as it stands (a runner's job reads it as it starts); None also for an id no
+    generation can have (a button's forged callback data)."""
+    if not GENERATION_ID_SHAPE.fullmatch(generation_id):
+        return None
     async with db.reads() as connection:
         return await read_detached(connection, Generation, Generation.id == generation_id)
 

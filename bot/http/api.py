@@ -18,7 +18,7 @@ from generation.catalog import Kind
 from generation.log_context import about_requester
 from generation.registry import spec_of
 from generation.requests import MAX_TELEGRAM_ID, Problem
-from generation.store import Generation, get_generation
+from generation.store import GENERATION_ID_SHAPE, Generation, get_generation
 from generation.users import find_user
 from settings import Settings
 
@@ -75,9 +75,6 @@ def _about_requester(body: dict[str, Any], settings: Settings) -> AbstractContex
     return about_requester(telegram_id, bot)
 
 
-# What the generations' id column holds: anything else names no generation, and is not worth a query
-# (PostgreSQL would refuse a NUL in it with an error, not an empty answer).
-GENERATION_ID_SHAPE = re.compile(r"[0-9A-Za-z_-]{1,32}")
 # The longest bot name the users table holds.
 MAX_BOT_NAME = 64
 

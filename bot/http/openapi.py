@@ -15,12 +15,12 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from bot.http.api import GENERATION_ID_SHAPE, MAX_BOT_NAME, TELEGRAM_ID_SHAPE
+from bot.http.api import MAX_BOT_NAME, TELEGRAM_ID_SHAPE
 from generation.catalog import Kind
 from generation.intake import MAX_IDEMPOTENCY_KEY
 from generation.registry import spec_of
 from generation.requests import MAX_TELEGRAM_ID, REQUEST_TYPES
-from generation.store import GenerationStatus
+from generation.store import GENERATION_ID_SHAPE, GenerationStatus
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1.0.0"

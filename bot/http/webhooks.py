@@ -10,12 +10,12 @@ from aiogram.types import Update
 from aiohttp import web
 from loguru import logger
 
-from bot.http.api import GENERATION_ID_SHAPE
 from bot.http.keys import BOT_DISPATCHER, BOTS, GENERATIONS, SERVICES, UPDATES_IN_FLIGHT
 from bot.http.request_body import UnreadableBody, parse_json_object
 from bot.http.responses import is_unavailable, json_error
 from bot.http.secrets import TELEGRAM_WEBHOOK_HEADER, same_secret, telegram_webhook_secret
 from generation.callbacks import WAITING_STEPS, take_job_result
+from generation.store import GENERATION_ID_SHAPE
 from providers.replicate import verify_webhook
 
 # Seconds Telegram is asked to wait before delivering a refused update again.

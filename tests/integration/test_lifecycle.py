@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import update
 
 from generation import execution, lifecycle
-from generation.store import Database, Generation, GenerationStatus, Plan
+from generation.store import Database, Generation, GenerationStatus, Plan, get_generation
 from generation.users import ensure_user
 from migrations.runner import upgrade
 
@@ -106,3 +106,10 @@ async def test_a_runner_keeps_going_once_its_generation_is_released_or_settled(d
     async with execution._heartbeat(db, generation_id, "w", lease=0.3):
         await asyncio.sleep(0.4)  # beats find nobody else holding it: the run's tail goes on
     assert await lifecycle.renew_lease(db, generation_id, "w", 0.3)
+
+
+async def test_an_id_no_generation_can_have_is_answered_none_without_a_query(db: Database) -> None:
+    # Forged callback data (a Cancel or Repeat button) reaches get_generation as it is: PostgreSQL
+    # refuses a NUL in a string with an error, which failed the update's handler.
+    for forged in ("\x00", "a\x00b", "", "x" * 33, "../etc"):
+        assert await get_generation(db, forged) is None
