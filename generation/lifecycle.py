@@ -103,8 +103,8 @@ async def claim(db: Database, generation_id: str, plan: Plan, owner: str, lease:
     Claimable: queued, or running under a lease that expired (its runner died). The generation, its
     user and its journal come back from the same transaction, so the run starts without re-reading."""
     now = time.time()
-    async with db.transaction() as session:
-        connection = await statements(session)
+    # The UPDATE is the claim, atomic by itself; what is read after it belongs to the claimant.
+    async with db.one_statement() as connection:
         claimed = (
             await connection.execute(
                 update(Generation)
@@ -141,8 +141,8 @@ async def claim(db: Database, generation_id: str, plan: Plan, owner: str, lease:
 
 async def release(db: Database, generation_id: str, owner: str, *, failed: bool = False) -> None:
     """Give a claim back without finishing (a retry will claim it again); `failed` counts the try."""
-    async with db.transaction() as session:
-        await (await statements(session)).execute(
+    async with db.one_statement() as connection:
+        await connection.execute(
             update(Generation)
             .where(Generation.id == generation_id, Generation.lease_owner == owner)
             .values(
@@ -156,8 +156,7 @@ async def release(db: Database, generation_id: str, owner: str, *, failed: bool 
 async def renew_lease(db: Database, generation_id: str, owner: str, lease: float) -> bool:
     """Extend this runner's lease; False when another runner holds the generation now (this one was
     too slow to renew in time and was taken for dead): it must stop, the other goes on."""
-    async with db.transaction() as session:
-        connection = await statements(session)
+    async with db.one_statement() as connection:
         renewed = await connection.execute(
             update(Generation)
             .where(Generation.id == generation_id, Generation.lease_owner == owner)
@@ -171,8 +170,8 @@ async def renew_lease(db: Database, generation_id: str, owner: str, lease: float
 
 async def move_to_plan_b(db: Database, generation_id: str) -> bool:
     """Hand a Plan A generation that could not be enqueued to Plan B, unless a worker already took it."""
-    async with db.transaction() as session:
-        result = await (await statements(session)).execute(
+    async with db.one_statement() as connection:
+        result = await connection.execute(
             update(Generation)
             .where(
                 Generation.id == generation_id,

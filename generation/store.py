@@ -510,10 +510,11 @@ class Database:
     @asynccontextmanager
     async def one_statement(self) -> AsyncIterator[AsyncConnection]:
         """A connection for a write that needs no transaction around it: one statement, atomic by
-        itself (a keyed INSERT), and reads. On PostgreSQL it runs in autocommit: the statement alone
-        instead of BEGIN, the statement, COMMIT (two round trips of three, and the ORM session's work
-        around them). On SQLite in a transaction of its own, in its turn at the write lock, as every
-        write (SQLite's autocommit would cost more: the connection's isolation level set and reset)."""
+        itself (a keyed INSERT, a conditional UPDATE), and reads. On PostgreSQL it runs in
+        autocommit: the statement alone instead of BEGIN, the statement, COMMIT (two round trips of
+        three, and the ORM session's work around them). On SQLite in a transaction of its own, in its
+        turn at the write lock, as every write (SQLite's autocommit would cost more: the connection's
+        isolation level set and reset)."""
         if self._write_gate is None:
             async with self.read_engine.connect() as connection:
                 yield connection
