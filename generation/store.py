@@ -255,13 +255,9 @@ class _WholeStatementConnection(aiosqlite.Connection):
             await asyncio.wait([running])
             # End the transaction here, in the connection's own thread: SQLAlchemy's own cleanup
             # of a cancelled transaction does not reliably reach this connection.
-            await asyncio.shield(super()._execute(self._roll_back_if_open))  # type: ignore[no-untyped-call]
+            # (The sqlite3 connection is passed, not this object: see _statement_and_rows.)
+            await asyncio.shield(super()._execute(_roll_back_if_open, self._connection))  # type: ignore[no-untyped-call]
             raise
-
-    def _roll_back_if_open(self) -> None:
-        with contextlib.suppress(sqlite3.ProgrammingError):  # a cancelled close(): nothing left to end
-            if self._conn.in_transaction:
-                self._conn.rollback()
 
     @property
     def is_open(self) -> bool:
@@ -279,6 +275,27 @@ class _WholeStatementConnection(aiosqlite.Connection):
         if self._connection is not None and not self._connection.in_transaction:
             return
         await super().rollback()
+
+
+def _roll_back_if_open(connection: sqlite3.Connection | None) -> None:
+    with contextlib.suppress(sqlite3.ProgrammingError):  # a cancelled close(): nothing left to end
+        if connection is not None and connection.in_transaction:
+            connection.rollback()
+
+
+def _statement_and_rows(
+    connection: sqlite3.Connection, method: str, sql: str, parameters: Any
+) -> tuple[Any, int, int | None, list[Any]]:
+    """Run in the connection's thread. It takes the sqlite3 connection, not the aiosqlite one: the
+    thread keeps the last function it ran, and a reference from there would keep a connection that
+    is dropped unclosed from being collected, and so its thread (not a daemon) from ever ending."""
+    cursor = connection.cursor()
+    try:
+        getattr(cursor, method)(sql, parameters)
+        rows = cursor.fetchall() if cursor.description else []
+        return cursor.description, cursor.rowcount, cursor.lastrowid, rows
+    finally:
+        cursor.close()
 
 
 class _OneTripCursor:
@@ -311,18 +328,9 @@ class _OneTripCursor:
         return await self._run("executemany", sql, parameters)
 
     async def _run(self, method: str, sql: str, parameters: Any) -> _OneTripCursor:
-        def in_thread() -> tuple[Any, int, int | None, list[Any]]:
-            cursor = self._connection._conn.cursor()
-            try:
-                getattr(cursor, method)(sql, parameters)
-                rows = cursor.fetchall() if cursor.description else []
-                return cursor.description, cursor.rowcount, cursor.lastrowid, rows
-            finally:
-                cursor.close()
-
-        self.description, self.rowcount, self.lastrowid, self._rows = await self._connection._execute(
-            in_thread
-        )
+        connection = self._connection
+        answer = await connection._execute(_statement_and_rows, connection._conn, method, sql, parameters)
+        self.description, self.rowcount, self.lastrowid, self._rows = answer
         return self
 
     async def fetchall(self) -> list[Any]:

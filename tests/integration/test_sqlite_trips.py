@@ -5,6 +5,9 @@ connection with no transaction open goes back to the pool without a ROLLBACK."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ from sqlalchemy import func, select, text, update
 
 from generation.store import Database, RuntimeFlag, _WholeStatementConnection
 from migrations.runner import upgrade
+from tests.conftest import wait_until
 
 
 async def test_a_statement_and_its_rows_are_one_trip(tmp_path: Path, monkeypatch: Any) -> None:
@@ -63,3 +67,27 @@ async def test_a_statement_and_its_rows_are_one_trip(tmp_path: Path, monkeypatch
             assert await session.scalar(select(RuntimeFlag.value).where(RuntimeFlag.key == "b")) == "y"
     finally:
         await db.close()
+
+
+async def test_a_database_dropped_unclosed_still_ends_its_connections_threads(tmp_path: Path) -> None:
+    """aiosqlite ends a connection's thread (not a daemon) when the connection is collected; nothing
+    of ours may keep it from being collected, or the process could never exit (a test reading through
+    an app it stopped, as test_resilience does, hung pytest at its exit)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+    await asyncio.to_thread(upgrade, url)
+    before = threading.active_count()
+    db = Database(url)
+    async with db.transaction() as session:
+        session.add(RuntimeFlag(key="a", value="x"))
+    async with db.reads() as connection:
+        await connection.execute(text("SELECT 1"))
+    assert threading.active_count() > before
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # aiosqlite's "deleted before being closed"
+        del db, session, connection
+        gc.collect()
+
+    async def threads_ended() -> bool:
+        return threading.active_count() <= before
+
+    await wait_until(threads_ended, timeout=5)
