@@ -1,4 +1,4 @@
-"""On SQLite a statement is one trip to its connection's thread (generation/store.py
+"""On SQLite a statement is one trip to its connection's thread (generation/sqlite_connections.py
 _OneTripCursor): aiosqlite's cursor made four, each a thread hand-off and an event-loop wake-up; and a
 connection with no transaction open goes back to the pool without a ROLLBACK."""
 
@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text, update
 
-from generation.store import Database, RuntimeFlag, _WholeStatementConnection
+from generation.sqlite_connections import WholeStatementConnection
+from generation.store import Database, RuntimeFlag
 from migrations.runner import upgrade
 from tests.conftest import wait_until
 
@@ -24,9 +25,9 @@ async def test_a_statement_and_its_rows_are_one_trip(tmp_path: Path, monkeypatch
     await asyncio.to_thread(upgrade, url)
     db = Database(url)
     trips = 0
-    original = _WholeStatementConnection._execute
+    original = WholeStatementConnection._execute
 
-    async def counted(self: _WholeStatementConnection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def counted(self: WholeStatementConnection, fn: Any, *args: Any, **kwargs: Any) -> Any:
         nonlocal trips
         trips += 1
         return await original(self, fn, *args, **kwargs)
@@ -36,7 +37,7 @@ async def test_a_statement_and_its_rows_are_one_trip(tmp_path: Path, monkeypatch
             session.add(RuntimeFlag(key="warm", value="0"))
         async with db.reads() as connection:
             await connection.execute(text("SELECT 1"))
-        monkeypatch.setattr(_WholeStatementConnection, "_execute", counted)
+        monkeypatch.setattr(WholeStatementConnection, "_execute", counted)
 
         async with db.reads() as connection:
             rows = (await connection.execute(text("SELECT 1 UNION ALL SELECT 2"))).all()
