@@ -68,7 +68,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 ),
                 compress=None,
             )
-        except BaseException as error:
+        except _TRANSPORT_ERRORS as error:
             raise _as_httpx_error(error, request, connecting=True) from error
         return httpx.Response(
             status_code=response.status,
@@ -98,7 +98,7 @@ class _ResponseStream(httpx.AsyncByteStream):
         try:
             async for chunk in self._response.content.iter_chunked(READ_CHUNK):
                 yield chunk
-        except BaseException as error:
+        except _TRANSPORT_ERRORS as error:
             raise _as_httpx_error(error, self._request, connecting=False) from error
 
     async def aclose(self) -> None:
@@ -107,9 +107,14 @@ class _ResponseStream(httpx.AsyncByteStream):
         self._response.release()
 
 
-def _as_httpx_error(error: BaseException, request: httpx.Request, *, connecting: bool) -> BaseException:
-    """aiohttp's and asyncio's errors as the httpx ones the SDKs and the providers catch; anything
-    else (a cancellation, a bug) as it is."""
+# What the transport turns into httpx's errors; anything else (a cancellation, a bug) passes as it is.
+_TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+
+
+def _as_httpx_error(
+    error: BaseException, request: httpx.Request, *, connecting: bool
+) -> httpx.TransportError:
+    """aiohttp's and asyncio's errors as the httpx ones the SDKs and the providers catch."""
     message = str(error) or type(error).__name__
     mapped: type[httpx.TransportError]
     if isinstance(error, aiohttp.ConnectionTimeoutError):
@@ -120,8 +125,6 @@ def _as_httpx_error(error: BaseException, request: httpx.Request, *, connecting:
         mapped = httpx.ConnectError
     elif isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
         mapped = httpx.RemoteProtocolError
-    elif isinstance(error, aiohttp.ClientError | OSError):
-        mapped = httpx.ConnectError if connecting else httpx.ReadError
     else:
-        return error
+        mapped = httpx.ConnectError if connecting else httpx.ReadError
     return mapped(message, request=request)

@@ -154,3 +154,12 @@ async def test_closing_the_client_closes_the_session(server: TestServer) -> None
         await http.get(str(server.make_url("/echo")))
         session = transport._opened()
     assert session.closed
+
+
+async def test_a_cancellation_passes_as_it_is(client: httpx.AsyncClient) -> None:
+    request = asyncio.ensure_future(client.get("/slow"))
+    await asyncio.sleep(0.2)
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    assert (await client.get("/echo")).status_code == 201  # the client goes on working
