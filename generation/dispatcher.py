@@ -26,6 +26,7 @@ from generation.cancellation import Canceled, cancel_generation
 from generation.plan import (
     CircuitBreaker,
     PlanMode,
+    StoredPlanFlags,
     mode_from_environment,
     plan_flag_columns,
     plan_flags_from,
@@ -35,11 +36,12 @@ from generation.plan import (
     stored_mode,
     stored_plan_b_share,
 )
+from generation.recording import RECORDED_COLUMNS, record_and_charge
 from generation.registry import spec_of
 from generation.requests import ValidRequest
 from generation.services import Services
 from generation.store import Generation, GenerationStatus, Plan, User, statements
-from generation.users import ensure_user
+from generation.users import ensure_user, read_user
 from metrics import InFlight
 
 
@@ -91,13 +93,6 @@ class InlineRunner(Protocol):
 
 
 PlanChangeListener = Callable[[str, str, str], Awaitable[None]]
-
-# What recording a generation writes: every column but those set only later in its life.
-RECORDED_COLUMNS = [
-    column
-    for column in Generation.__table__.columns
-    if column.name not in {"result", "error", "status_message_id", "finished_at"}
-]
 
 
 @dataclass
@@ -200,10 +195,47 @@ class Dispatcher:
     async def _record(
         self, valid: ValidRequest, request_key: str, bot_name: str, known_user: User | None
     ) -> tuple[Generation, bool, lifecycle.Reserved | None]:
-        """Record and charge in one transaction, which also reads the plan mode and A/B share in force
-        (no read of their own per request) to choose the plan. A Plan B generation whose slots have
-        room now is recorded already claimed by this process's runner (`Reserved`): its run then
-        makes no write of its own before the provider's call."""
+        """Record and charge as one unit, choosing the plan by the mode and A/B share in force. A
+        Plan B generation whose slots have room now is recorded already claimed by this process's
+        runner (`Reserved`): its run then makes no write of its own before the provider's call."""
+        spec = spec_of(valid.kind)
+        if self.db.is_postgresql and (spec is None or spec.preparer is None):
+            user = known_user if _is(known_user, bot_name, valid.request.telegram_id) else None
+            if user is None:  # an HTTP request: its user is read (a first contact is created below)
+                user = await self._known(bot_name, valid.request.telegram_id, valid.request.username)
+            if user is not None:
+                return await self._record_in_one_statement(valid, request_key, bot_name, user)
+        return await self._record_in_a_transaction(valid, request_key, bot_name, known_user)
+
+    async def _record_in_one_statement(
+        self, valid: ValidRequest, request_key: str, bot_name: str, user: User
+    ) -> tuple[Generation, bool, lifecycle.Reserved | None]:
+        """PostgreSQL, a known user, a kind with no preparer: generation/recording.py's one statement.
+        Only a process with a queue reads the plan flags first (without one every generation is Plan
+        B whatever they say)."""
+        flags = await self._plan_flags() if self.queue is not None else StoredPlanFlags(None, None)
+        generation, reservation = self._new_generation(valid, request_key, bot_name, user, flags)
+        try:
+            async with self.db.one_statement() as connection:
+                recorded = await record_and_charge(connection, generation)
+        except BaseException as error:
+            if reservation is not None:
+                reservation.give_back()
+            return await self._recorded_meanwhile(error, request_key)
+        if recorded.seen is not None or recorded.balance is None:
+            if reservation is not None:
+                reservation.give_back()
+            if recorded.seen is not None:
+                return await self._existing(recorded.seen, request_key), False, None
+            raise ledger.InsufficientBalance(needed=valid.price, balance=recorded.balance_before)
+        reserved = None if reservation is None else lifecycle.Reserved(user, reservation)
+        return generation, True, reserved
+
+    async def _record_in_a_transaction(
+        self, valid: ValidRequest, request_key: str, bot_name: str, known_user: User | None
+    ) -> tuple[Generation, bool, lifecycle.Reserved | None]:
+        """One transaction, which also reads the plan flags in force (no read of their own) and may
+        create the user (a first contact) or run the kind's preparer."""
         reservation: lifecycle.SlotReservation | None = None
         request = valid.request
         try:
@@ -236,47 +268,14 @@ class Dispatcher:
                         new_user_bonus=self.settings.new_user_bonus,
                     )
                 flags = plan_flags_from(mode_value, share_value)
-                share = self.settings.plan_b_share if flags.plan_b_share is None else flags.plan_b_share
-                # The id is chosen here, not by the row's default, because the A/B split hashes it.
-                generation_id = uuid.uuid4().hex
-                plan = plan_for(
-                    flags.mode or self.environment_mode,
-                    self.queue is not None,
-                    self.breaker,
-                    plan_b_share=share,
-                    generation_id=generation_id,
-                )
-                prepared = request.model_dump(mode="json")
+                generation, reservation = self._new_generation(valid, request_key, bot_name, user, flags)
                 spec = spec_of(valid.kind)
                 if spec is not None and spec.preparer is not None:
                     # Raises InvalidRequest (e.g. no trained model yet): the transaction rolls back.
-                    prepared.update(await spec.preparer(session, user, prepared))
-                if plan is Plan.B:
-                    reservation = self.inline.reserve(user.id, valid.model.id)
-                claimed = reservation is not None
-                recorded_at = datetime.now(UTC)  # to the microsecond: the order of the lines for a slot
-                generation = Generation(
-                    id=generation_id,
-                    request_key=request_key,
-                    kind=valid.kind.value,
-                    user_id=user.id,
-                    bot_name=bot_name,
-                    chat_id=request.target_chat,
-                    model=valid.model.id,
-                    request=prepared,
-                    plan=plan.value,
-                    status=GenerationStatus.running if claimed else GenerationStatus.queued,
-                    attempts=1 if claimed else 0,
-                    lease_owner=self.inline.owner if claimed else None,
-                    lease_expires_at=time.time() + self.settings.lease_seconds if claimed else None,
-                    failures=0,
-                    units=request.units(),
-                    unit_price=valid.model.price,
-                    price=valid.price,
-                    refunded=0,
-                    created_at=recorded_at,
-                    updated_at=recorded_at,
-                )
+                    generation.request = {
+                        **generation.request,
+                        **await spec.preparer(session, user, generation.request),
+                    }
                 # Inserted as a plain row (the object is what the caller gets): the ORM's flush
                 # would only add its own bookkeeping to one INSERT.
                 await (await statements(session)).execute(
@@ -295,16 +294,86 @@ class Dispatcher:
             # the slots taken for it.
             if reservation is not None:
                 reservation.give_back()
-            if not isinstance(error, IntegrityError):
-                raise
-            # A concurrent duplicate of the same request committed first: answer that one.
-            async with self.db.sessions() as session:
+            return await self._recorded_meanwhile(error, request_key)
+
+    def _new_generation(
+        self, valid: ValidRequest, request_key: str, bot_name: str, user: User, flags: StoredPlanFlags
+    ) -> tuple[Generation, lifecycle.SlotReservation | None]:
+        """The generation to record, on the plan the flags choose, with the slots taken for it when
+        it is on Plan B and they have room at once (then it is recorded claimed)."""
+        share = self.settings.plan_b_share if flags.plan_b_share is None else flags.plan_b_share
+        # The id is chosen here, not by the row's default, because the A/B split hashes it.
+        generation_id = uuid.uuid4().hex
+        plan = plan_for(
+            flags.mode or self.environment_mode,
+            self.queue is not None,
+            self.breaker,
+            plan_b_share=share,
+            generation_id=generation_id,
+        )
+        reservation = self.inline.reserve(user.id, valid.model.id) if plan is Plan.B else None
+        claimed = reservation is not None
+        request = valid.request
+        recorded_at = datetime.now(UTC)  # to the microsecond: the order of the lines for a slot
+        generation = Generation(
+            id=generation_id,
+            request_key=request_key,
+            kind=valid.kind.value,
+            user_id=user.id,
+            bot_name=bot_name,
+            chat_id=request.target_chat,
+            model=valid.model.id,
+            request=request.model_dump(mode="json"),
+            plan=plan.value,
+            status=GenerationStatus.running if claimed else GenerationStatus.queued,
+            attempts=1 if claimed else 0,
+            lease_owner=self.inline.owner if claimed else None,
+            lease_expires_at=time.time() + self.settings.lease_seconds if claimed else None,
+            failures=0,
+            units=request.units(),
+            unit_price=valid.model.price,
+            price=valid.price,
+            refunded=0,
+            created_at=recorded_at,
+            updated_at=recorded_at,
+        )
+        return generation, reservation
+
+    async def _recorded_meanwhile(
+        self, error: BaseException, request_key: str
+    ) -> tuple[Generation, bool, lifecycle.Reserved | None]:
+        """After a record that failed: a concurrent duplicate of the same request committed first (the
+        unique key refused this one), then that one is the answer; any other error is raised."""
+        if not isinstance(error, IntegrityError):
+            raise error
+        return await self._existing(None, request_key, error), False, None
+
+    async def _existing(
+        self, generation_id: str | None, request_key: str, error: BaseException | None = None
+    ) -> Generation:
+        async with self.db.sessions() as session:
+            if generation_id is not None:
+                existing = await session.get(Generation, generation_id)
+            else:
                 existing = await session.scalar(
                     select(Generation).where(Generation.request_key == request_key)
                 )
-            if existing is None:
-                raise
-            return existing, False, None
+        if existing is None:
+            raise error or LookupError(f"no generation under {request_key!r}")
+        return existing
+
+    async def _plan_flags(self) -> StoredPlanFlags:
+        async with self.db.reads() as connection:
+            row = (await connection.execute(select(*plan_flag_columns()))).one()
+        return plan_flags_from(row[0], row[1])
+
+    async def _known(self, bot_name: str, telegram_id: int, username: str | None) -> User | None:
+        """The user an HTTP request names, when they exist and need no change (a new user, or a new
+        username, is for the transaction)."""
+        user = await read_user(self.db, bot_name, telegram_id)
+        if user is None or (username and user.username != username):
+            return None
+        return user
 
     async def cancel(self, generation_id: str) -> Canceled | None:
         """Cancel and refund (generation/cancellation.py), then stop whichever plan runs it."""

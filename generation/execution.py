@@ -347,14 +347,20 @@ async def _settle(
     result: dict[str, object] | None = None,
     error: str | None = None,
 ) -> bool:
-    """Send the final message (once: journaled), then in ONE transaction journal it, refund what was
-    not delivered and end the generation; then remove the status message. A crash before the
-    transaction reruns this with the message journaled or not; the refund is keyed either way."""
+    """Send the final message (once: journaled), then as one unit journal it, refund what was not
+    delivered and end the generation (lifecycle.settle_journaled); then remove the status message. A
+    crash before that unit reruns this with the message journaled or not; the refund is keyed."""
     sent = await _send_final_message(services, generation, steps, step, message)
-    async with services.db.transaction() as session:
-        if sent is not None:
-            await steps.add(session, step, sent)
-        settled = await lifecycle.settle(session, generation, status, refund, result=result, error=error)
+    settled = await lifecycle.settle_journaled(
+        services.db,
+        steps,
+        {} if sent is None else {step: sent},
+        generation,
+        status,
+        refund,
+        result=result,
+        error=error,
+    )
     if settled:
         metrics.ended(
             generation.kind,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, Update, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import metrics
@@ -215,7 +215,50 @@ async def settle(
 ) -> bool:
     """End a running generation as done or failed and refund what was not delivered, in the caller's
     transaction; False (nothing changed) when a cancellation ended it first."""
-    finished = await (await statements(session)).execute(
+    finished = await (await statements(session)).execute(_ending(generation, status, refund, result, error))
+    if not finished.rowcount:
+        return False
+    if refund > 0:
+        await ledger.credit(
+            session, generation.user_id, refund, ledger.refund_key(generation.id), generation_id=generation.id
+        )
+    return True
+
+
+async def settle_journaled(
+    db: Database,
+    steps: StepJournal,
+    journal: dict[str, Any],
+    generation: Generation,
+    status: GenerationStatus,
+    refund: int,
+    *,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> bool:
+    """`settle` with the steps of `journal` (the final message) committed with it, as a unit of its
+    own; the journal is written only when this settles the generation (a cancellation that came
+    first has ended it and told the user). On PostgreSQL, with nothing to refund, in one statement."""
+    if db.is_postgresql and refund <= 0:
+        async with db.one_statement() as connection:
+            ending = _ending(generation, status, refund, result, error).returning(Generation.id)
+            return await steps.add_many_if(connection, journal, ending.cte("ended"))
+    async with db.transaction() as session:
+        settled = await settle(session, generation, status, refund, result=result, error=error)
+        if settled and journal:
+            await steps.add_many(session, journal)
+        return settled
+
+
+def _ending(
+    generation: Generation,
+    status: GenerationStatus,
+    refund: int,
+    result: dict[str, Any] | None,
+    error: str | None,
+) -> Update:
+    """The UPDATE that ends a running generation (and nothing once a cancellation ended it)."""
+    return (
         update(Generation)
         .where(Generation.id == generation.id, Generation.status == GenerationStatus.running)
         .values(
@@ -228,13 +271,6 @@ async def settle(
             finished_at=datetime.now(UTC),  # to the microsecond, as created_at is
         )
     )
-    if not finished.rowcount:
-        return False
-    if refund > 0:
-        await ledger.credit(
-            session, generation.user_id, refund, ledger.refund_key(generation.id), generation_id=generation.id
-        )
-    return True
 
 
 @dataclass(frozen=True)
@@ -301,18 +337,34 @@ async def begin_delivery(session: AsyncSession, steps: StepJournal) -> bool:
 
     Under the generation's row lock, as `cancel` takes it: the two never both win. A rerun (a retry,
     a restarted runner) finds the mark already journaled and delivers again; the user pays once."""
-    running = await (await statements(session)).scalar(
-        select(Generation.id)
-        .where(Generation.id == steps.generation_id, Generation.status == GenerationStatus.running)
-        # FOR NO KEY UPDATE, the lock an UPDATE takes: it excludes `cancel` but lets journal rows
-        # (whose foreign key shares the row) be written meanwhile.
-        .with_for_update(key_share=True)
-    )
+    running = await (await statements(session)).scalar(_running_locked(steps.generation_id))
     if running is None:
         return False
     if not await steps.is_done(DELIVERING_STEP):
         await steps.add(session, DELIVERING_STEP, time.time())
     return True
+
+
+async def mark_delivery(db: Database, steps: StepJournal) -> bool:
+    """`begin_delivery` as a unit of its own (nothing else commits with the mark: an image, a video
+    handed to the chat). On PostgreSQL in one statement, the row locked as `cancel` locks it and the
+    mark written only if it still runs; on SQLite in a transaction (writers take turns anyway)."""
+    if not db.is_postgresql:
+        async with db.transaction() as session:
+            return await begin_delivery(session, steps)
+    mark = {} if await steps.is_done(DELIVERING_STEP) else {DELIVERING_STEP: time.time()}
+    async with db.one_statement() as connection:
+        return await steps.add_many_if(connection, mark, _running_locked(steps.generation_id).cte("running"))
+
+
+def _running_locked(generation_id: str) -> Select[str]:
+    """The generation's id while it runs, its row locked FOR NO KEY UPDATE, the lock an UPDATE takes:
+    it excludes `cancel` but lets journal rows (whose foreign key shares the row) be written meanwhile."""
+    return (
+        select(Generation.id)
+        .where(Generation.id == generation_id, Generation.status == GenerationStatus.running)
+        .with_for_update(key_share=True)
+    )
 
 
 async def being_delivered(db: Database, generation_id: str) -> bool:

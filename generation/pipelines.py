@@ -295,9 +295,7 @@ async def handing_over(ctx: PipelineContext) -> AsyncIterator[None]:
     cancellation (generation/lifecycle.py, `begin_delivery`), and a cancellation from now on is
     refused instead of refunding what may arrive. Raises NotRunning, sending nothing, when a
     cancellation came first. The status says it is sending and takes its Cancel button away."""
-    async with ctx.services.db.transaction() as session:
-        begun = await lifecycle.begin_delivery(session, ctx.steps)
-    if not begun:
+    if not await lifecycle.mark_delivery(ctx.services.db, ctx.steps):
         raise lifecycle.NotRunning(f"{ctx.generation.id} ended before its delivery")
     async with progress.sending(ctx):
         yield

@@ -12,7 +12,8 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import CTE, String, bindparam, func, select, true, union_all
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from generation.store import Database, Step, insert_unless_present, statements
@@ -126,7 +127,7 @@ class StepJournal:
     async def add_many(self, session: AsyncSession | AsyncConnection, results: dict[str, Any]) -> None:
         """Journal several steps, and the kept results, in the caller's transaction: one INSERT of
         them all. A step journaled already (by another runner) keeps its first result."""
-        done = await self.load()
+        await self.load()
         rows, self._kept = {**self._kept, **results}, {}
         connection = session if isinstance(session, AsyncConnection) else await statements(session)
         # The rows go as parameters, not as `.values([...])`: SQLAlchemy caches no statement built
@@ -141,9 +142,59 @@ class StepJournal:
                 ],
             )
         )
+        await self._note_written(connection, rows, added)
+
+    async def add_many_if(self, connection: AsyncConnection, results: dict[str, Any], gate: CTE) -> bool:
+        """PostgreSQL only: journal several steps, and the kept results, in ONE statement with `gate`,
+        a CTE that answers the generation's id (a SELECT that locks its row, an UPDATE ... RETURNING
+        that ends it): the rows are written only when the gate answers it, all or none, with whatever
+        the gate itself changes. Answers whether it did. Run in autocommit, that is one round trip
+        where a transaction of the same would be four."""
+        await self.load()
+        rows, self._kept = {**self._kept, **results}, {}
+        written = None
+        if rows:
+            # One SELECT of bound values per row: the statement's shape depends only on how many
+            # rows there are, so SQLAlchemy compiles it once per count, not once per value.
+            journaled = union_all(
+                *(
+                    select(
+                        bindparam(f"name_{index}", name, type_=String).label("name"),
+                        bindparam(f"result_{index}", result, type_=Step.result.type).label("result"),
+                    )
+                    for index, (name, result) in enumerate(rows.items())
+                )
+            ).subquery("journaled")
+            written = (
+                postgresql_insert(Step)
+                .from_select(
+                    ["generation_id", "name", "result"],
+                    select(gate.c.id, journaled.c.name, journaled.c.result).join_from(
+                        gate,
+                        journaled,
+                        true(),  # each row, when the gate answers the id
+                    ),
+                )
+                .on_conflict_do_nothing()
+                .returning(Step.name)
+                .cte("written")
+            )
+        answers = [select(gate.c.id).scalar_subquery()]
+        if written is not None:
+            answers.append(select(func.array_agg(written.c.name)).scalar_subquery())
+        passed, *added = (await connection.execute(select(*answers))).one()
+        if passed is None:
+            return False
+        await self._note_written(connection, rows, set(added[0] or ()) if added else set())
+        return True
+
+    async def _note_written(self, connection: AsyncConnection, rows: dict[str, Any], added: set[str]) -> None:
+        """What an INSERT of `rows` wrote (`added`) is now done; a row it skipped was journaled first
+        by another runner: this run continues from that one's result, read back."""
+        done = await self.load()
         done.update({name: result for name, result in rows.items() if name in added})
         taken = [name for name in rows if name not in added]
-        if taken:  # another runner journaled these first: continue from its results
+        if taken:
             journaled = await connection.execute(
                 select(Step.name, Step.result).where(
                     Step.generation_id == self.generation_id, Step.name.in_(taken)

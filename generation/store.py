@@ -366,6 +366,9 @@ class Database:
         )
         self._writes = async_sessionmaker(self.engine, expire_on_commit=False)
         self._write_gate = WriteGate() if database_url.startswith("sqlite") else None
+        # PostgreSQL can make several writes in one statement (data-modifying CTEs): a unit of work
+        # of a few writes then costs one round trip instead of a transaction's BEGIN, each, COMMIT.
+        self.is_postgresql = not database_url.startswith("sqlite")
         self.sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
 
     @asynccontextmanager

@@ -56,9 +56,17 @@ async def running_generation(db: Database, key: str) -> str:
         return generation.id
 
 
-async def begin_delivery(db: Database, generation_id: str) -> bool:
+# The mark inside a caller's transaction (a voice, a LoRA stored with it), and as a unit of its own
+# (images, videos: one statement on PostgreSQL).
+BEGIN_DELIVERY = ["in_a_transaction", "on_its_own"]
+
+
+async def begin_delivery(db: Database, generation_id: str, how: str) -> bool:
+    steps = StepJournal(db, generation_id)
+    if how == "on_its_own":
+        return await lifecycle.mark_delivery(db, steps)
     async with db.transaction() as session:
-        return await lifecycle.begin_delivery(session, StepJournal(db, generation_id))
+        return await lifecycle.begin_delivery(session, steps)
 
 
 async def refunded(db: Database, generation_id: str) -> list[int]:
@@ -110,7 +118,8 @@ async def test_a_cancel_that_waited_on_a_delivery_beginning_is_refused(db: Datab
     assert await balance_and_ledger_sum(db) == (BONUS - PRICE, BONUS - PRICE)
 
 
-async def test_a_delivery_that_waited_on_a_cancel_does_not_begin(db: Database) -> None:
+@pytest.mark.parametrize("how", BEGIN_DELIVERY)
+async def test_a_delivery_that_waited_on_a_cancel_does_not_begin(db: Database, how: str) -> None:
     generation_id = await running_generation(db, "canceled")
     async with db.transaction() as session:
         # What lifecycle.cancel does, held open: the row locked and the status changed.
@@ -119,20 +128,21 @@ async def test_a_delivery_that_waited_on_a_cancel_does_not_begin(db: Database) -
         assert row is not None
         row.status = GenerationStatus.canceled
         await session.flush()
-        delivering = asyncio.create_task(begin_delivery(db, generation_id))
+        delivering = asyncio.create_task(begin_delivery(db, generation_id, how))
         await a_writer_waits(db)
     assert await delivering is False
     assert not await lifecycle.being_delivered(db, generation_id)
 
 
-async def test_cancels_racing_the_start_of_delivery_never_both_win(db: Database) -> None:
+@pytest.mark.parametrize("how", BEGIN_DELIVERY)
+async def test_cancels_racing_the_start_of_delivery_never_both_win(db: Database, how: str) -> None:
     rounds = 12
     for round_number in range(rounds):
         generation_id = await running_generation(db, f"race-{round_number}")
         racers: list[Coroutine[Any, Any, lifecycle.Canceled | bool | None]] = [
             lifecycle.cancel(db, generation_id) for _ in range(3)
         ]
-        racers.insert(random.randrange(len(racers) + 1), begin_delivery(db, generation_id))
+        racers.insert(random.randrange(len(racers) + 1), begin_delivery(db, generation_id, how))
         outcomes = await asyncio.gather(*racers)
         begun = [outcome for outcome in outcomes if isinstance(outcome, bool)]
         canceled = [outcome for outcome in outcomes if isinstance(outcome, lifecycle.Canceled)]
@@ -151,3 +161,72 @@ async def test_cancels_racing_the_start_of_delivery_never_both_win(db: Database)
             assert await lifecycle.cancel(db, generation_id) is None  # and stays refused
     balance, total = await balance_and_ledger_sum(db)
     assert balance == total
+
+
+async def test_the_mark_on_its_own_goes_with_kept_results_and_is_written_once(db: Database) -> None:
+    """The mark as a unit of its own writes the results kept for the journal's next write with it, and
+    a second mark (a rerun) finds it journaled and begins again, writing nothing twice."""
+    generation_id = await running_generation(db, "kept")
+    steps = StepJournal(db, generation_id)
+    await steps.keep("prediction:result", {"status": "succeeded"})
+    assert await lifecycle.mark_delivery(db, steps)
+    rerun = StepJournal(db, generation_id)
+    journal = await rerun.load()
+    assert set(journal) == {lifecycle.DELIVERING_STEP, "prediction:result"}
+    assert journal["prediction:result"] == {"status": "succeeded"}
+    assert await lifecycle.mark_delivery(db, rerun)
+    assert (await StepJournal(db, generation_id).load()) == journal
+
+
+@pytest.mark.parametrize("refund", [0, 1])
+async def test_a_settling_that_comes_after_a_cancel_changes_nothing(db: Database, refund: int) -> None:
+    """The generation ends once: settling one a cancellation ended (and refunded in full) writes no
+    status, no refund and no journal of its own."""
+    generation_id = await running_generation(db, f"settle-after-cancel-{refund}")
+    assert await lifecycle.cancel(db, generation_id) is not None
+    async with db.sessions() as session:
+        generation = await session.get(Generation, generation_id)
+    assert generation is not None
+    steps = StepJournal(db, generation_id)
+    settled = await lifecycle.settle_journaled(
+        db, steps, {"notify_done": 7}, generation, GenerationStatus.done, refund, result={"urls": []}
+    )
+    assert settled is False
+    async with db.sessions() as session:
+        status = await session.scalar(select(Generation.status).where(Generation.id == generation_id))
+    assert status == GenerationStatus.canceled
+    assert await StepJournal(db, generation_id).load() == {}
+    assert await refunded(db, generation_id) == [PRICE]
+    assert await balance_and_ledger_sum(db) == (BONUS, BONUS)
+
+
+@pytest.mark.parametrize("refund", [0, 1])
+async def test_a_settling_ends_the_generation_with_its_journal(db: Database, refund: int) -> None:
+    generation_id = await running_generation(db, f"settle-{refund}")
+    async with db.sessions() as session:
+        generation = await session.get(Generation, generation_id)
+    assert generation is not None
+    steps = StepJournal(db, generation_id)
+    await steps.keep("prediction:result", {"status": "succeeded"})
+    settled = await lifecycle.settle_journaled(
+        db, steps, {"notify_done": 7}, generation, GenerationStatus.done, refund, result={"urls": ["u"]}
+    )
+    assert settled is True
+    async with db.sessions() as session:
+        ended = await session.get(Generation, generation_id)
+    assert ended is not None
+    assert (ended.status, ended.refunded, ended.result, ended.lease_owner) == (
+        GenerationStatus.done,
+        refund,
+        {"urls": ["u"]},
+        None,
+    )
+    assert ended.finished_at is not None
+    journal = await StepJournal(db, generation_id).load()
+    assert journal == {"notify_done": 7, "prediction:result": {"status": "succeeded"}}
+    assert await refunded(db, generation_id) == ([refund] if refund else [])
+    assert await balance_and_ledger_sum(db) == (BONUS - PRICE + refund, BONUS - PRICE + refund)
+    # Once ended, a second settling (a rerun after a crash) changes nothing.
+    again = await lifecycle.settle_journaled(db, steps, {}, generation, GenerationStatus.done, refund)
+    assert again is False
+    assert await refunded(db, generation_id) == ([refund] if refund else [])

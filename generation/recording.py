@@ -1,0 +1,111 @@
+"""Recording a generation and charging for it in ONE statement, on PostgreSQL.
+
+The dispatcher's record is the accept path's one write: the generation's row, the balance's
+conditional UPDATE and the charge's ledger row, all or nothing. As a transaction that is six round
+trips (BEGIN, the request key's lookup, three writes, COMMIT); PostgreSQL can make them one
+statement of data-modifying CTEs, atomic by itself in autocommit:
+
+    WITH seen AS (the generation recorded under this request key, if any),
+         charged AS (UPDATE users: the price taken if the balance covers it and the key is new),
+         recorded AS (INSERT the generation, only if charged),
+         posted AS (INSERT the ledger row, only if charged and the price is not 0)
+    SELECT seen's id, the balance after the charge, the balance before it
+
+The same rules hold as in the transaction (generation/ledger.py): the UPDATE's condition keeps the
+balance from going below zero under concurrent charges (PostgreSQL re-reads the row it waited for);
+a concurrent duplicate of the request key that commits first makes this statement's INSERT fail on
+the unique key, and the whole statement, charge included, is undone (the caller answers the other).
+
+Only for a request that needs nothing else from the transaction: a known user (a new one is created
+with its welcome bonus in the transaction) and a kind with no preparer (which reads the user's own
+state in it). SQLite has no data-modifying CTEs: it keeps the transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import insert, literal, select, true, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from generation import ledger
+from generation.store import Generation, LedgerEntry, User
+
+# What recording a generation writes: every column but those set only later in its life.
+RECORDED_COLUMNS = [
+    column
+    for column in Generation.__table__.columns
+    if column.name not in {"result", "error", "status_message_id", "finished_at"}
+]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What the statement did: `seen` the id of a generation recorded before under the same key
+    (nothing written); else `balance` after the charge, or None when the balance (`balance_before`)
+    did not cover the price (nothing written)."""
+
+    seen: str | None
+    balance: int | None
+    balance_before: int
+
+
+async def record_and_charge(connection: AsyncConnection, generation: Generation) -> Recorded:
+    """Insert `generation` (every recorded column as it holds it) and charge its user its price, in one
+    statement; see the module's docstring."""
+    price = generation.price
+    seen = select(Generation.id).where(Generation.request_key == generation.request_key).cte("seen")
+    charged = (
+        update(User)
+        .where(
+            User.id == generation.user_id,
+            User.balance >= price,
+            ~select(seen.c.id).exists(),
+        )
+        .values(balance=User.balance - price)
+        .returning(User.balance)
+        .cte("charged")
+    )
+    recorded = (
+        insert(Generation)
+        .from_select(
+            [column.name for column in RECORDED_COLUMNS],
+            select(
+                *(
+                    literal(getattr(generation, column.name), column.type).label(column.name)
+                    for column in RECORDED_COLUMNS
+                )
+            ).select_from(charged),
+        )
+        .returning(Generation.id)
+        .cte("recorded")
+    )
+    answers = [
+        select(seen.c.id).scalar_subquery(),
+        select(charged.c.balance).scalar_subquery(),
+        select(User.balance).where(User.id == generation.user_id).scalar_subquery(),
+        select(recorded.c.id).scalar_subquery(),
+    ]
+    if price > 0:
+        posted = (
+            insert(LedgerEntry)
+            .from_select(
+                ["user_id", "operation_key", "amount", "balance_after", "generation_id"],
+                select(
+                    literal(generation.user_id, LedgerEntry.user_id.type),
+                    literal(ledger.charge_key(generation.id), LedgerEntry.operation_key.type),
+                    literal(-price, LedgerEntry.amount.type),
+                    charged.c.balance,
+                    recorded.c.id,
+                ).join_from(charged, recorded, true()),
+            )
+            .returning(LedgerEntry.id)
+            .cte("posted")
+        )
+        answers.append(select(posted.c.id).scalar_subquery())
+    seen_id, balance, balance_before, *_ = (await connection.execute(select(*answers))).one()
+    return Recorded(
+        seen=seen_id,
+        balance=None if balance is None else int(balance),
+        balance_before=int(balance_before or 0),
+    )

@@ -1,0 +1,144 @@
+"""Recording a generation and its charge in one statement (generation/recording.py, PostgreSQL): the
+money rules of the transaction it replaces (SPEC §4.1) hold, under concurrency too."""
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from generation import ledger
+from generation.recording import Recorded, record_and_charge
+from generation.store import Database, Generation, GenerationStatus, LedgerEntry, Plan, User
+from generation.users import ensure_user
+from migrations.runner import upgrade
+
+
+@pytest.fixture
+async def db(postgres_url: str) -> AsyncIterator[Database]:
+    await asyncio.to_thread(upgrade, postgres_url)
+    database = Database(postgres_url)
+    yield database
+    await database.close()
+
+
+async def new_user(db: Database, balance: int) -> int:
+    async with db.transaction() as session:
+        user, _ = await ensure_user(session, "main", 1, username=None, language="en")
+        if balance:
+            await ledger.credit(session, user.id, balance, "grant:test")
+        return user.id
+
+
+def a_generation(user_id: int, price: int, key: str | None = None) -> Generation:
+    now = datetime.now(UTC)
+    return Generation(
+        id=uuid.uuid4().hex,
+        request_key=key or uuid.uuid4().hex,
+        kind="text_to_image",
+        user_id=user_id,
+        bot_name="main",
+        chat_id=1,
+        model="flux-schnell",
+        request={"prompt": "a fox", "count": price},
+        plan=Plan.B.value,
+        status=GenerationStatus.queued,
+        attempts=0,
+        lease_owner=None,
+        lease_expires_at=None,
+        failures=0,
+        units=max(price, 1),
+        unit_price=1,
+        price=price,
+        refunded=0,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def record(db: Database, generation: Generation) -> Recorded:
+    async with db.one_statement() as connection:
+        return await record_and_charge(connection, generation)
+
+
+async def money(db: Database, user_id: int) -> tuple[int, int, int]:
+    """The balance, the ledger's sum, and how many generations are recorded."""
+    async with db.sessions() as session:
+        balance = await session.scalar(select(User.balance).where(User.id == user_id))
+        total = await session.scalar(
+            select(func.sum(LedgerEntry.amount)).where(LedgerEntry.user_id == user_id)
+        )
+        count = await session.scalar(select(func.count()).select_from(Generation))
+    return int(balance or 0), int(total or 0), int(count or 0)
+
+
+async def test_a_generation_is_recorded_with_its_charge(db: Database) -> None:
+    user_id = await new_user(db, balance=10)
+    generation = a_generation(user_id, price=3)
+    assert await record(db, generation) == Recorded(seen=None, balance=7, balance_before=10)
+    async with db.sessions() as session:
+        stored = await session.get(Generation, generation.id)
+        entry = await session.scalar(
+            select(LedgerEntry).where(LedgerEntry.operation_key == ledger.charge_key(generation.id))
+        )
+    assert stored is not None
+    assert (stored.request_key, stored.request, stored.status, stored.price) == (
+        generation.request_key,
+        {"prompt": "a fox", "count": 3},
+        GenerationStatus.queued,
+        3,
+    )
+    assert entry is not None
+    assert (entry.amount, entry.balance_after, entry.generation_id) == (-3, 7, generation.id)
+    assert await money(db, user_id) == (7, 7, 1)
+
+
+async def test_a_balance_that_does_not_cover_it_records_nothing(db: Database) -> None:
+    user_id = await new_user(db, balance=2)
+    assert await record(db, a_generation(user_id, price=3)) == Recorded(
+        seen=None, balance=None, balance_before=2
+    )
+    assert await money(db, user_id) == (2, 2, 0)
+
+
+async def test_a_free_generation_is_recorded_without_a_ledger_row(db: Database) -> None:
+    user_id = await new_user(db, balance=0)
+    assert await record(db, a_generation(user_id, price=0)) == Recorded(
+        seen=None, balance=0, balance_before=0
+    )
+    assert await money(db, user_id) == (0, 0, 1)
+
+
+async def test_a_request_key_seen_before_answers_its_generation_and_charges_nothing(db: Database) -> None:
+    user_id = await new_user(db, balance=10)
+    first = a_generation(user_id, price=3, key="tg:main:1:42")
+    await record(db, first)
+    again = await record(db, a_generation(user_id, price=3, key="tg:main:1:42"))
+    assert again.seen == first.id
+    assert again.balance is None
+    assert await money(db, user_id) == (7, 7, 1)
+
+
+async def test_concurrent_records_never_overdraw(db: Database) -> None:
+    user_id = await new_user(db, balance=10)
+    results = await asyncio.gather(*(record(db, a_generation(user_id, price=3)) for _ in range(12)))
+    assert sum(result.balance is not None for result in results) == 3  # 9 of 10 stars
+    assert sorted(result.balance for result in results if result.balance is not None) == [1, 4, 7]
+    assert await money(db, user_id) == (1, 1, 3)
+
+
+async def test_concurrent_duplicates_record_and_charge_once(db: Database) -> None:
+    user_id = await new_user(db, balance=10)
+
+    async def one() -> Recorded | None:
+        try:
+            return await record(db, a_generation(user_id, price=3, key="http:main:same-key"))
+        except IntegrityError:  # a duplicate that committed first: the whole statement is undone
+            return None
+
+    results = await asyncio.gather(*(one() for _ in range(8)))
+    assert sum(result is not None and result.balance is not None for result in results) == 1
+    assert await money(db, user_id) == (7, 7, 1)
