@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import Select, Update, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import metrics
@@ -215,7 +215,9 @@ async def settle(
 ) -> bool:
     """End a running generation as done or failed and refund what was not delivered, in the caller's
     transaction; False (nothing changed) when a cancellation ended it first."""
-    finished = await (await statements(session)).execute(_ending(generation, status, refund, result, error))
+    finished = await (await statements(session)).execute(
+        _ENDING, _ending_values(generation, status, refund, result, error)
+    )
     if not finished.rowcount:
         return False
     if refund > 0:
@@ -241,8 +243,8 @@ async def settle_journaled(
     first has ended it and told the user). On PostgreSQL, with nothing to refund, in one statement."""
     if db.is_postgresql and refund <= 0:
         async with db.one_statement() as connection:
-            ending = _ending(generation, status, refund, result, error).returning(Generation.id)
-            return await steps.add_many_if(connection, journal, ending.cte("ended"))
+            values = _ending_values(generation, status, refund, result, error)
+            return await steps.add_many_if(connection, journal, _ENDED, values)
     async with db.transaction() as session:
         settled = await settle(session, generation, status, refund, result=result, error=error)
         if settled and journal:
@@ -250,27 +252,40 @@ async def settle_journaled(
         return settled
 
 
-def _ending(
+# The UPDATE that ends a running generation (and nothing once a cancellation ended it), built once with
+# bound parameters (`_ending_values`): as a CTE it is a part of `settle_journaled`'s one statement,
+# whose building costs more than running it.
+_ENDING = (
+    update(Generation)
+    .where(Generation.id == bindparam("ending_id"), Generation.status == GenerationStatus.running)
+    .values(
+        status=bindparam("ending_status"),
+        refunded=bindparam("ending_refund"),
+        result=bindparam("ending_result", type_=Generation.result.type),
+        error=bindparam("ending_error"),
+        lease_owner=None,
+        lease_expires_at=None,
+        finished_at=bindparam("ending_at", type_=Generation.finished_at.type),
+    )
+)
+_ENDED = _ENDING.returning(Generation.id).cte("ended")
+
+
+def _ending_values(
     generation: Generation,
     status: GenerationStatus,
     refund: int,
     result: dict[str, Any] | None,
     error: str | None,
-) -> Update:
-    """The UPDATE that ends a running generation (and nothing once a cancellation ended it)."""
-    return (
-        update(Generation)
-        .where(Generation.id == generation.id, Generation.status == GenerationStatus.running)
-        .values(
-            status=status,
-            refunded=refund,
-            result=result,
-            error=error,
-            lease_owner=None,
-            lease_expires_at=None,
-            finished_at=datetime.now(UTC),  # to the microsecond, as created_at is
-        )
-    )
+) -> dict[str, Any]:
+    return {
+        "ending_id": generation.id,
+        "ending_status": status.value,
+        "ending_refund": refund,
+        "ending_result": result,
+        "ending_error": error,
+        "ending_at": datetime.now(UTC),  # to the microsecond, as created_at is
+    }
 
 
 @dataclass(frozen=True)
@@ -337,7 +352,7 @@ async def begin_delivery(session: AsyncSession, steps: StepJournal) -> bool:
 
     Under the generation's row lock, as `cancel` takes it: the two never both win. A rerun (a retry,
     a restarted runner) finds the mark already journaled and delivers again; the user pays once."""
-    running = await (await statements(session)).scalar(_running_locked(steps.generation_id))
+    running = await (await statements(session)).scalar(_RUNNING_LOCKED, {"running_id": steps.generation_id})
     if running is None:
         return False
     if not await steps.is_done(DELIVERING_STEP):
@@ -354,17 +369,19 @@ async def mark_delivery(db: Database, steps: StepJournal) -> bool:
             return await begin_delivery(session, steps)
     mark = {} if await steps.is_done(DELIVERING_STEP) else {DELIVERING_STEP: time.time()}
     async with db.one_statement() as connection:
-        return await steps.add_many_if(connection, mark, _running_locked(steps.generation_id).cte("running"))
+        return await steps.add_many_if(
+            connection, mark, _RUNNING_LOCKED_CTE, {"running_id": steps.generation_id}
+        )
 
 
-def _running_locked(generation_id: str) -> Select[str]:
-    """The generation's id while it runs, its row locked FOR NO KEY UPDATE, the lock an UPDATE takes:
-    it excludes `cancel` but lets journal rows (whose foreign key shares the row) be written meanwhile."""
-    return (
-        select(Generation.id)
-        .where(Generation.id == generation_id, Generation.status == GenerationStatus.running)
-        .with_for_update(key_share=True)
-    )
+# The generation's id while it runs, its row locked FOR NO KEY UPDATE, the lock an UPDATE takes: it
+# excludes `cancel` but lets journal rows (whose foreign key shares the row) be written meanwhile.
+_RUNNING_LOCKED = (
+    select(Generation.id)
+    .where(Generation.id == bindparam("running_id"), Generation.status == GenerationStatus.running)
+    .with_for_update(key_share=True)
+)
+_RUNNING_LOCKED_CTE = _RUNNING_LOCKED.cte("running")
 
 
 async def being_delivered(db: Database, generation_id: str) -> bool:

@@ -24,8 +24,9 @@ state in it). SQLite has no data-modifying CTEs: it keeps the transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import insert, literal, select, true, update
+from sqlalchemy import Select, bindparam, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from generation import ledger
@@ -53,15 +54,28 @@ class Recorded:
 async def record_and_charge(connection: AsyncConnection, generation: Generation) -> Recorded:
     """Insert `generation` (every recorded column as it holds it) and charge its user its price, in one
     statement; see the module's docstring."""
-    price = generation.price
-    seen = select(Generation.id).where(Generation.request_key == generation.request_key).cte("seen")
-    charged = (
+    values = {f"g_{column.name}": getattr(generation, column.name) for column in RECORDED_COLUMNS}
+    values["charge_key"] = ledger.charge_key(generation.id)
+    statement = _RECORD_AND_CHARGE if generation.price > 0 else _RECORD_FREE
+    seen_id, balance, balance_before, *_ = (await connection.execute(statement, values)).one()
+    return Recorded(
+        seen=seen_id,
+        balance=None if balance is None else int(balance),
+        balance_before=int(balance_before or 0),
+    )
+
+
+def _statement(*, charged: bool) -> Select[Any]:
+    """The statement, built once with bound parameters (`g_<column>` and `charge_key`): building a
+    statement of CTEs costs more CPU than the round trips it saves."""
+    generation = {
+        column.name: bindparam(f"g_{column.name}", type_=column.type) for column in RECORDED_COLUMNS
+    }
+    price = generation["price"]
+    seen = select(Generation.id).where(Generation.request_key == generation["request_key"]).cte("seen")
+    charge = (
         update(User)
-        .where(
-            User.id == generation.user_id,
-            User.balance >= price,
-            ~select(seen.c.id).exists(),
-        )
+        .where(User.id == generation["user_id"], User.balance >= price, ~select(seen.c.id).exists())
         .values(balance=User.balance - price)
         .returning(User.balance)
         .cte("charged")
@@ -69,43 +83,37 @@ async def record_and_charge(connection: AsyncConnection, generation: Generation)
     recorded = (
         insert(Generation)
         .from_select(
-            [column.name for column in RECORDED_COLUMNS],
-            select(
-                *(
-                    literal(getattr(generation, column.name), column.type).label(column.name)
-                    for column in RECORDED_COLUMNS
-                )
-            ).select_from(charged),
+            list(generation),
+            select(*(value.label(name) for name, value in generation.items())).select_from(charge),
         )
         .returning(Generation.id)
         .cte("recorded")
     )
     answers = [
         select(seen.c.id).scalar_subquery(),
-        select(charged.c.balance).scalar_subquery(),
-        select(User.balance).where(User.id == generation.user_id).scalar_subquery(),
+        select(charge.c.balance).scalar_subquery(),
+        select(User.balance).where(User.id == generation["user_id"]).scalar_subquery(),
         select(recorded.c.id).scalar_subquery(),
     ]
-    if price > 0:
+    if charged:
         posted = (
             insert(LedgerEntry)
             .from_select(
                 ["user_id", "operation_key", "amount", "balance_after", "generation_id"],
                 select(
-                    literal(generation.user_id, LedgerEntry.user_id.type),
-                    literal(ledger.charge_key(generation.id), LedgerEntry.operation_key.type),
-                    literal(-price, LedgerEntry.amount.type),
-                    charged.c.balance,
+                    generation["user_id"],
+                    bindparam("charge_key", type_=LedgerEntry.operation_key.type),
+                    -price,
+                    charge.c.balance,
                     recorded.c.id,
-                ).join_from(charged, recorded, true()),
+                ).join_from(charge, recorded, true()),
             )
             .returning(LedgerEntry.id)
             .cte("posted")
         )
         answers.append(select(posted.c.id).scalar_subquery())
-    seen_id, balance, balance_before, *_ = (await connection.execute(select(*answers))).one()
-    return Recorded(
-        seen=seen_id,
-        balance=None if balance is None else int(balance),
-        balance_before=int(balance_before or 0),
-    )
+    return select(*answers)
+
+
+_RECORD_AND_CHARGE = _statement(charged=True)
+_RECORD_FREE = _statement(charged=False)  # a price of 0: no ledger row

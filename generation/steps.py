@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import CTE, String, bindparam, func, select, true, union_all
+from sqlalchemy import CTE, Select, String, bindparam, func, select, true, union_all
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -144,45 +145,21 @@ class StepJournal:
         )
         await self._note_written(connection, rows, added)
 
-    async def add_many_if(self, connection: AsyncConnection, results: dict[str, Any], gate: CTE) -> bool:
+    async def add_many_if(
+        self, connection: AsyncConnection, results: dict[str, Any], gate: CTE, gate_values: dict[str, Any]
+    ) -> bool:
         """PostgreSQL only: journal several steps, and the kept results, in ONE statement with `gate`,
         a CTE that answers the generation's id (a SELECT that locks its row, an UPDATE ... RETURNING
-        that ends it): the rows are written only when the gate answers it, all or none, with whatever
-        the gate itself changes. Answers whether it did. Run in autocommit, that is one round trip
-        where a transaction of the same would be four."""
+        that ends it), built once with bound parameters that `gate_values` fills: the rows are written
+        only when the gate answers the id, all or none, with whatever the gate itself changes. Answers
+        whether it did. Run in autocommit, that is one round trip where a transaction would be four."""
         await self.load()
         rows, self._kept = {**self._kept, **results}, {}
-        written = None
-        if rows:
-            # One SELECT of bound values per row: the statement's shape depends only on how many
-            # rows there are, so SQLAlchemy compiles it once per count, not once per value.
-            journaled = union_all(
-                *(
-                    select(
-                        bindparam(f"name_{index}", name, type_=String).label("name"),
-                        bindparam(f"result_{index}", result, type_=Step.result.type).label("result"),
-                    )
-                    for index, (name, result) in enumerate(rows.items())
-                )
-            ).subquery("journaled")
-            written = (
-                postgresql_insert(Step)
-                .from_select(
-                    ["generation_id", "name", "result"],
-                    select(gate.c.id, journaled.c.name, journaled.c.result).join_from(
-                        gate,
-                        journaled,
-                        true(),  # each row, when the gate answers the id
-                    ),
-                )
-                .on_conflict_do_nothing()
-                .returning(Step.name)
-                .cte("written")
-            )
-        answers = [select(gate.c.id).scalar_subquery()]
-        if written is not None:
-            answers.append(select(func.array_agg(written.c.name)).scalar_subquery())
-        passed, *added = (await connection.execute(select(*answers))).one()
+        values = dict(gate_values)
+        for index, (name, result) in enumerate(rows.items()):
+            values[f"step_name_{index}"] = name
+            values[f"step_result_{index}"] = result
+        passed, *added = (await connection.execute(_gated_insert(gate, len(rows)), values)).one()
         if passed is None:
             return False
         await self._note_written(connection, rows, set(added[0] or ()) if added else set())
@@ -212,3 +189,35 @@ class StepJournal:
         (only possible after a lease expired under a live runner): the first record wins, so everyone
         continues from the same result."""
         await self.record_many({name: result})
+
+
+@functools.lru_cache(maxsize=16)
+def _gated_insert(gate: CTE, count: int) -> Select[Any]:
+    """`add_many_if`'s statement for `count` rows, built once: building a statement of CTEs (their
+    columns' collections above all) costs more CPU than the round trips it saves, and a statement built
+    once also keeps SQLAlchemy's cache key of it."""
+    answers = [select(gate.c.id).scalar_subquery()]
+    if count:
+        # One SELECT of bound values per row: `count` is the statement's only variable shape.
+        journaled = union_all(
+            *(
+                select(
+                    bindparam(f"step_name_{index}", type_=String).label("name"),
+                    bindparam(f"step_result_{index}", type_=Step.result.type).label("result"),
+                )
+                for index in range(count)
+            )
+        ).subquery("journaled")
+        written = (
+            postgresql_insert(Step)
+            .from_select(
+                ["generation_id", "name", "result"],
+                # Each row, when the gate answers the id.
+                select(gate.c.id, journaled.c.name, journaled.c.result).join_from(gate, journaled, true()),
+            )
+            .on_conflict_do_nothing()
+            .returning(Step.name)
+            .cte("written")
+        )
+        answers.append(select(func.array_agg(written.c.name)).scalar_subquery())
+    return select(*answers)
