@@ -10,7 +10,7 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -454,9 +454,14 @@ async def read_detached(connection: AsyncConnection, model: type[ModelT], *where
     return None if row is None else detached(model, row)
 
 
-def detached(model: type[ModelT], row: Row[Any]) -> ModelT:
-    """An object of `model` built from a row of all its columns (a SELECT or an UPDATE's RETURNING)."""
-    return model(**row._mapping)
+def detached(
+    model: type[ModelT], row: Row[Any] | Sequence[Any], columns: Iterable[Any] | None = None
+) -> ModelT:
+    """An object of `model` built from a row of all its columns (a SELECT or an UPDATE's RETURNING);
+    with `columns`, from values in their order (a row of two tables' columns, whose names clash)."""
+    if columns is None:
+        return model(**row._mapping)  # type: ignore[union-attr]
+    return model(**{column.name: value for column, value in zip(columns, row, strict=True)})
 
 
 # --- generation queries shared by the dispatcher, the runners and the HTTP API -----------------------

@@ -9,6 +9,7 @@ from aiogram import BaseMiddleware, Bot
 from aiogram.types import TelegramObject
 from aiogram.types import User as TelegramUser
 
+from bot.telegram.conversation_storage import user_read_with_state
 from bot.telegram.submit import Requester
 from generation.log_context import about_requester
 from generation.services import Services
@@ -41,8 +42,11 @@ class UserMiddleware(BaseMiddleware):
         # names who wrote and to which bot; a generation it starts adds its own fields.
         with about_requester(sender.id, bot_name):
             # A read first: most updates come from known users, and a write transaction on every update
-            # would queue each one behind the others on SQLite's single writer.
-            user = await read_user(self.services.db, bot_name, sender.id)
+            # would queue each one behind the others on SQLite's single writer. Mostly the read of the
+            # conversation's state, which comes first, has read the user too.
+            read, user = user_read_with_state(bot_name, sender.id)
+            if not read:
+                user = await read_user(self.services.db, bot_name, sender.id)
             if user is None or (sender.username and user.username != sender.username):
                 async with self.services.db.transaction(urgent=True) as session:
                     user, _ = await ensure_user(

@@ -60,10 +60,13 @@ def build_bot_dispatcher(
     services: Services, generations: GenerationDispatcher, bots: dict[str, Bot]
 ) -> Dispatcher:
     # Conversation state lives in the database: it survives restarts and is shared by every process.
-    dispatcher = Dispatcher(
-        storage=DatabaseStorage(services.db), services=services, generations=generations, bots=bots
-    )
     bot_names = {bot.id: name for name, bot in bots.items()}
+    dispatcher = Dispatcher(
+        storage=DatabaseStorage(services.db, bot_names),
+        services=services,
+        generations=generations,
+        bots=bots,
+    )
     # At the door: a flood is refused before any handler, so before anything is charged.
     limiter = FloodLimiter(services.settings.flood_limit, services.settings.flood_window)
     dispatcher.update.outer_middleware(FloodMiddleware(services, bot_names, limiter))

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import event
+from sqlalchemy import event, select
 
-from tests.conftest import AppFactory
+from generation.store import User
+from tests.conftest import AppFactory, wait_until
 from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of
 from tests.fakes.replicate import FakeReplicate, Outcome
 from tests.fakes.telegram import FakeTelegram
@@ -63,3 +64,49 @@ async def test_room_at_once_is_recorded_claimed_and_a_full_limit_waits_queued(
     assert [(g.status, g.attempts) for g in settled] == [("done", 1), ("done", 1)]
     assert replicate.create_count(FLUX) == 2
     assert await balance_and_ledger_sum(app) == (8, 8)
+
+
+async def answered_more_than(chat: Chat, count: int) -> bool:
+    return len(chat.texts()) > count
+
+
+async def test_an_update_reads_its_conversation_and_its_user_in_one_statement(
+    make_app: AppFactory, telegram: FakeTelegram, database_url: str
+) -> None:
+    """aiogram reads the conversation's state for every update; that read also reads the user, whom
+    the user middleware then does not read again. A first contact and a new username still go
+    through the transaction that creates or changes the user."""
+    app = await make_app(database_url=database_url)
+    assert app.services is not None
+    reads: list[str] = []
+
+    def on_execute(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "conversation_states" in statement or "FROM users" in statement:
+            reads.append(statement)
+
+    db = app.services.db
+    # On PostgreSQL the read engine is the write engine in autocommit: its statements reach both.
+    engines = [db.engine] if db.read_engine.pool is db.engine.pool else [db.engine, db.read_engine]
+    for engine in engines:
+        event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+    chat = Chat(telegram)
+    await chat.ask("/start", "Hi,")  # a first contact: created, with the bonus
+    reads.clear()
+    answered = len(chat.texts())
+    chat.send("/balance")
+    await wait_until(lambda: answered_more_than(chat, answered))
+    # One statement of the update's own reads before the handler's (its ledger lines).
+    [read] = [statement for statement in reads if "conversation_states" in statement]
+    assert "users" in read
+    assert not [statement for statement in reads if statement is not read and "telegram_id" in statement]
+
+    reads.clear()
+    renamed = Chat(telegram, user_id=chat.user_id + 1)
+    renamed.send("/start", username="old_name")
+    await renamed.reply("Hi,")
+    answered = len(renamed.texts())
+    renamed.send("/balance", username="new_name")
+    await wait_until(lambda: answered_more_than(renamed, answered))
+    async with app.services.db.sessions() as session:
+        user = await session.scalar(select(User).where(User.telegram_id == renamed.user_id))
+    assert user is not None and user.username == "new_name"
