@@ -103,40 +103,60 @@ async def claim(db: Database, generation_id: str, plan: Plan, owner: str, lease:
     Claimable: queued, or running under a lease that expired (its runner died). The generation, its
     user and its journal come back from the same transaction, so the run starts without re-reading."""
     now = time.time()
+    values: dict[str, Any] = {"claim_id": generation_id, "claim_plan": plan.value, "claim_owner": owner}
+    values.update(claim_now=now, claim_until=now + lease)
     # The UPDATE is the claim, atomic by itself; what is read after it belongs to the claimant.
     async with db.one_statement() as connection:
-        claimed = (
-            await connection.execute(
-                update(Generation)
-                .where(
-                    Generation.id == generation_id,
-                    Generation.plan == plan,
-                    (Generation.status == GenerationStatus.queued)
-                    | (
-                        (Generation.status == GenerationStatus.running)
-                        & ((Generation.lease_expires_at.is_(None)) | (Generation.lease_expires_at < now))
-                    ),
-                )
-                .values(
-                    status=GenerationStatus.running,
-                    attempts=Generation.attempts + 1,
-                    lease_owner=owner,
-                    lease_expires_at=now + lease,
-                )
-                .returning(*Generation.__table__.columns)
-            )
-        ).first()
-        if claimed is None:
-            return None
-        generation = detached(Generation, claimed)
-        user = await read_detached(connection, User, User.id == generation.user_id)
-        assert user is not None
+        if db.is_postgresql:  # the user comes back with the claim, in the same statement
+            row = (await connection.execute(_CLAIM_WITH_USER, values)).first()
+            if row is None:
+                return None
+            generation_columns = len(Generation.__table__.columns)
+            generation = detached(Generation, row[:generation_columns], Generation.__table__.columns)
+            user = detached(User, row[generation_columns:], User.__table__.columns)
+        else:
+            claimed = (await connection.execute(_CLAIM, values)).first()
+            if claimed is None:
+                return None
+            generation = detached(Generation, claimed)
+            found = await read_detached(connection, User, User.id == generation.user_id)
+            assert found is not None
+            user = found
         if generation.attempts == 1:  # its first claim: no runner has journaled anything yet
             return Claim(generation, user, {})
         rows = await connection.execute(
             select(Step.name, Step.result).where(Step.generation_id == generation_id)
         )
         return Claim(generation, user, {name: result for name, result in rows})
+
+
+# Claimable: queued, or running under a lease that expired (its runner died). Built once.
+_CLAIM = (
+    update(Generation)
+    .where(
+        Generation.id == bindparam("claim_id"),
+        Generation.plan == bindparam("claim_plan"),
+        (Generation.status == GenerationStatus.queued)
+        | (
+            (Generation.status == GenerationStatus.running)
+            & (
+                (Generation.lease_expires_at.is_(None))
+                | (Generation.lease_expires_at < bindparam("claim_now"))
+            )
+        ),
+    )
+    .values(
+        status=GenerationStatus.running,
+        attempts=Generation.attempts + 1,
+        lease_owner=bindparam("claim_owner"),
+        lease_expires_at=bindparam("claim_until"),
+    )
+    .returning(*Generation.__table__.columns)
+)
+_CLAIMED = _CLAIM.cte("claimed")
+_CLAIM_WITH_USER = select(_CLAIMED, *User.__table__.columns).join_from(
+    _CLAIMED, User, User.id == _CLAIMED.c.user_id
+)
 
 
 async def release(db: Database, generation_id: str, owner: str, *, failed: bool = False) -> None:
