@@ -36,7 +36,7 @@ from generation.plan import (
     stored_mode,
     stored_plan_b_share,
 )
-from generation.recording import RECORDED_COLUMNS, record_and_charge
+from generation.recording import RECORDED_COLUMNS, Flags, record_and_charge
 from generation.registry import spec_of
 from generation.requests import ValidRequest
 from generation.services import Services
@@ -117,6 +117,9 @@ class Dispatcher:
         self.inline = inline
         self.queue = queue
         self.breaker = CircuitBreaker(cooldown=settings.breaker_cooldown)
+        # The plan flags (`/plan`, `/ab`) as the last record on PostgreSQL found them stored: the next
+        # chooses its plan by them, and its statement checks they still are (generation/recording.py).
+        self._flags_seen: Flags = (None, None)
         self.on_plan_change = on_plan_change
         self.environment_mode = mode_from_environment(settings)
 
@@ -204,32 +207,41 @@ class Dispatcher:
             if user is None:  # an HTTP request: its user is read (a first contact is created below)
                 user = await self._known(bot_name, valid.request.telegram_id, valid.request.username)
             if user is not None:
-                return await self._record_in_one_statement(valid, request_key, bot_name, user)
+                recorded = await self._record_in_one_statement(valid, request_key, bot_name, user)
+                if recorded is not None:
+                    return recorded
         return await self._record_in_a_transaction(valid, request_key, bot_name, known_user)
 
     async def _record_in_one_statement(
         self, valid: ValidRequest, request_key: str, bot_name: str, user: User
-    ) -> tuple[Generation, bool, lifecycle.Reserved | None]:
+    ) -> tuple[Generation, bool, lifecycle.Reserved | None] | None:
         """PostgreSQL, a known user, a kind with no preparer: generation/recording.py's one statement.
-        Only a process with a queue reads the plan flags first (without one every generation is Plan
-        B whatever they say)."""
-        flags = await self._plan_flags() if self.queue is not None else StoredPlanFlags(None, None)
-        generation, reservation = self._new_generation(valid, request_key, bot_name, user, flags)
-        try:
-            async with self.db.one_statement() as connection:
-                recorded = await record_and_charge(connection, generation)
-        except BaseException as error:
-            if reservation is not None:
-                reservation.give_back()
-            return await self._recorded_meanwhile(error, request_key)
-        if recorded.seen is not None or recorded.balance is None:
+        The plan is chosen by the plan flags as the last record saw them; the statement writes
+        nothing if they changed meanwhile, and tells the flags now stored: then once more by those.
+        None when they kept changing (the transaction then reads them itself)."""
+        for _ in range(3):
+            seen_flags = self._flags_seen
+            generation, reservation = self._new_generation(
+                valid, request_key, bot_name, user, plan_flags_from(*seen_flags)
+            )
+            try:
+                async with self.db.one_statement() as connection:
+                    recorded = await record_and_charge(connection, generation, seen_flags)
+            except BaseException as error:
+                if reservation is not None:
+                    reservation.give_back()
+                return await self._recorded_meanwhile(error, request_key)
+            self._flags_seen = recorded.flags
+            if recorded.seen is None and recorded.balance is not None:
+                reserved = None if reservation is None else lifecycle.Reserved(user, reservation)
+                return generation, True, reserved
             if reservation is not None:
                 reservation.give_back()
             if recorded.seen is not None:
                 return await self._existing(recorded.seen, request_key), False, None
-            raise ledger.InsufficientBalance(needed=valid.price, balance=recorded.balance_before)
-        reserved = None if reservation is None else lifecycle.Reserved(user, reservation)
-        return generation, True, reserved
+            if not recorded.stale:
+                raise ledger.InsufficientBalance(needed=valid.price, balance=recorded.balance_before)
+        return None
 
     async def _record_in_a_transaction(
         self, valid: ValidRequest, request_key: str, bot_name: str, known_user: User | None
@@ -361,11 +373,6 @@ class Dispatcher:
         if existing is None:
             raise error or LookupError(f"no generation under {request_key!r}")
         return existing
-
-    async def _plan_flags(self) -> StoredPlanFlags:
-        async with self.db.reads() as connection:
-            row = (await connection.execute(select(*plan_flag_columns()))).one()
-        return plan_flags_from(row[0], row[1])
 
     async def _known(self, bot_name: str, telegram_id: int, username: str | None) -> User | None:
         """The user an HTTP request names, when they exist and need no change (a new user, or a new

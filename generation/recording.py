@@ -6,10 +6,11 @@ trips (BEGIN, the request key's lookup, three writes, COMMIT); PostgreSQL can ma
 statement of data-modifying CTEs, atomic by itself in autocommit:
 
     WITH seen AS (the generation recorded under this request key, if any),
-         charged AS (UPDATE users: the price taken if the balance covers it and the key is new),
+         charged AS (UPDATE users: the price taken if the balance covers it, the key is new and
+                     the plan flags are those the generation's plan was chosen by),
          recorded AS (INSERT the generation, only if charged),
          posted AS (INSERT the ledger row, only if charged and the price is not 0)
-    SELECT seen's id, the balance after the charge, the balance before it
+    SELECT seen's id, the balance after the charge, the balance before it, the plan flags
 
 The same rules hold as in the transaction (generation/ledger.py): the UPDATE's condition keeps the
 balance from going below zero under concurrent charges (PostgreSQL re-reads the row it waited for);
@@ -26,10 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, bindparam, insert, select, true, update
+from sqlalchemy import Select, String, and_, bindparam, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from generation import ledger
+from generation.plan import plan_flag_columns
 from generation.store import Generation, LedgerEntry, User
 
 # What recording a generation writes: every column but those set only later in its life.
@@ -40,28 +42,42 @@ RECORDED_COLUMNS = [
 ]
 
 
+# The plan flags as stored (`runtime_flags`' raw values: the mode, the A/B share), None where unset.
+Flags = tuple[str | None, str | None]
+
+
 @dataclass(frozen=True)
 class Recorded:
     """What the statement did: `seen` the id of a generation recorded before under the same key
-    (nothing written); else `balance` after the charge, or None when the balance (`balance_before`)
-    did not cover the price (nothing written)."""
+    (nothing written); else, when the plan flags stored (`flags`) were not those the generation's plan
+    was chosen by, nothing written (`stale`); else `balance` after the charge, or None when the
+    balance (`balance_before`) did not cover the price (nothing written)."""
 
     seen: str | None
     balance: int | None
     balance_before: int
+    flags: Flags
+    stale: bool
 
 
-async def record_and_charge(connection: AsyncConnection, generation: Generation) -> Recorded:
+async def record_and_charge(connection: AsyncConnection, generation: Generation, flags: Flags) -> Recorded:
     """Insert `generation` (every recorded column as it holds it) and charge its user its price, in one
-    statement; see the module's docstring."""
-    values = {f"g_{column.name}": getattr(generation, column.name) for column in RECORDED_COLUMNS}
-    values["charge_key"] = ledger.charge_key(generation.id)
+    statement; see the module's docstring. Its plan was chosen by the plan flags `flags` (as the
+    caller last saw them): nothing is written unless they are still the flags stored, and the flags
+    stored come back either way (no read of their own before each record)."""
+    values: dict[str, Any] = {
+        f"g_{column.name}": getattr(generation, column.name) for column in RECORDED_COLUMNS
+    }
+    values.update(charge_key=ledger.charge_key(generation.id), expected_mode=flags[0])
+    values["expected_share"] = flags[1]
     statement = _RECORD_AND_CHARGE if generation.price > 0 else _RECORD_FREE
-    seen_id, balance, balance_before, *_ = (await connection.execute(statement, values)).one()
+    seen_id, balance, balance_before, mode, share, *_ = (await connection.execute(statement, values)).one()
     return Recorded(
         seen=seen_id,
         balance=None if balance is None else int(balance),
         balance_before=int(balance_before or 0),
+        flags=(mode, share),
+        stale=seen_id is None and (mode, share) != flags,
     )
 
 
@@ -73,9 +89,19 @@ def _statement(*, charged: bool) -> Select[Any]:
     }
     price = generation["price"]
     seen = select(Generation.id).where(Generation.request_key == generation["request_key"]).cte("seen")
+    mode, share = plan_flag_columns()
+    flags_as_expected = and_(
+        mode.is_not_distinct_from(bindparam("expected_mode", type_=String)),
+        share.is_not_distinct_from(bindparam("expected_share", type_=String)),
+    )
     charge = (
         update(User)
-        .where(User.id == generation["user_id"], User.balance >= price, ~select(seen.c.id).exists())
+        .where(
+            User.id == generation["user_id"],
+            User.balance >= price,
+            ~select(seen.c.id).exists(),
+            flags_as_expected,
+        )
         .values(balance=User.balance - price)
         .returning(User.balance)
         .cte("charged")
@@ -93,6 +119,8 @@ def _statement(*, charged: bool) -> Select[Any]:
         select(seen.c.id).scalar_subquery(),
         select(charge.c.balance).scalar_subquery(),
         select(User.balance).where(User.id == generation["user_id"]).scalar_subquery(),
+        mode,
+        share,
         select(recorded.c.id).scalar_subquery(),
     ]
     if charged:

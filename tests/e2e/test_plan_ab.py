@@ -100,6 +100,26 @@ async def test_the_share_survives_a_restart(
     await admin.ask("/ab", "A/B share: 100 % of new generations go to Plan B in auto mode (set by /ab)")
 
 
+async def test_a_share_set_meanwhile_decides_a_known_users_next_generation(
+    make_app: AppFactory,
+    telegram: FakeTelegram,
+    redis_url: str,
+    database_url: str,
+    http: aiohttp.ClientSession,
+) -> None:
+    """On PostgreSQL a known user's generation is recorded in one statement, its plan chosen by the
+    flags the previous record saw: one set since by `/ab` still decides it (the statement finds them
+    changed and the plan is chosen again)."""
+    app = await make_app(redis_url=redis_url, database_url=database_url)
+    assert [(await post_image(http, app, FIRST_USER))["plan"] for _ in range(2)] == ["A", "A"]
+    admin = Chat(telegram, user_id=ADMIN_ID)
+    await admin.ask("/ab 100", "A/B share set to 100 %")
+    assert [(await post_image(http, app, FIRST_USER))["plan"] for _ in range(2)] == ["B", "B"]
+    await admin.ask("/ab 0", "A/B share set to 0 %")
+    assert (await post_image(http, app, FIRST_USER))["plan"] == "A"
+    await all_settled(app, 5, timeout=60)
+
+
 async def test_bad_shares_are_refused_in_the_admins_language(
     make_app: AppFactory, telegram: FakeTelegram
 ) -> None:

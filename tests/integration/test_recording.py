@@ -11,7 +11,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from generation import ledger
-from generation.recording import Recorded, record_and_charge
+from generation.plan import PlanMode, store_mode
+from generation.recording import Flags, Recorded, record_and_charge
 from generation.store import Database, Generation, GenerationStatus, LedgerEntry, Plan, User
 from generation.users import ensure_user
 from migrations.runner import upgrade
@@ -59,9 +60,16 @@ def a_generation(user_id: int, price: int, key: str | None = None) -> Generation
     )
 
 
-async def record(db: Database, generation: Generation) -> Recorded:
+NO_FLAGS: Flags = (None, None)
+
+
+async def record(db: Database, generation: Generation, flags: Flags = NO_FLAGS) -> Recorded:
     async with db.one_statement() as connection:
-        return await record_and_charge(connection, generation)
+        return await record_and_charge(connection, generation, flags)
+
+
+def written(balance: int, before: int) -> Recorded:
+    return Recorded(seen=None, balance=balance, balance_before=before, flags=NO_FLAGS, stale=False)
 
 
 async def money(db: Database, user_id: int) -> tuple[int, int, int]:
@@ -78,7 +86,7 @@ async def money(db: Database, user_id: int) -> tuple[int, int, int]:
 async def test_a_generation_is_recorded_with_its_charge(db: Database) -> None:
     user_id = await new_user(db, balance=10)
     generation = a_generation(user_id, price=3)
-    assert await record(db, generation) == Recorded(seen=None, balance=7, balance_before=10)
+    assert await record(db, generation) == written(7, 10)
     async with db.sessions() as session:
         stored = await session.get(Generation, generation.id)
         entry = await session.scalar(
@@ -99,16 +107,14 @@ async def test_a_generation_is_recorded_with_its_charge(db: Database) -> None:
 async def test_a_balance_that_does_not_cover_it_records_nothing(db: Database) -> None:
     user_id = await new_user(db, balance=2)
     assert await record(db, a_generation(user_id, price=3)) == Recorded(
-        seen=None, balance=None, balance_before=2
+        seen=None, balance=None, balance_before=2, flags=NO_FLAGS, stale=False
     )
     assert await money(db, user_id) == (2, 2, 0)
 
 
 async def test_a_free_generation_is_recorded_without_a_ledger_row(db: Database) -> None:
     user_id = await new_user(db, balance=0)
-    assert await record(db, a_generation(user_id, price=0)) == Recorded(
-        seen=None, balance=0, balance_before=0
-    )
+    assert await record(db, a_generation(user_id, price=0)) == written(0, 0)
     assert await money(db, user_id) == (0, 0, 1)
 
 
@@ -141,4 +147,17 @@ async def test_concurrent_duplicates_record_and_charge_once(db: Database) -> Non
 
     results = await asyncio.gather(*(one() for _ in range(8)))
     assert sum(result is not None and result.balance is not None for result in results) == 1
+    assert await money(db, user_id) == (7, 7, 1)
+
+
+async def test_a_plan_chosen_by_flags_changed_since_records_nothing_and_tells_them(db: Database) -> None:
+    """The plan is chosen by the flags the previous record saw: if `/plan` changed them meanwhile,
+    nothing is written (the caller chooses again by the flags that come back)."""
+    user_id = await new_user(db, balance=10)
+    await store_mode(db, PlanMode.b)
+    stale = await record(db, a_generation(user_id, price=3))
+    assert (stale.seen, stale.balance, stale.stale, stale.flags) == (None, None, True, ("b", None))
+    assert await money(db, user_id) == (10, 10, 0)
+    fresh = await record(db, a_generation(user_id, price=3), stale.flags)
+    assert (fresh.balance, fresh.stale) == (7, False)
     assert await money(db, user_id) == (7, 7, 1)
