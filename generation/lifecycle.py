@@ -101,10 +101,16 @@ async def claim(db: Database, generation_id: str, plan: Plan, owner: str, lease:
     """Take the right to run a generation, atomically: only on its own plan, only if nobody holds it.
 
     Claimable: queued, or running under a lease that expired (its runner died). The generation, its
-    user and its journal come back from the same transaction, so the run starts without re-reading."""
+    user and its journal come back with the claim (on PostgreSQL the user in the claim's own
+    statement), so the run starts without re-reading."""
     now = time.time()
-    values: dict[str, Any] = {"claim_id": generation_id, "claim_plan": plan.value, "claim_owner": owner}
-    values.update(claim_now=now, claim_until=now + lease)
+    values = {
+        "claim_id": generation_id,
+        "claim_plan": plan.value,
+        "claim_owner": owner,
+        "claim_now": now,
+        "claim_until": now + lease,
+    }
     # The UPDATE is the claim, atomic by itself; what is read after it belongs to the claimant.
     async with db.one_statement() as connection:
         if db.is_postgresql:  # the user comes back with the claim, in the same statement

@@ -68,8 +68,9 @@ async def record_and_charge(connection: AsyncConnection, generation: Generation,
     values: dict[str, Any] = {
         f"g_{column.name}": getattr(generation, column.name) for column in RECORDED_COLUMNS
     }
-    values.update(charge_key=ledger.charge_key(generation.id), expected_mode=flags[0])
-    values["expected_share"] = flags[1]
+    values.update(
+        charge_key=ledger.charge_key(generation.id), expected_mode=flags[0], expected_share=flags[1]
+    )
     statement = _RECORD_AND_CHARGE if generation.price > 0 else _RECORD_FREE
     seen_id, balance, balance_before, mode, share, *_ = (await connection.execute(statement, values)).one()
     return Recorded(
@@ -82,8 +83,9 @@ async def record_and_charge(connection: AsyncConnection, generation: Generation,
 
 
 def _statement(*, charged: bool) -> Select[Any]:
-    """The statement, built once with bound parameters (`g_<column>` and `charge_key`): building a
-    statement of CTEs costs more CPU than the round trips it saves."""
+    """The statement, built once with bound parameters (`g_<column>`, `charge_key`, and the plan
+    flags expected, `expected_mode` and `expected_share`): building a statement of CTEs costs more
+    CPU than the round trips it saves."""
     generation = {
         column.name: bindparam(f"g_{column.name}", type_=column.type) for column in RECORDED_COLUMNS
     }
