@@ -22,6 +22,17 @@ JOB_FUNCTION = "run_generation"
 OVERALL_SLOT = PREFIX + "global"
 
 
+# The timeouts of the worker's cron jobs (jobs/runner.py), which arq's in-progress mark also covers.
+RECONCILE_TIMEOUT = 60
+WAKE_SWEEP_TIMEOUT = 30
+
+
+def in_progress_seconds(job_timeout: float) -> float:
+    """How long arq marks a started job "in progress" (its in-progress key's time to live): the
+    worker's longest job timeout, the cron jobs' included, plus 10 s, as arq's Worker computes it."""
+    return max(job_timeout, RECONCILE_TIMEOUT, WAKE_SWEEP_TIMEOUT) + 10
+
+
 def serialize(value: Any) -> bytes:
     # arq pickles job payloads by default; jobs carry only ids, so msgpack suffices and is safe.
     # arq also stores a failed job's exception as its result: anything msgpack cannot pack goes as text.

@@ -19,7 +19,7 @@ from loguru import logger
 from generation import lifecycle
 from generation.services import Services
 from generation.store import Generation, Plan, get_generation
-from jobs.queue import ArqQueue
+from jobs.queue import ArqQueue, in_progress_seconds
 
 # A released generation (waiting for the provider, or between tries) that nobody has touched for this
 # long, yet whose job Redis still marks as running, lost that job with its worker's Redis connection.
@@ -50,6 +50,8 @@ async def reconcile(services: Services, pool: ArqRedis) -> list[str]:
             current = await get_generation(services.db, generation_id)
             if not lifecycle.still_orphaned(current):
                 continue  # claimed or settled since the snapshot: its job is alive
+            if await _started_just_now(pool, generation_id, services.settings.job_timeout):
+                continue  # a worker behind its queue just started its job: it is about to claim it
             if await pool.delete(in_progress_key_prefix + generation_id):
                 # Its runner stopped renewing its lease (killed, or its job cancelled with a lost Redis
                 # connection); arq would keep the job marked in progress until its own timeout.
@@ -64,6 +66,17 @@ async def reconcile(services: Services, pool: ArqRedis) -> list[str]:
         requeued.append(generation_id)
         logger.bind(generation=generation_id, plan="A").warning("re-enqueued: Redis had no job for it")
     return requeued
+
+
+async def _started_just_now(pool: ArqRedis, generation_id: str, job_timeout: float) -> bool:
+    """Whether a worker marked the generation's job in progress less than STALE_AFTER seconds ago.
+    A released generation nobody touched for that long looks like one whose worker died handing it
+    back; but a worker behind a long queue may start its job only now, just before the claim the
+    reconciler's read came before. Deleting that fresh mark would let the job start a second time in
+    the same worker, which arq does not survive (its bookkeeping of the first run is lost and the
+    job is dropped). A mark left by a worker that died is as old as the generation's stillness."""
+    remaining = await pool.pttl(in_progress_key_prefix + generation_id)
+    return bool(remaining > 1000 * (in_progress_seconds(job_timeout) - STALE_AFTER))
 
 
 async def _jobs_in_redis(pool: ArqRedis, generation_ids: list[str]) -> set[str]:

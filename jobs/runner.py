@@ -30,7 +30,15 @@ from generation.log_context import about_generation
 from generation.services import Services
 from generation.store import Generation, GenerationStatus, Plan, as_utc, get_generation
 from jobs.limits import ConcurrencyLimiter
-from jobs.queue import JOB_FUNCTION, ArqQueue, deserialize, redis_settings_for, serialize
+from jobs.queue import (
+    JOB_FUNCTION,
+    RECONCILE_TIMEOUT,
+    WAKE_SWEEP_TIMEOUT,
+    ArqQueue,
+    deserialize,
+    redis_settings_for,
+    serialize,
+)
 from jobs.reconciler import reconcile_job
 from settings import Settings
 
@@ -216,8 +224,19 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             )
         ],
         "cron_jobs": [
-            cron(reconcile_job, name="reconcile", second=seconds, run_at_startup=True, timeout=60),
-            cron(wake_waiting_job, name="wake-waiting", second=WAKE_SWEEP_SECONDS, timeout=30),
+            cron(
+                reconcile_job,
+                name="reconcile",
+                second=seconds,
+                run_at_startup=True,
+                timeout=RECONCILE_TIMEOUT,
+            ),
+            cron(
+                wake_waiting_job,
+                name="wake-waiting",
+                second=WAKE_SWEEP_SECONDS,
+                timeout=WAKE_SWEEP_TIMEOUT,
+            ),
         ],
         "redis_settings": redis_settings_for(settings),
         "ctx": {"worker_id": f"worker-{uuid.uuid4().hex[:8]}"},
