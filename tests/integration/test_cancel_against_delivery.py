@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
@@ -17,19 +17,10 @@ from generation import ledger, lifecycle
 from generation.steps import StepJournal
 from generation.store import Database, Generation, GenerationStatus, LedgerEntry, Plan, User
 from generation.users import ensure_user
-from migrations.runner import upgrade
 from tests.conftest import wait_until
 
 BONUS = 100
 PRICE = 2
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    await asyncio.to_thread(upgrade, database_url)
-    database = Database(database_url)
-    yield database
-    await database.close()
 
 
 async def running_generation(db: Database, key: str) -> str:

@@ -1,7 +1,6 @@
 """The money rules (SPEC §4.1) and the step journal, on SQLite and PostgreSQL, under concurrency."""
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import func, select
@@ -10,15 +9,6 @@ from generation import ledger
 from generation.steps import StepJournal
 from generation.store import Database, Generation, LedgerEntry, User
 from generation.users import ensure_user
-from migrations.runner import upgrade
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    await asyncio.to_thread(upgrade, database_url)
-    database = Database(database_url)
-    yield database
-    await database.close()
 
 
 async def new_user(db: Database, balance: int = 0, telegram_id: int = 1) -> int:

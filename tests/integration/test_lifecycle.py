@@ -2,7 +2,6 @@
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,15 +10,6 @@ from sqlalchemy import update
 from generation import execution, lifecycle
 from generation.store import Database, Generation, GenerationStatus, Plan, get_generation
 from generation.users import ensure_user
-from migrations.runner import upgrade
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    await asyncio.to_thread(upgrade, database_url)
-    database = Database(database_url)
-    yield database
-    await database.close()
 
 
 async def record(

@@ -2,7 +2,6 @@
 credited once whoever records it and however often, a refund debited once."""
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from aiogram.fsm.storage.base import StorageKey
@@ -14,17 +13,8 @@ from generation.catalog import TopUpPackage
 from generation.payments import PreCheckoutProblem, RefundRefused
 from generation.store import ConversationState, Database, LedgerEntry, Order, OrderStatus, User
 from generation.users import ensure_user
-from migrations.runner import upgrade
 
 PACKAGE = TopUpPackage(id="stars-100", stars=100, price=90)
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    await asyncio.to_thread(upgrade, database_url)
-    database = Database(database_url)
-    yield database
-    await database.close()
 
 
 async def new_user(db: Database, telegram_id: int = 1, bot_name: str = "main") -> User:

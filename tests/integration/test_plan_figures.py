@@ -1,26 +1,15 @@
 """The figures that compare the plans (generation/plan_figures.py), on SQLite and PostgreSQL, from rows with
 known times and outcomes."""
 
-import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from generation.plan_figures import Figures, percentile, plan_figures
 from generation.store import Database, Generation, User
-from migrations.runner import upgrade
 
 NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
 SINCE = NOW - timedelta(hours=24)
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    await asyncio.to_thread(upgrade, database_url)
-    database = Database(database_url)
-    yield database
-    await database.close()
 
 
 async def seed(db: Database, rows: list[tuple[str, str, str, datetime, float | None, str | None]]) -> None:

@@ -4,7 +4,6 @@ old as its stillness (a worker that died handing it back) is handed to another."
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -20,16 +19,7 @@ from generation.store import Database, Generation, GenerationStatus, Plan
 from generation.users import ensure_user
 from jobs.queue import ArqQueue, in_progress_seconds
 from jobs.reconciler import STALE_AFTER, reconcile
-from migrations.runner import upgrade
 from settings import load_settings
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    await asyncio.to_thread(upgrade, database_url)
-    database = Database(database_url)
-    yield database
-    await database.close()
 
 
 @pytest.fixture

@@ -1,16 +1,11 @@
 """The admin figures (/stats) and one user's account (/user), on SQLite and PostgreSQL, from rows with
 known times: today, earlier this week, and older than 7 days."""
 
-import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-
-import pytest
 
 from bot.telegram.routers.admin import MESSAGE_LIMIT, fit, render_account, render_stats
 from generation import stats
 from generation.store import Database, Generation, LedgerEntry, Order, User
-from migrations.runner import upgrade
 
 NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
 TODAY = datetime(2025, 6, 15, 8, 0, tzinfo=UTC)
@@ -18,14 +13,6 @@ TODAY = datetime(2025, 6, 15, 8, 0, tzinfo=UTC)
 
 def day(day: int, hour: int = 12) -> datetime:
     return datetime(2025, 6, day, hour, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    await asyncio.to_thread(upgrade, database_url)
-    database = Database(database_url)
-    yield database
-    await database.close()
 
 
 async def seed(db: Database) -> dict[int, int]:
