@@ -423,9 +423,10 @@ class Postgres:
     async def drop(self, name: str) -> None:
         await self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    async def transactions(self, name: str, settle: float) -> tuple[int, int]:
-        """(xact_commit, xact_rollback) of database `name` as the server counts them, once every
-        backend has flushed its pending statistics (a backend idle for 10 s does)."""
+    async def transactions(self, name: str, settle: float) -> tuple[int, int, int]:
+        """(xact_commit, xact_rollback, sessions) of database `name` as the server counts them, once
+        every backend has flushed its pending statistics (a backend idle for 10 s does); sessions are
+        the connections opened to it."""
         import asyncpg
 
         await asyncio.sleep(settle)
@@ -433,13 +434,13 @@ class Postgres:
         try:
             await connection.execute("SELECT pg_stat_clear_snapshot()")
             row = await connection.fetchrow(
-                "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = $1", name
+                "SELECT xact_commit, xact_rollback, sessions FROM pg_stat_database WHERE datname = $1", name
             )
         finally:
             await connection.close()
         if row is None:
             raise BenchError(f"no statistics for database {name}")
-        return int(row["xact_commit"]), int(row["xact_rollback"])
+        return int(row["xact_commit"]), int(row["xact_rollback"]), int(row["sessions"])
 
 
 async def fresh_database(config: Config, postgres: Postgres, name: str, folder: Path) -> str:
@@ -633,6 +634,9 @@ async def measure_burst(
         after = await server.read()
         result["server_commits_per_generation"] = (after[0] - before[0]) / count
         result["server_rollbacks_per_generation"] = (after[1] - before[1]) / count
+        # A pool too small for the burst opens (and closes) connections all along: each costs a
+        # connection's start and the preparing again of every statement on it.
+        result["server_connections_opened"] = after[2] - before[2]
     return result
 
 
@@ -643,9 +647,9 @@ class ServerCount:
     postgres: Postgres
     database: str
     settle: float
-    last: tuple[int, int] | None = None
+    last: tuple[int, int, int] | None = None
 
-    async def read(self) -> tuple[int, int]:
+    async def read(self) -> tuple[int, int, int]:
         self.last = await self.postgres.transactions(self.database, self.settle)
         return self.last
 
@@ -824,6 +828,8 @@ async def run_configuration(config: Config, options: Options, children: Children
                     ("http_burst", options.http_burst, True),
                 ):
                     if size:
+                        # Told as it starts: a profiler can be pointed at the product for this phase.
+                        print(f"  {name} of {size}", file=sys.stderr, flush=True)
                         phase_started = time.monotonic()
                         # PostgreSQL's own count needs 10 s of idleness before and after: around the
                         # webhook burst only, to keep the run short (the engines count both).
@@ -920,6 +926,10 @@ def rows(options: Options) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
 
         return cell
 
+    def connections_opened(result: dict[str, Any]) -> str:
+        opened = figure(result, "telegram_burst", "server_connections_opened")
+        return "-" if opened is None else str(opened)
+
     def transactions(burst: str) -> Callable[[dict[str, Any]], str]:
         """Commits / rollbacks: the server's count on PostgreSQL (the engines' in brackets), else the
         engines' count."""
@@ -961,6 +971,7 @@ def rows(options: Options) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
                 per_generation("telegram_burst", "cpu_ms_per_generation", "ms"),
             ),
             ("commits / rollbacks per generation (that burst)", transactions("telegram_burst")),
+            ("PostgreSQL connections opened (that burst)", connections_opened),
         ]
     if http_burst:
         table += [

@@ -287,6 +287,12 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
             raise InvalidatePoolError("an idle pooled connection is gone") from error
 
 
+# An execution option of the SQLite writes' engine: no BEGIN, each statement commits by itself, as
+# PostgreSQL's AUTOCOMMIT (SQLAlchemy's own AUTOCOMMIT would set and reset the connection's isolation
+# level, a trip to its thread each; the connections here already leave BEGIN to us).
+AUTOCOMMIT = "aibot_sqlite_autocommit"
+
+
 def _configure_sqlite(engine: AsyncEngine, begin: str | None) -> None:
     """SQLite allows one writer: a transaction that writes takes the write lock when it begins
     (BEGIN IMMEDIATE). Otherwise two transactions that both read then write deadlock on the upgrade
@@ -309,7 +315,11 @@ def _configure_sqlite(engine: AsyncEngine, begin: str | None) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql(begin)
+        if connection.get_execution_options().get(AUTOCOMMIT):
+            return  # each statement commits by itself (`Database.one_statement`)
+        # The BEGIN goes with the transaction's first statement, in the same trip to the
+        # connection's thread (generation/sqlite_connections.py).
+        connection.connection.driver_connection.begin_with_next_statement(begin)
 
 
 class WriteGate:
@@ -365,6 +375,7 @@ class Database:
             else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         )
         self._writes = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._autocommit_writes = self.engine.execution_options(**{AUTOCOMMIT: True})
         self._write_gate = WriteGate() if database_url.startswith("sqlite") else None
         # PostgreSQL can make several writes in one statement (data-modifying CTEs): a unit of work
         # of a few writes then costs one round trip instead of a transaction's BEGIN, each, COMMIT.
@@ -390,16 +401,15 @@ class Database:
     @asynccontextmanager
     async def one_statement(self) -> AsyncIterator[AsyncConnection]:
         """A connection for a write that needs no transaction around it: one statement, atomic by
-        itself (a keyed INSERT, a conditional UPDATE), and reads. On PostgreSQL it runs in
-        autocommit: the statement alone instead of BEGIN, the statement, COMMIT (two round trips of
-        three, and the ORM session's work around them). On SQLite in a transaction of its own, in its
-        turn at the write lock, as every write (SQLite's autocommit would cost more: the connection's
-        isolation level set and reset)."""
+        itself (a keyed INSERT, a conditional UPDATE), and reads. It runs in autocommit: the
+        statement alone instead of BEGIN, the statement, COMMIT (on PostgreSQL two round trips of
+        three, and the ORM session's work around them; on SQLite two trips to the connection's
+        thread of three). On SQLite in its turn at the write lock, as every write."""
         if self._write_gate is None:
             async with self.read_engine.connect() as connection:
                 yield connection
         else:
-            async with self._write_turn(False), self.engine.begin() as connection:
+            async with self._write_turn(False), self._autocommit_writes.connect() as connection:
                 yield connection
 
     def _write_turn(self, urgent: bool) -> contextlib.AbstractAsyncContextManager[None]:

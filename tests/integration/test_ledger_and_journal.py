@@ -148,3 +148,28 @@ async def test_a_paid_step_is_journaled_even_when_the_stop_insists(db: Database)
     # The paid call finished and was journaled: the next run continues from it, paying nothing again.
     assert await StepJournal(db, "g2").run("create_prediction", paid_create) == "prediction-2"
     assert calls == 1
+
+
+async def test_several_steps_journaled_at_once_keep_a_result_journaled_first(db: Database) -> None:
+    user_id = await new_user(db)
+    async with db.transaction() as session:
+        session.add(
+            Generation(
+                id="g3",
+                request_key="k3",
+                kind="text_to_image",
+                user_id=user_id,
+                bot_name="main",
+                chat_id=1,
+                model="flux-schnell",
+                request={},
+                plan="A",
+            )
+        )
+    # Another runner journaled the deadline first (a lease that expired under a live runner).
+    await StepJournal(db, "g3").record("prediction:deadline", 100.5)
+    steps = StepJournal(db, "g3")
+    await steps.record_many({"prediction:id": "p-3", "prediction:deadline": 999.0, "note": {"a": [1, 2]}})
+    expected = {"prediction:id": "p-3", "prediction:deadline": 100.5, "note": {"a": [1, 2]}}
+    assert await steps.load() == expected
+    assert await StepJournal(db, "g3").load() == expected

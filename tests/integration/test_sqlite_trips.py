@@ -1,6 +1,7 @@
 """On SQLite a statement is one trip to its connection's thread (generation/sqlite_connections.py
-_OneTripCursor): aiosqlite's cursor made four, each a thread hand-off and an event-loop wake-up; and a
-connection with no transaction open goes back to the pool without a ROLLBACK."""
+_OneTripCursor): aiosqlite's cursor made four, each a thread hand-off and an event-loop wake-up; a
+transaction's BEGIN goes with its first statement; a single statement (`one_statement`) commits by
+itself; and a connection with no transaction open goes back to the pool without a ROLLBACK."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 
 from generation.sqlite_connections import WholeStatementConnection
 from generation.store import Database, RuntimeFlag
@@ -54,8 +56,22 @@ async def test_a_statement_and_its_rows_are_one_trip(tmp_path: Path, monkeypatch
             )
             assert changed.scalar_one() == "1"
             session.add_all([RuntimeFlag(key="a", value="x"), RuntimeFlag(key="b", value="y")])
-        assert trips == 4  # BEGIN IMMEDIATE, the UPDATE with its row, the INSERT of both, COMMIT
+        assert trips == 3  # BEGIN IMMEDIATE with the UPDATE and its row, the INSERT of both, COMMIT
         # (and no ROLLBACK as the pool takes either connection back: neither has a transaction open)
+
+        trips = 0
+        async with db.one_statement() as connection:
+            await connection.execute(update(RuntimeFlag).where(RuntimeFlag.key == "a").values(value="x2"))
+            # Committed by itself already: another connection reads it before this one is given back.
+            async with db.reads() as reader:
+                read = await reader.scalar(select(RuntimeFlag.value).where(RuntimeFlag.key == "a"))
+            assert read == "x2"
+        assert trips == 2  # the UPDATE alone (no BEGIN, no COMMIT), and the read
+
+        trips = 0
+        async with db.transaction():  # a transaction that ran nothing costs nothing
+            pass
+        assert trips == 0
 
         with pytest.raises(RuntimeError):
             async with db.transaction() as session:  # a transaction open when it fails: rolled back
@@ -63,8 +79,16 @@ async def test_a_statement_and_its_rows_are_one_trip(tmp_path: Path, monkeypatch
                 await session.flush()
                 raise RuntimeError("fails halfway")
 
+        with pytest.raises(IntegrityError):
+            async with db.transaction() as session:  # its first statement (with the BEGIN) fails
+                await session.execute(insert(RuntimeFlag).values(key="a", value="taken"))
+        # Neither left the write lock held: the next writer writes at once.
+        async with db.transaction() as session:
+            await session.execute(update(RuntimeFlag).where(RuntimeFlag.key == "a").values(value="x"))
+
         async with db.sessions() as session:
             assert await session.scalar(select(func.count()).select_from(RuntimeFlag)) == 3
+            assert await session.scalar(select(RuntimeFlag.value).where(RuntimeFlag.key == "warm")) == "1"
             assert await session.scalar(select(RuntimeFlag.value).where(RuntimeFlag.key == "b")) == "y"
     finally:
         await db.close()
