@@ -211,7 +211,7 @@ class Process:
 
     def _open_services(self) -> Services:
         settings = self.settings
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, pool_size=settings.database_pool_size)
         self._opened.push_async_callback(db.close)
         demo = self.demo
         replicate_demo = demo is not None and demo.replicate is not None

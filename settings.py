@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     admin_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
 
     database_url: str = "sqlite+aiosqlite:///./aibot.db"
+    # PostgreSQL: connections each process keeps open (and up to 20 more at a peak, closed after it).
+    # A burst holds many at once; below that, each peak opens and closes connections, and every
+    # statement is prepared again on each new one (bench/hot_path.py counts them).
+    database_pool_size: int = Field(default=30, ge=1, le=1000)
     redis_url: str = "redis://localhost:6379/0"
     # Redis behind Sentinel: the sentinels to ask for the master ("host:port,host:port"; port 26379 when
     # left out). REDIS_URL then gives the scheme (rediss:// for TLS to the master), the password and the

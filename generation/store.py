@@ -245,11 +245,19 @@ class ConversationState(Base):
 PING_IDLE_AFTER = 5.0
 
 
+# PostgreSQL connections opened beyond the pool's size at a peak (closed as the peak ends).
+POOL_OVERFLOW = 20
+
+
 def create_engine(
-    database_url: str, *, for_writes: bool = True, sqlite_connections: SqliteConnections | None = None
+    database_url: str,
+    *,
+    for_writes: bool = True,
+    sqlite_connections: SqliteConnections | None = None,
+    pool_size: int = 30,
 ) -> AsyncEngine:
     if not database_url.startswith("sqlite"):
-        engine = create_async_engine(database_url, pool_size=10, max_overflow=10)
+        engine = create_async_engine(database_url, pool_size=pool_size, max_overflow=POOL_OVERFLOW)
         _ping_when_idle(engine)
         return engine
     path = make_url(database_url).database or ":memory:"
@@ -361,10 +369,13 @@ class Database:
     """The engines and session factories: `transaction()` is the unit of work that writes, `sessions()`
     reads (on SQLite through connections that do not take the write lock)."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, *, pool_size: int = 30) -> None:
+        """`pool_size`: PostgreSQL connections kept open (settings.database_pool_size)."""
         self.url = database_url
         self._sqlite_connections = SqliteConnections()
-        self.engine = create_engine(database_url, sqlite_connections=self._sqlite_connections)
+        self.engine = create_engine(
+            database_url, sqlite_connections=self._sqlite_connections, pool_size=pool_size
+        )
         # Reads run on connections of their own on SQLite (they never take the write lock); on
         # PostgreSQL on the same pool in autocommit: a read session is then its statements alone, not
         # BEGIN, the statements, ROLLBACK (two round trips fewer; under READ COMMITTED each statement

@@ -65,3 +65,23 @@ async def test_only_a_connection_that_sat_idle_is_pinged(
     monkeypatch.setattr(store, "PING_IDLE_AFTER", 0.0)
     assert await select_one(db) == 1
     assert len(pings) == 1
+
+
+async def test_the_pool_keeps_the_connections_a_peak_opened(postgres_url: str) -> None:
+    """DATABASE_POOL_SIZE connections stay open after a peak that used them all: the next peak opens
+    none (a new connection prepares every statement again)."""
+    database = Database(postgres_url, pool_size=4)
+    try:
+        held = [await database.read_engine.connect() for _ in range(6)]  # 4 and 2 beyond
+        for connection in held:
+            await connection.execute(select(1))
+        for connection in held:
+            await connection.close()
+        pool = database.engine.pool
+        assert pool.checkedin() == 4  # type: ignore[attr-defined]
+        again = [await database.read_engine.connect() for _ in range(4)]
+        assert pool.checkedin() == 0 and pool.overflow() == 0  # type: ignore[attr-defined]
+        for connection in again:
+            await connection.close()
+    finally:
+        await database.close()
