@@ -245,7 +245,9 @@ class ConversationState(Base):
 PING_IDLE_AFTER = 5.0
 
 
-# PostgreSQL connections opened beyond the pool's size at a peak (closed as the peak ends).
+# PostgreSQL connections kept open (settings.database_pool_size), and opened beyond them at a peak
+# (closed as the peak ends).
+POOL_SIZE = 30
 POOL_OVERFLOW = 20
 
 
@@ -254,7 +256,7 @@ def create_engine(
     *,
     for_writes: bool = True,
     sqlite_connections: SqliteConnections | None = None,
-    pool_size: int = 30,
+    pool_size: int = POOL_SIZE,
 ) -> AsyncEngine:
     if not database_url.startswith("sqlite"):
         engine = create_async_engine(database_url, pool_size=pool_size, max_overflow=POOL_OVERFLOW)
@@ -369,7 +371,7 @@ class Database:
     """The engines and session factories: `transaction()` is the unit of work that writes, `sessions()`
     reads (on SQLite through connections that do not take the write lock)."""
 
-    def __init__(self, database_url: str, *, pool_size: int = 30) -> None:
+    def __init__(self, database_url: str, *, pool_size: int = POOL_SIZE) -> None:
         """`pool_size`: PostgreSQL connections kept open (settings.database_pool_size)."""
         self.url = database_url
         self._sqlite_connections = SqliteConnections()
