@@ -19,6 +19,24 @@ async def new_user(db: Database, balance: int = 0, telegram_id: int = 1) -> int:
         return user.id
 
 
+async def new_generation(db: Database, generation_id: str, user_id: int) -> None:
+    """A Plan A image generation of `user_id`, its request key named after its id."""
+    async with db.transaction() as session:
+        session.add(
+            Generation(
+                id=generation_id,
+                request_key=f"key-{generation_id}",
+                kind="text_to_image",
+                user_id=user_id,
+                bot_name="main",
+                chat_id=1,
+                model="flux-schnell",
+                request={},
+                plan="A",
+            )
+        )
+
+
 async def ledger_sum(db: Database, user_id: int) -> int:
     async with db.sessions() as session:
         total = await session.scalar(
@@ -83,21 +101,7 @@ async def test_first_contact_from_many_updates_creates_one_user_and_one_bonus(db
 
 
 async def test_step_journal_runs_a_step_once(db: Database) -> None:
-    user_id = await new_user(db)
-    async with db.transaction() as session:
-        session.add(
-            Generation(
-                id="g1",
-                request_key="k1",
-                kind="text_to_image",
-                user_id=user_id,
-                bot_name="main",
-                chat_id=1,
-                model="flux-schnell",
-                request={},
-                plan="A",
-            )
-        )
+    await new_generation(db, "g1", await new_user(db))
     calls = 0
 
     async def create() -> str:
@@ -112,21 +116,7 @@ async def test_step_journal_runs_a_step_once(db: Database) -> None:
 
 
 async def test_a_paid_step_is_journaled_even_when_the_stop_insists(db: Database) -> None:
-    user_id = await new_user(db)
-    async with db.transaction() as session:
-        session.add(
-            Generation(
-                id="g2",
-                request_key="k2",
-                kind="text_to_image",
-                user_id=user_id,
-                bot_name="main",
-                chat_id=1,
-                model="flux-schnell",
-                request={},
-                plan="A",
-            )
-        )
+    await new_generation(db, "g2", await new_user(db))
     answered = asyncio.Event()
     calls = 0
 
@@ -151,21 +141,7 @@ async def test_a_paid_step_is_journaled_even_when_the_stop_insists(db: Database)
 
 
 async def test_several_steps_journaled_at_once_keep_a_result_journaled_first(db: Database) -> None:
-    user_id = await new_user(db)
-    async with db.transaction() as session:
-        session.add(
-            Generation(
-                id="g3",
-                request_key="k3",
-                kind="text_to_image",
-                user_id=user_id,
-                bot_name="main",
-                chat_id=1,
-                model="flux-schnell",
-                request={},
-                plan="A",
-            )
-        )
+    await new_generation(db, "g3", await new_user(db))
     # Another runner journaled the deadline first (a lease that expired under a live runner).
     await StepJournal(db, "g3").record("prediction:deadline", 100.5)
     steps = StepJournal(db, "g3")
