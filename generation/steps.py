@@ -212,7 +212,7 @@ def _journaled_rows(count: int) -> Subquery:
 def _journal_insert(dialect: str, count: int) -> Insert:
     """`add_many`'s INSERT of `count` steps for one generation (`generation_id`), built once per shape.
     Not one INSERT run with a list of parameter sets: SQLAlchemy renders that anew on every call
-    ("insertmanyvalues"), which cost the PostgreSQL burst about 5 % of its CPU; nor `.values([...])`,
+    ("insertmanyvalues"), by a profile some 5 % of the PostgreSQL burst's CPU; nor `.values([...])`,
     which SQLAlchemy never caches."""
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     generation_id = bindparam("generation_id", type_=String)
