@@ -100,6 +100,8 @@ class Process:
         self._stop_asked = asyncio.Event()
         self._drain_cut_short = asyncio.Event()
         self._drained = False
+        # Set once the start is over: everything is open and serving.
+        self.started = asyncio.Event()
 
     async def start(self) -> None:
         try:
@@ -107,6 +109,7 @@ class Process:
         except BaseException:
             await self._opened.aclose()
             raise
+        self.started.set()
 
     async def stop(self, grace: float | None = None) -> None:
         """Take no new work, let running work finish for `grace` seconds (DRAIN_TIMEOUT by default;

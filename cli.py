@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from loguru import logger
 
+import heap
 from settings import SettingsError, get_settings
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from app import App, StandaloneWorker
 
+        heap.tune_collector()
         process = App(settings) if arguments.command == "run" else StandaloneWorker(settings)
         _run_until_signal(process)
         _exit_now()
@@ -66,11 +68,17 @@ def _run_until_signal(process: Process) -> None:
             watchdog.arm(process.settings.drain_timeout + STOP_MARGIN)
             process.request_stop()
 
+        async def freeze_once_started() -> None:
+            await process.started.wait()
+            heap.freeze_what_started()
+
         for received in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(received, on_signal)
+        freezing = asyncio.create_task(freeze_once_started())
         try:
             with contextlib.suppress(asyncio.CancelledError):
                 await process.run()
+            freezing.cancel()
             await _stop_leftover_tasks()
         finally:
             # What follows (asyncio's own shutdown, the interpreter joining threads) is bounded too.

@@ -7,7 +7,8 @@ benchmark reads the file whenever it likes, without disturbing the process. Ever
 product's own console script (the ``aibot`` entry point), unchanged; with ``BENCH_PROFILE_FILE`` it
 runs under cProfile and leaves its statistics there at exit; with ``BENCH_STATEMENTS_FILE`` it writes
 there at exit every SQL statement it executed, counted, most frequent first (marked when SQLAlchemy
-compiled it rather than taking it from its cache).
+compiled it rather than taking it from its cache); with ``BENCH_GC_FILE`` it writes there at exit
+every garbage collection it made: the generation collected, when, and how long it held the process.
 
 On SQLite the product begins every transaction itself (BEGIN / BEGIN IMMEDIATE), so every commit
 counted is a COMMIT the database executed; on PostgreSQL the benchmark also reads the server's own
@@ -85,10 +86,43 @@ def install_statement_census(path: Path) -> None:
     atexit.register(dump)
 
 
+def install_gc_log(path: Path) -> None:
+    """Time every garbage collection (gc.callbacks) and write them out at exit, one per line:
+    monotonic start, seconds it took, the generation collected, objects collected. A full collection
+    of a large heap holds the event loop, and every request waiting on it, that long."""
+    import gc
+    import time
+
+    started: list[float] = [0.0]
+    collections: list[tuple[float, float, int, int]] = []
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.monotonic()
+        else:
+            collections.append(
+                (started[0], time.monotonic() - started[0], info["generation"], info["collected"])
+            )
+
+    def dump() -> None:
+        path.write_text(
+            "".join(
+                f"{at:.4f}\t{took:.5f}\t{generation}\t{collected}\n"
+                for at, took, generation, collected in collections
+            )
+        )
+
+    gc.callbacks.append(on_gc)
+    atexit.register(dump)
+
+
 def main() -> None:
     counter_file = os.environ.get("BENCH_COUNTER_FILE")
     if counter_file:
         install_counter(Path(counter_file))
+    gc_file = os.environ.get("BENCH_GC_FILE")
+    if gc_file:
+        install_gc_log(Path(gc_file))
     census_file = os.environ.get("BENCH_STATEMENTS_FILE")
     if census_file:
         install_statement_census(Path(census_file))

@@ -27,7 +27,10 @@ It registers every user first (``/start``) and runs a few unmeasured generations
 2. a burst: ``--burst`` ``/image`` updates from as many users, all handed over at once on Telegram's
    default 40 webhook connections: generations/s from the first update in to the last photo sent;
    product CPU time (every product process, from /proc, until it is idle again) and database commits
-   per generation;
+   per generation. Meanwhile one HTTP API request every ``--probe-ms`` (default 100) from another
+   user, each on its own connection and sent on time whatever the product answers, until the burst's
+   count of photos is out: the time to its 202 is what a newcomer waits while a burst runs. Their
+   generations count in the burst's figures;
 3. the same through the HTTP API (``POST /api/generation/text-to-image``, ``--http-burst`` requests at
    once, one connection each): the time to each 202 (p50, p99) besides generations/s, CPU and commits;
 4. for Plan A, a bare arq worker running no-op jobs on the same Redis just before (``bench/bare_arq.py``).
@@ -99,6 +102,8 @@ BOT_WEBHOOK_SECRET = telegram_webhook_secret(WEBHOOK_SECRET, BOT_NAME)
 TELEGRAM_WEBHOOK_CONNECTIONS = 40  # Telegram's default max_connections for a webhook
 SEQUENTIAL_USER = 5_000_001
 BURST_USER = 6_000_001
+PROBE_USER = 7_000_001
+PROBES_MOST = 300  # users the probes of a burst may use: 30 s of probing at the default interval
 DATABASES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 PLANS = ("B", "A")
 
@@ -123,6 +128,7 @@ class Options:
     http_burst: int = 400
     telegram_connections: int = TELEGRAM_WEBHOOK_CONNECTIONS
     http_connections: int = 0
+    probe_ms: float = 100.0
     quiet_ms: float = 50.0
     jitter_ms: float = 50.0
     arq_jobs: int = 3000
@@ -572,6 +578,25 @@ async def measure_sequential(
     }
 
 
+async def probe_accepts(
+    product: Product, users: Sequence[int], interval_ms: float, done: asyncio.Event
+) -> list[tuple[float, float]]:
+    """One HTTP generation request every `interval_ms`, each on a connection of its own and without
+    waiting for the previous answer (arrivals do not slow down when the product does), until `done`
+    or out of users: when each was sent, and the time it took to its 202."""
+    tasks: list[asyncio.Task[float]] = []
+    sent: list[float] = []
+    async with session(0) as http:
+        for user in users:
+            if done.is_set():
+                break
+            sent.append(time.monotonic())
+            tasks.append(asyncio.create_task(post_generation(http, product, user, f"probe {user}")))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), interval_ms / 1000)
+        return list(zip(sent, await asyncio.gather(*tasks), strict=True))
+
+
 async def measure_burst(
     product: Product,
     fakes: Fakes,
@@ -580,8 +605,11 @@ async def measure_burst(
     *,
     over_http: bool,
     server: ServerCount | None,
+    probe_users: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """All at once; `server` (PostgreSQL) is read before, unless the previous burst left its reading."""
+    """All at once; `server` (PostgreSQL) is read before, unless the previous burst left its reading.
+    With `probe_users`, one more HTTP request every --probe-ms while the burst's generations run
+    (until as many photos as the burst has were sent): how long a newcomer waits for its 202."""
     count = len(users)
     updates = [] if over_http else await fakes.updates([(user, f"/image burst {user}") for user in users])
     if server is not None and server.last is None:
@@ -593,8 +621,14 @@ async def measure_burst(
     cpu_before, commits_before = product.cpu(), product.commits()
     overflows_before = listen_overflows()
     connections = options.http_connections if over_http else options.telegram_connections
+    burst_over = asyncio.Event()
     async with session(connections) as http:
         started = time.monotonic()
+        probing = (
+            asyncio.create_task(probe_accepts(product, probe_users, options.probe_ms, burst_over))
+            if probe_users and options.probe_ms > 0
+            else None
+        )
         if over_http:
             latencies = await asyncio.gather(
                 *(post_generation(http, product, user, f"http burst {user}") for user in users)
@@ -603,37 +637,51 @@ async def measure_burst(
             latencies = await asyncio.gather(*(post_update(http, product, update) for update in updates))
         accepted = time.monotonic()
         last_photo = await fakes.wait_photos(photos + count, timeout=options.phase_timeout)
+        burst_over.set()
+        probes = await probing if probing is not None else []
+        if probes:
+            # The probes' own generations are part of the work done: all of them counted.
+            last_photo = await fakes.wait_photos(photos + count + len(probes), timeout=options.phase_timeout)
     await wait_idle(product, options.phase_timeout)
     cpu_after, commits_after = product.cpu(), product.commits()
     fakes_cpu_after, own_after = cpu_seconds(fakes.child.pid), own_cpu()
     product.check_alive()
     calls = Counter(name for _, _, name, _ in await fakes.events(first_event))
     calibration_after = calibration_ms()
+    done = count + len(probes)
     result: dict[str, Any] = {
-        "generations": count,
+        "generations": done,
         "connections": connections or "unlimited",
         "seconds": last_photo - started,
-        "generations_per_s": count / (last_photo - started),
+        "generations_per_s": done / (last_photo - started),
         "all_accepted_after_s": accepted - started,
         ("accept_202_ms" if over_http else "webhook_answer_ms"): summary(
             [1000 * value for value in latencies]
         ),
-        "cpu_ms_per_generation": 1000 * (cpu_after - cpu_before) / count,
-        "fakes_cpu_ms_per_generation": 1000 * (fakes_cpu_after - fakes_cpu_before) / count,
-        "bench_cpu_ms_per_generation": 1000 * (own_after - own_before) / count,
-        "commits_per_generation": (commits_after[0] - commits_before[0]) / count,
-        "rollbacks_per_generation": (commits_after[1] - commits_before[1]) / count,
+        "cpu_ms_per_generation": 1000 * (cpu_after - cpu_before) / done,
+        "fakes_cpu_ms_per_generation": 1000 * (fakes_cpu_after - fakes_cpu_before) / done,
+        "bench_cpu_ms_per_generation": 1000 * (own_after - own_before) / done,
+        "commits_per_generation": (commits_after[0] - commits_before[0]) / done,
+        "rollbacks_per_generation": (commits_after[1] - commits_before[1]) / done,
         "listen_queue_overflows": listen_overflows() - overflows_before,
         "calibration_ms_before_after": [calibration_before, calibration_after],
         "fake_calls_per_generation": {
-            name: round(number / count, 2) for name, number in sorted(calls.items())
+            name: round(number / done, 2) for name, number in sorted(calls.items())
         },
     }
+    if probes:
+        result["probe_accept_202_ms"] = {
+            "interval_ms": options.probe_ms,
+            "count": len(probes),
+            **summary([1000 * latency for _, latency in probes]),
+            # When each was sent (s since the burst began) and its 202 (ms): where in the burst they wait.
+            "each": [(round(at - started, 3), round(1000 * latency, 1)) for at, latency in probes],
+        }
     if server is not None and server.last is not None:
         before = server.last
         after = await server.read()
-        result["server_commits_per_generation"] = (after[0] - before[0]) / count
-        result["server_rollbacks_per_generation"] = (after[1] - before[1]) / count
+        result["server_commits_per_generation"] = (after[0] - before[0]) / done
+        result["server_rollbacks_per_generation"] = (after[1] - before[1]) / done
         # A pool too small for the burst opens (and closes) connections all along: each costs a
         # connection's start and the preparing again of every statement on it.
         result["server_connections_opened"] = after[2] - before[2]
@@ -749,7 +797,9 @@ async def outcomes(config: Config, folder: Path, postgres: str, database_name: s
         return {"unknown": f"{type(error).__name__}: {error}"}
     counted: dict[str, Counter[str]] = {}
     for request_key, chat_id, plan, status in rows:
-        if str(request_key).startswith("http:"):
+        if chat_id is not None and int(chat_id) >= PROBE_USER:
+            phase = "probes"
+        elif str(request_key).startswith("http:"):
             phase = "http_burst"
         elif chat_id is not None and int(chat_id) >= BURST_USER:
             phase = "telegram_burst"
@@ -810,11 +860,14 @@ async def run_configuration(config: Config, options: Options, children: Children
                     SEQUENTIAL_USER + index for index in range(max(10, options.sequential // 10))
                 ]
                 burst_users = [BURST_USER + index for index in range(max(options.burst, options.http_burst))]
+                probe_users = [
+                    PROBE_USER + index for index in range(PROBES_MOST if options.probe_ms > 0 else 0)
+                ]
                 phases["start"] = time.monotonic() - phase_started
                 # Other work on the machine skews every figure: how much CPU it took is recorded.
                 machine_before = cpu_by_process()
                 phase_started = time.monotonic()
-                await warm_up(product, fakes, [*sequential_users, *burst_users], options)
+                await warm_up(product, fakes, [*sequential_users, *burst_users, *probe_users], options)
                 phases["warm-up"] = time.monotonic() - phase_started
                 if options.sequential:
                     phase_started = time.monotonic()
@@ -840,6 +893,7 @@ async def run_configuration(config: Config, options: Options, children: Children
                             options,
                             over_http=over_http,
                             server=None if over_http else server,
+                            probe_users=() if over_http else probe_users,
                         )
                         phases[name] = time.monotonic() - phase_started
                 mine = {os.getpid(), fakes.child.pid, *(child.pid for child in product.processes)}
@@ -917,6 +971,13 @@ def rows(options: Options) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
         )
         return "-" if p99 is None else f"{milliseconds(p50)} / {milliseconds(p99)} ms"
 
+    def probe(result: dict[str, Any]) -> str:
+        p50, p99 = (
+            figure(result, "telegram_burst", "probe_accept_202_ms", "p50"),
+            figure(result, "telegram_burst", "probe_accept_202_ms", "p99"),
+        )
+        return "-" if p99 is None else f"{milliseconds(p50)} / {milliseconds(p99)} ms"
+
     def per_generation(burst: str, key: str, unit: str) -> Callable[[dict[str, Any]], str]:
         def cell(result: dict[str, Any]) -> str:
             value = figure(result, burst, key)
@@ -973,6 +1034,8 @@ def rows(options: Options) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
             ("commits / rollbacks per generation (that burst)", transactions("telegram_burst")),
             ("PostgreSQL connections opened (that burst)", connections_opened),
         ]
+        if options.probe_ms > 0:
+            table.append((f"HTTP accept (202) p50 / p99, one every {options.probe_ms:g} ms during it", probe))
     if http_burst:
         table += [
             (f"{http_burst} over HTTP at once: generations/s", rate("http_burst")),
@@ -1102,6 +1165,12 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[argparse.Namespa
     parser.add_argument(
         "--http-connections", type=int, default=0, help="for the HTTP burst (default 0: one each)"
     )
+    parser.add_argument(
+        "--probe-ms",
+        type=float,
+        default=100.0,
+        help="during the webhook burst, one HTTP request every this many ms, its 202 timed (0: none)",
+    )
     parser.add_argument("--arq-jobs", type=int, default=3000, help="no-op jobs for bare arq (default 3000)")
     parser.add_argument(
         "--pg-stats-wait",
@@ -1162,6 +1231,7 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[argparse.Namespa
         http_burst=arguments.http_burst,
         telegram_connections=arguments.telegram_connections,
         http_connections=arguments.http_connections,
+        probe_ms=arguments.probe_ms,
         quiet_ms=arguments.quiet_ms,
         jitter_ms=arguments.jitter_ms,
         arq_jobs=arguments.arq_jobs,
