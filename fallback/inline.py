@@ -23,6 +23,8 @@ from generation.execution import execute
 from generation.lifecycle import Reserved
 from generation.limits import Limits
 from generation.log_context import about_generation
+from generation.pace import FIRST, Pace
+from generation.places import Place, Places
 from generation.services import Services
 from generation.store import Generation, Plan, get_generation
 from metrics import InFlight
@@ -137,6 +139,10 @@ class InlineRunner:
         self.owner = f"inline-{uuid.uuid4().hex[:12]}"
         self.tasks: dict[str, asyncio.Task[object]] = {}
         self.limits = KeyedLimits()
+        # Runs working at once (a run waiting for its provider's job gives its place up meanwhile; one
+        # waiting for a slot of its limits has none yet), as many as the event loop keeps up with.
+        self.working = Places(FIRST)
+        self.pace = Pace(self.working, most=services.settings.limit_overall)
 
     def reserve(self, user_id: int, model: str) -> Reservation | None:
         """The slots a generation of this user on this model's provider would hold, taken now if
@@ -167,8 +173,9 @@ class InlineRunner:
         return task
 
     def in_flight(self) -> InFlight:
-        """Runs holding their slots, and those waiting in line for one (each is a task here)."""
-        waiting = self.limits.waiting()
+        """Runs holding their slots, and those waiting in line for one or for a place among those
+        working (each is a task here)."""
+        waiting = self.limits.waiting() + self.working.waiting
         running = sum(not task.done() for task in self.tasks.values())
         return InFlight(running=max(0, running - waiting), waiting=waiting)
 
@@ -211,10 +218,15 @@ class InlineRunner:
                     wait_budget=self.services.settings.training_deadline,
                     can_defer=False,
                     claimed=claimed,
+                    working=self._place(),
                 )
         except Exception:
             logger.exception("Plan B run crashed")
             return None
+
+    def _place(self) -> Place:
+        self.pace.watch()
+        return Place(self.working)
 
     @asynccontextmanager
     async def _turn(self, generation: Generation) -> AsyncIterator[None]:
@@ -278,3 +290,4 @@ class InlineRunner:
                 )
             except Exception as error:  # its lease expires on its own
                 logger.bind(generation=generation_id, plan="B").warning("lease not released: {!r}", error)
+        self.pace.close()

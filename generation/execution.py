@@ -14,7 +14,7 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -24,7 +24,8 @@ import metrics
 from generation import lifecycle, progress
 from generation.alerts import Alerts
 from generation.catalog import PROVIDER_KEYS, Kind
-from generation.pipelines import Delivered, PipelineContext, StillWaiting, provider_job_started
+from generation.pipelines import Delivered, Idle, PipelineContext, StillWaiting, provider_job_started
+from generation.places import Place
 from generation.progress import (
     CANCEL_CALLBACK as CANCEL_CALLBACK,  # bot/telegram/routers/cancel.py answers it
 )
@@ -91,12 +92,15 @@ async def execute(
     can_defer: bool,
     retry_policy: RetryPolicy | None = None,
     claimed: lifecycle.Claim | None = None,
+    working: Place | None = None,
 ) -> Result:
     """Run one try of a generation. A try that fails in a way that may pass raises RetryLater until
     `max_tries` tries have failed; then, or on a permanent error, the generation fails and is refunded.
     `wait_budget` bounds how long this try waits on the provider; with `can_defer` (Plan A) a longer
     wait ends the try with RetryLater without counting as a failure. `claimed`: the generation was
-    recorded already claimed by this runner (Plan B with room at once), so no claim of its own."""
+    recorded already claimed by this runner (Plan B with room at once), so no claim of its own.
+    `working`: a place among the runs working at once, taken before the run works (its lease kept
+    alive meanwhile) and given up while it only waits for the provider (PipelineContext.idle)."""
     db = services.db
     claim = claimed or await lifecycle.claim(db, generation_id, plan, owner, lease)
     if claim is None:
@@ -105,9 +109,10 @@ async def execute(
         metrics.QUEUE_WAIT_SECONDS.labels(plan.value, claim.generation.kind).observe(
             metrics.since(_recorded_at(claim.generation))
         )
-    async with _heartbeat(db, generation_id, owner, lease):
+    async with _heartbeat(db, generation_id, owner, lease), working or nullcontext():
+        idle: Idle = working.given_up if working is not None else nullcontext
         return await _run_claimed(
-            services, claim, plan, owner, max_tries, wait_budget, can_defer, retry_policy
+            services, claim, plan, owner, max_tries, wait_budget, can_defer, retry_policy, idle
         )
 
 
@@ -150,6 +155,7 @@ async def _run_claimed(
     wait_budget: float,
     can_defer: bool,
     retry_policy: RetryPolicy | None,
+    idle: Idle,
 ) -> Result:
     db = services.db
     generation, user = claim.generation, claim.user
@@ -177,6 +183,7 @@ async def _run_claimed(
             language=user.language,
             wait_budget=wait_budget,
             can_defer=can_defer,
+            idle=idle,
         )
         log.info("running, attempt {}", generation.attempts)
         async with _working_alongside(context):

@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,10 @@ class StillWaiting(Exception):
         self.delay = delay
 
 
+# What a run enters while it only waits (PipelineContext.idle).
+Idle = Callable[[], AbstractAsyncContextManager[None]]
+
+
 @dataclass
 class PipelineContext:
     services: Services
@@ -49,6 +53,9 @@ class PipelineContext:
     language: str
     wait_budget: float  # how long this try may wait on the provider before StillWaiting (Plan A)
     can_defer: bool = False  # Plan A can end a try and come back; Plan B waits inline
+    # Around the pauses between two looks at a provider's job: Plan B's run gives up its place among
+    # the runs working at once in its process (fallback/inline.py) meanwhile.
+    idle: Idle = nullcontext
 
     @property
     def request(self) -> dict[str, Any]:
@@ -123,7 +130,8 @@ async def await_provider_job(
                 raise StillWaiting(delay=ctx.services.settings.long_wait_poll)
             raise ProviderUnavailable(f"{step} {job_id} still {state.status} after {ctx.wait_budget:.0f}s")
         await progress.rendering(ctx, started_at)
-        await asyncio.sleep(poll_interval)
+        async with ctx.idle():
+            await asyncio.sleep(poll_interval)
         journaled = await ctx.steps.refresh(f"{step}:result")
 
 

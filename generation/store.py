@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import heapq
-import itertools
 import re
 import sqlite3
 import time
@@ -47,6 +44,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.dml import Insert
 
+from generation.places import Places
 from generation.sqlite_connections import SqliteConnections, WholeStatementConnection
 
 
@@ -332,39 +330,14 @@ def _configure_sqlite(engine: AsyncEngine, begin: str | None) -> None:
         connection.connection.driver_connection.begin_with_next_statement(begin)
 
 
-class WriteGate:
+class WriteGate(Places):
     """One writer at a time in this process, urgent writers first, then in arrival order."""
 
     def __init__(self) -> None:
-        self._busy = False
-        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._arrivals = itertools.count()
+        super().__init__(1)
 
-    @asynccontextmanager
-    async def turn(self, urgent: bool) -> AsyncIterator[None]:
-        if self._busy or self._waiting:
-            ticket = asyncio.get_running_loop().create_future()
-            heapq.heappush(self._waiting, (0 if urgent else 1, next(self._arrivals), ticket))
-            try:
-                await ticket
-            except asyncio.CancelledError:
-                if ticket.done() and not ticket.cancelled():
-                    self._hand_over()  # it was our turn: pass it on
-                raise
-        else:
-            self._busy = True
-        try:
-            yield
-        finally:
-            self._hand_over()
-
-    def _hand_over(self) -> None:
-        while self._waiting:
-            _, _, ticket = heapq.heappop(self._waiting)
-            if not ticket.done():
-                ticket.set_result(None)  # still busy: the turn passes straight to this waiter
-                return
-        self._busy = False
+    def turn(self, urgent: bool) -> contextlib.AbstractAsyncContextManager[None]:
+        return self.held(first=urgent)
 
 
 class Database:

@@ -1,0 +1,83 @@
+"""Plan B's runs working at once (fallback/inline.py, generation/pace.py): a run holds a place while
+it works and gives it up while it only waits for its provider's job, so a long job never keeps the
+next generation from starting; runs waiting for a place are still counted in flight, and nothing is
+lost or paid twice by the waits."""
+
+from __future__ import annotations
+
+import asyncio
+
+from app import App
+from fallback.inline import InlineRunner
+from tests.conftest import AppFactory, wait_until
+from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of
+from tests.fakes.replicate import FakeReplicate, Outcome
+from tests.fakes.telegram import FakeTelegram
+
+FLUX = "black-forest-labs/flux-schnell"
+
+
+async def test_a_run_waiting_for_its_provider_lets_another_work_meanwhile(
+    make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate
+) -> None:
+    app = await make_app()
+    runner = _one_place(app)
+    held = asyncio.Event()
+    replicate.script(FLUX, Outcome(hold=held), Outcome())
+    chat = Chat(telegram)
+    chat.send("/start")
+    await chat.reply("Hi,")
+
+    chat.send("/image 1 a long one")
+    await replicate.wait_for_create(1)
+    chat.send("/image 1 a short one")
+    # The second is created, delivered and settled while the first still waits on its provider.
+    await replicate.wait_for_create(2)
+    await wait_until(lambda: _statuses_are(app, ["running", "done"]))
+    assert runner.working.size == 1
+
+    held.set()
+    settled = await all_settled(app, 2)
+    assert [generation.status for generation in settled] == ["done", "done"]
+    assert runner.working.taken == 0
+    assert await balance_and_ledger_sum(app) == (8, 8)
+
+
+async def test_runs_beyond_the_places_wait_their_turn_counted_in_flight(
+    make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate
+) -> None:
+    app = await make_app(limit_per_user=3)
+    runner = _one_place(app)
+    chat = Chat(telegram)
+    chat.send("/start")
+    await chat.reply("Hi,")
+
+    async with runner.working.held():  # every place taken: the runs recorded now wait for one
+        for prompt in ("one", "two", "three"):
+            chat.send(f"/image 1 {prompt}")
+        await wait_until(lambda: _waiting(runner, 3))
+        assert runner.in_flight().running == 0
+        await asyncio.sleep(0.2)
+        assert replicate.create_count(FLUX) == 0
+
+    settled = await all_settled(app, 3)
+    assert [generation.status for generation in settled] == ["done"] * 3
+    assert (runner.working.taken, runner.in_flight().waiting) == (0, 0)
+    assert await balance_and_ledger_sum(app) == (7, 7)
+
+
+def _one_place(app: App) -> InlineRunner:
+    """The process's runner with one place, which the pace may not add to."""
+    runner = app.inline
+    assert runner is not None
+    runner.pace.most = 1
+    runner.working.resize(1)
+    return runner
+
+
+async def _waiting(runner: InlineRunner, count: int) -> bool:
+    return runner.in_flight().waiting == count
+
+
+async def _statuses_are(app: App, statuses: list[str]) -> bool:
+    return [generation.status for generation in await generations_of(app)] == statuses
