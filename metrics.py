@@ -261,6 +261,16 @@ async def live_families(dispatcher: Dispatcher, timeout: float) -> list[Metric]:
     inline = dispatcher.inline.in_flight()
     running.add_metric(["B"], inline.running)
     waiting.add_metric(["B"], inline.waiting)
+    places = dispatcher.inline.working
+    working = GaugeMetricFamily(
+        "aibot_working_places",
+        "Plan B's runs working at once in this process, as many as its event loop keeps up with "
+        "(generation/pace.py): the places there are now, those taken, and runs waiting for one.",
+        labels=["state"],
+    )
+    for part, value in (("size", places.size), ("taken", places.taken), ("waiting", places.waiting)):
+        working.add_metric([part], value)
+    families.append(working)
     if queue is not None:
         source_up.add_metric(["redis"], 0.0 if plan_a is None or depth is None else 1.0)
         if plan_a is not None:

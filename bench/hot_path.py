@@ -674,6 +674,10 @@ async def measure_burst(
             "interval_ms": options.probe_ms,
             "count": len(probes),
             **summary([1000 * latency for _, latency in probes]),
+            # Sent while the burst's own updates were still being accepted, and after: the first wait
+            # behind those accepts; the others only behind the burst's runs.
+            "while_accepting": summary([1000 * latency for at, latency in probes if at <= accepted]),
+            "after_accepted": summary([1000 * latency for at, latency in probes if at > accepted]),
             # When each was sent (s since the burst began) and its 202 (ms): where in the burst they wait.
             "each": [(round(at - started, 3), round(1000 * latency, 1)) for at, latency in probes],
         }
@@ -971,12 +975,15 @@ def rows(options: Options) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
         )
         return "-" if p99 is None else f"{milliseconds(p50)} / {milliseconds(p99)} ms"
 
-    def probe(result: dict[str, Any]) -> str:
-        p50, p99 = (
-            figure(result, "telegram_burst", "probe_accept_202_ms", "p50"),
-            figure(result, "telegram_burst", "probe_accept_202_ms", "p99"),
-        )
-        return "-" if p99 is None else f"{milliseconds(p50)} / {milliseconds(p99)} ms"
+    def probe(*part: str) -> Callable[[dict[str, Any]], str]:
+        def cell(result: dict[str, Any]) -> str:
+            p50, p99 = (
+                figure(result, "telegram_burst", "probe_accept_202_ms", *part, "p50"),
+                figure(result, "telegram_burst", "probe_accept_202_ms", *part, "p99"),
+            )
+            return "-" if p99 is None else f"{milliseconds(p50)} / {milliseconds(p99)} ms"
+
+        return cell
 
     def per_generation(burst: str, key: str, unit: str) -> Callable[[dict[str, Any]], str]:
         def cell(result: dict[str, Any]) -> str:
@@ -1035,7 +1042,11 @@ def rows(options: Options) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
             ("PostgreSQL connections opened (that burst)", connections_opened),
         ]
         if options.probe_ms > 0:
-            table.append((f"HTTP accept (202) p50 / p99, one every {options.probe_ms:g} ms during it", probe))
+            table += [
+                (f"HTTP accept (202) p50 / p99, one every {options.probe_ms:g} ms during it", probe()),
+                ("  of those, sent while its updates were being accepted", probe("while_accepting")),
+                ("  sent after", probe("after_accepted")),
+            ]
     if http_burst:
         table += [
             (f"{http_burst} over HTTP at once: generations/s", rate("http_burst")),

@@ -173,9 +173,9 @@ class InlineRunner:
         return task
 
     def in_flight(self) -> InFlight:
-        """Runs holding their slots, and those waiting in line for one or for a place among those
-        working (each is a task here)."""
-        waiting = self.limits.waiting() + self.working.waiting
+        """Runs holding their slots (some of them waiting for a place among those working: see
+        `working`), and those waiting in line for one (each is a task here)."""
+        waiting = self.limits.waiting()
         running = sum(not task.done() for task in self.tasks.values())
         return InFlight(running=max(0, running - waiting), waiting=waiting)
 
@@ -218,15 +218,11 @@ class InlineRunner:
                     wait_budget=self.services.settings.training_deadline,
                     can_defer=False,
                     claimed=claimed,
-                    working=self._place(),
+                    working=Place(self.working),
                 )
         except Exception:
             logger.exception("Plan B run crashed")
             return None
-
-    def _place(self) -> Place:
-        self.pace.watch()
-        return Place(self.working)
 
     @asynccontextmanager
     async def _turn(self, generation: Generation) -> AsyncIterator[None]:

@@ -35,9 +35,10 @@ class Pace:
         self._timer: asyncio.TimerHandle | None = None
         self._due = 0.0
         self._next_cut = 0.0
+        places.on_demand = self.watch
 
     def watch(self) -> None:
-        """A run takes or waits for a place: keep the loop's time from now on (until none do)."""
+        """A place is asked for: keep the loop's time from now on (until none is held or waited for)."""
         if self._timer is None:
             self._schedule(asyncio.get_running_loop())
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 
@@ -20,6 +20,8 @@ class Places:
     def __init__(self, size: int) -> None:
         self.size = size
         self.taken = 0
+        # Told whenever a place is asked for (generation/pace.py keeps the loop's time from then on).
+        self.on_demand: Callable[[], None] | None = None
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
 
@@ -34,6 +36,8 @@ class Places:
 
     async def take(self, first: bool = False) -> None:
         """A place, waiting for one if none is free (or others already wait)."""
+        if self.on_demand is not None:
+            self.on_demand()
         if self.taken < self.size and not self._waiting:
             self.taken += 1
             return
@@ -84,12 +88,12 @@ class Place:
 
     @asynccontextmanager
     async def given_up(self) -> AsyncIterator[None]:
+        """The place is given up meanwhile and taken back after, unless what was done meanwhile
+        raised (a cancelled run does not wait for a place only to unwind)."""
         self._give_back()
-        try:
-            yield
-        finally:
-            await self._places.take(first=True)  # cancelled meanwhile: not held, not given back
-            self._held = True
+        yield
+        await self._places.take(first=True)  # cancelled meanwhile: not held, not given back
+        self._held = True
 
     def _give_back(self) -> None:
         if self._held:

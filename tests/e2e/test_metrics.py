@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from app import App, StandaloneWorker
+from generation.pace import FEWEST
 from generation.plan import PlanMode
 from generation.store import LedgerEntry
 from tests.conftest import API_TOKEN, AppFactory, closed_port, make_settings, wait_until
@@ -184,6 +185,10 @@ async def test_metrics_count_what_happened_on_both_plans(
     await wait_until(one_waits)
     during = await scrape(http, url)
     assert during.value("aibot_generations_running", plan="B") == 1
+    # The running one only waits for its provider: it holds a place at most while it looks again.
+    assert (during.value("aibot_working_places", state="size") or 0) >= FEWEST
+    assert during.value("aibot_working_places", state="taken") in (0, 1)
+    assert during.value("aibot_working_places", state="waiting") == 0
     assert (
         during.value("aibot_plan_mode", mode="b") == 1 and during.value("aibot_plan_mode", mode="auto") == 0
     )

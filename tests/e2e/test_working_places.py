@@ -1,7 +1,7 @@
 """Plan B's runs working at once (fallback/inline.py, generation/pace.py): a run holds a place while
 it works and gives it up while it only waits for its provider's job, so a long job never keeps the
-next generation from starting; runs waiting for a place are still counted in flight, and nothing is
-lost or paid twice by the waits."""
+next generation from starting. A run waiting for a place holds its slots all the while, and nothing
+is lost or paid twice by the waits."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ async def test_a_run_waiting_for_its_provider_lets_another_work_meanwhile(
     assert await balance_and_ledger_sum(app) == (8, 8)
 
 
-async def test_runs_beyond_the_places_wait_their_turn_counted_in_flight(
+async def test_runs_beyond_the_places_wait_their_turn_holding_their_slots(
     make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate
 ) -> None:
     app = await make_app(limit_per_user=3)
@@ -56,13 +56,14 @@ async def test_runs_beyond_the_places_wait_their_turn_counted_in_flight(
         for prompt in ("one", "two", "three"):
             chat.send(f"/image 1 {prompt}")
         await wait_until(lambda: _waiting(runner, 3))
-        assert runner.in_flight().running == 0
+        # In flight, their slots held (what LIMIT_* count), nothing created yet.
+        assert (runner.in_flight().running, runner.in_flight().waiting) == (3, 0)
         await asyncio.sleep(0.2)
         assert replicate.create_count(FLUX) == 0
 
     settled = await all_settled(app, 3)
     assert [generation.status for generation in settled] == ["done"] * 3
-    assert (runner.working.taken, runner.in_flight().waiting) == (0, 0)
+    assert (runner.working.taken, runner.working.waiting) == (0, 0)
     assert await balance_and_ledger_sum(app) == (7, 7)
 
 
@@ -76,7 +77,7 @@ def _one_place(app: App) -> InlineRunner:
 
 
 async def _waiting(runner: InlineRunner, count: int) -> bool:
-    return runner.in_flight().waiting == count
+    return runner.working.waiting == count
 
 
 async def _statuses_are(app: App, statuses: list[str]) -> bool:

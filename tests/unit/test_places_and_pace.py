@@ -126,6 +126,23 @@ async def test_a_holder_cancelled_while_taking_its_place_back_gives_back_nothing
     assert places.taken == 0
 
 
+async def test_a_holder_cancelled_while_its_place_is_given_up_does_not_wait_for_one() -> None:
+    places = Places(1)
+    waiting = asyncio.Event()
+
+    async def holder() -> None:
+        async with Place(places) as place, place.given_up():
+            waiting.set()
+            await asyncio.sleep(60)  # its provider's job
+
+    task = await _started(holder())
+    await waiting.wait()
+    await places.take()  # every place taken by others
+    task.cancel()
+    await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 1)
+    assert places.taken == 1
+
+
 def test_a_late_loop_cuts_places_by_a_quarter_and_no_lower_than_the_fewest() -> None:
     places = Places(32)
     pace = Pace(places, most=100, fewest=4)
@@ -164,8 +181,9 @@ async def test_the_timer_reads_a_blocked_loop_and_stops_once_nothing_holds_a_pla
     monkeypatch.setattr(pace_module, "EVERY", 0.005)
     places = Places(16)
     pace = Pace(places, most=100)
-    await places.take()
-    pace.watch()
+    assert pace._timer is None
+    await places.take()  # asking for a place starts the timer
+    assert pace._timer is not None
     await asyncio.sleep(0.001)
     time.sleep(0.05)  # noqa: ASYNC251 - a turn of the loop that takes 50 ms, on purpose
     await asyncio.sleep(0.02)
@@ -173,6 +191,7 @@ async def test_the_timer_reads_a_blocked_loop_and_stops_once_nothing_holds_a_pla
     places.give_back()
     await asyncio.sleep(0.03)
     assert pace._timer is None  # nothing held or waited for: no timer
-    pace.watch()
+    await places.take()  # a run back from its provider's wait: timed again
+    assert pace._timer is not None
     pace.close()
     assert pace._timer is None
