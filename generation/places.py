@@ -22,13 +22,17 @@ class Places:
         self.taken = 0
         # Told whenever a place is asked for (generation/pace.py keeps the loop's time from then on).
         self.on_demand: Callable[[], None] | None = None
+        # Tickets of those waiting, by priority then arrival. A cancelled waiter's ticket stays until
+        # a hand-over reaches it; tickets are left only while every place is taken, so a place given
+        # back always finds who to go to.
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
+        self._waiters = 0
 
     @property
     def waiting(self) -> int:
         """How many wait for a place now."""
-        return sum(not ticket.done() for _, _, ticket in self._waiting)
+        return self._waiters
 
     def resize(self, size: int) -> None:
         self.size = size
@@ -43,12 +47,15 @@ class Places:
             return
         ticket = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (0 if first else 1, next(self._arrivals), ticket))
+        self._waiters += 1
         try:
             await ticket
         except asyncio.CancelledError:
             if ticket.done() and not ticket.cancelled():
                 self.give_back()  # it was handed over just now: pass it on
             raise
+        finally:
+            self._waiters -= 1
 
     def give_back(self) -> None:
         self.taken -= 1
