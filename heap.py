@@ -4,8 +4,8 @@ CPython's defaults (collect the youngest objects every 700 allocations, everythi
 those) are made for short scripts. A server imports large libraries (aiogram, SQLAlchemy, pydantic,
 arq): hundreds of thousands of objects that live as long as the process, yet every full collection
 went through all of them again. In a burst of 400 generations the process made a full collection
-every second or so, each holding the event loop, and every request waiting on it, 0.1-0.28 s; the
-collector took about a quarter of the process's CPU (bench/counted.py's BENCH_GC_FILE timed them).
+every second or so, each holding the event loop, and every request waiting on it, 0.1-0.28 s: 10-11
+of them in such a run, 1.3-1.8 s in all (bench/counted.py's BENCH_GC_FILE timed them).
 
 So, once a process has started (everything imported, its services open), what it holds then is
 frozen (`gc.freeze`: kept out of every later collection), and the youngest objects are collected

@@ -2,8 +2,9 @@
 
 One process answers requests and runs generations on the same event loop. When hundreds of runs
 work at once, every turn of the loop goes through all of their steps, and a request arriving then
-(a 202, a Telegram webhook's reply, /healthz) waits that long at each of its own round trips: with a
-burst of 400 on PostgreSQL a 202 took 0.2-2.9 s, though the database answered in a millisecond.
+(a 202, a Telegram webhook's reply, /healthz) waits that long at each of its own round trips: in a
+burst of 400 on PostgreSQL a newcomer's 202 took 0.34-0.44 s at the median and up to 3.5 s, though
+the database answered in a millisecond.
 
 A fixed number of runs would not do: with instant providers a few dozen fill the CPU, while with real
 ones a run mostly waits on the network, and hundreds at once cost the loop nothing. So the number
