@@ -552,8 +552,11 @@ async def measure_sequential(
     events = await fakes.events(first_event)
     end_to_end, overhead, inside, to_create = [], [], [], []
     calls: Counter[str] = Counter()
+    steps: dict[tuple[int, str], list[tuple[float, float]]] = {}
     for started, sent in windows:
         mine = [event for event in events if event[1] > started and event[0] < sent]
+        for order, (start, end, name, _) in enumerate(sorted(mine)):
+            steps.setdefault((order, name), []).append((start - started, end - started))
         fake_time = busy_time(mine, started, sent)
         end_to_end.append(1000 * (sent - started))
         inside.append(1000 * fake_time)
@@ -575,7 +578,28 @@ async def measure_sequential(
         "cpu_ms_per_generation": 1000 * (cpu_after - cpu_before) / count,
         "commits_per_generation": (commits_after[0] - commits_before[0]) / count,
         "rollbacks_per_generation": (commits_after[1] - commits_before[1]) / count,
+        "timeline_ms": timeline(steps, count),
     }
+
+
+def timeline(steps: dict[tuple[int, str], list[tuple[float, float]]], count: int) -> list[dict[str, Any]]:
+    """Where the time of one request goes: each call to the fakes in the order it came (the n-th
+    call of a generation, if at least half the generations made one), its median start and end
+    from the update handed over."""
+    rows = []
+    for (order, name), spans in sorted(steps.items()):
+        if len(spans) * 2 < count:
+            continue
+        rows.append(
+            {
+                "order": order,
+                "name": name,
+                "share": round(len(spans) / count, 2),
+                "start_p50": round(1000 * percentile([start for start, _ in spans], 0.5), 2),
+                "end_p50": round(1000 * percentile([end for _, end in spans], 0.5), 2),
+            }
+        )
+    return rows
 
 
 async def probe_accepts(
