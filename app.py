@@ -19,7 +19,6 @@ from typing import Any, ParamSpec, TypeVar
 from aiogram import Bot
 from aiogram import Dispatcher as BotDispatcher
 from aiogram.client.default import DefaultBotProperties
-from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiohttp import web
 from loguru import logger
@@ -31,6 +30,7 @@ from bot.telegram.api_metrics import CountedApiCalls
 from bot.telegram.delivery import TelegramDelivery
 from bot.telegram.payment_reconciler import reconcile_forever
 from bot.telegram.response_types import keep_response_types
+from bot.telegram.session import TelegramSession
 from bot.telegram.setup import build_bot_dispatcher, publish_menus, set_webhooks
 from bot.web_chat import WEB_BOT_NAME, WebChat
 from fallback.inline import InlineRunner
@@ -205,7 +205,7 @@ class Process:
         # All at once: each session's close waits a quarter of a second for its connections to end.
         self._opened.push_async_callback(_close_sessions, bots)
         for name, token in self.settings.bot_tokens.items():
-            session = AiohttpSession(api=api)
+            session = TelegramSession(api=api)
             session.middleware(CountedApiCalls())  # /metrics: every Bot API call, by method and outcome
             bots[name] = Bot(
                 token.get_secret_value(), session=session, default=DefaultBotProperties(parse_mode=None)
