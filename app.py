@@ -232,7 +232,7 @@ class Process:
         )
         self._opened.push_async_callback(elevenlabs.close)
         delivery: ChatDelivery = TelegramDelivery(self.bots) if self.bots else NoDelivery()
-        return Services(
+        services = Services(
             settings=settings,
             db=db,
             catalog=self._catalog(),
@@ -245,6 +245,8 @@ class Process:
                 policy=AddressPolicy(allow_private=settings.fetch_allow_private),
             ),
         )
+        self._opened.callback(services.pace.close)
+        return services
 
     def _run_in_background(self, work: Coroutine[Any, Any, object], name: str) -> asyncio.Task[object]:
         """A task for the life of the process, cancelled (and awaited) when it stops."""

@@ -264,8 +264,9 @@ async def live_families(dispatcher: Dispatcher, timeout: float) -> list[Metric]:
     places = dispatcher.inline.working
     working = GaugeMetricFamily(
         "aibot_working_places",
-        "Plan B's runs working at once in this process, as many as its event loop keeps up with "
-        "(generation/pace.py): the places there are now, those taken, and runs waiting for one.",
+        "Runs working at once in this process (Plan B's runs and the embedded worker's Plan A jobs), "
+        "as many as its event loop keeps up with (generation/pace.py): the places there are now, "
+        "those taken, and runs waiting for one.",
         labels=["state"],
     )
     for part, value in (("size", places.size), ("taken", places.taken), ("waiting", places.waiting)):

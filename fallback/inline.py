@@ -23,8 +23,7 @@ from generation.execution import execute
 from generation.lifecycle import Reserved
 from generation.limits import Limits
 from generation.log_context import about_generation
-from generation.pace import FIRST, Pace
-from generation.places import Place, Places
+from generation.places import Place
 from generation.services import Services
 from generation.store import Generation, Plan, get_generation
 from metrics import InFlight
@@ -139,10 +138,9 @@ class InlineRunner:
         self.owner = f"inline-{uuid.uuid4().hex[:12]}"
         self.tasks: dict[str, asyncio.Task[object]] = {}
         self.limits = KeyedLimits()
-        # Runs working at once (a run waiting for its provider's job gives its place up meanwhile; one
-        # waiting for a slot of its limits has none yet), as many as the event loop keeps up with.
-        self.working = Places(FIRST)
-        self.pace = Pace(self.working, most=services.settings.limit_overall)
+        # Runs working at once, this process's (a run waiting for its provider's job gives its place up
+        # meanwhile; one waiting for a slot of its limits has none yet): shared with Plan A's jobs.
+        self.working = services.working
 
     def reserve(self, user_id: int, model: str) -> Reservation | None:
         """The slots a generation of this user on this model's provider would hold, taken now if
@@ -286,4 +284,3 @@ class InlineRunner:
                 )
             except Exception as error:  # its lease expires on its own
                 logger.bind(generation=generation_id, plan="B").warning("lease not released: {!r}", error)
-        self.pace.close()

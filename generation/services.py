@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from generation.catalog import Catalog
 from generation.delivery import ChatDelivery
 from generation.intake_first import IntakeFirst
+from generation.pace import FIRST, Pace
+from generation.places import Places
 from generation.store import Database
 from providers.elevenlabs import ElevenLabsProvider
 from providers.guarded_fetch import GuardedFetcher
@@ -25,3 +27,11 @@ class Services:
     fetcher: GuardedFetcher  # the one client for user-given URLs, so its concurrency cap is the process's
     # Requests being accepted go before runs starting (generation/intake_first.py).
     intake_first: IntakeFirst = field(default_factory=IntakeFirst)
+    # Places for the runs working at once in this process, both plans' (a Plan B run and a Plan A job
+    # share one event loop in `aibot run`): as many as that loop keeps up with (generation/pace.py).
+    working: Places = field(init=False)
+    pace: Pace = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.working = Places(FIRST)
+        self.pace = Pace(self.working, most=self.settings.limit_overall)

@@ -27,6 +27,7 @@ from generation.drain import CLOSE_WITHIN, INTERRUPT_WITHIN, Drain, interrupt, w
 from generation.execution import Result, RetryLater, RetryPolicy, execute
 from generation.limits import Limits
 from generation.log_context import about_generation
+from generation.places import Place
 from generation.services import Services
 from generation.store import Generation, GenerationStatus, Plan, as_utc, get_generation
 from jobs.limits import ConcurrencyLimiter
@@ -103,6 +104,9 @@ async def _run_try(ctx: dict[str, Any], services: Services, generation: Generati
             retry_policy=RetryPolicy(
                 base=settings.retry_backoff_base, cap=settings.retry_backoff_cap, jitter=settings.retry_jitter
             ),
+            # The same places as Plan B's runs in this process: the worker's WORKER_MAX_JOBS jobs
+            # hold their arq slots, but only as many work at once as the event loop keeps up with.
+            working=Place(services.working),
         )
     except RetryLater as retry:
         raise Retry(defer=retry.delay) from retry.cause  # still in flight: it keeps its slots

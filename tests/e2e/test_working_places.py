@@ -1,7 +1,8 @@
-"""Plan B's runs working at once (fallback/inline.py, generation/pace.py): a run holds a place while
-it works and gives it up while it only waits for its provider's job, so a long job never keeps the
-next generation from starting. A run waiting for a place holds its slots all the while, and nothing
-is lost or paid twice by the waits."""
+"""The runs working at once in a process (generation/places.py, paced by generation/pace.py): a run
+holds a place while it works and gives it up while it only waits for its provider's job, so a long
+job never keeps the next generation from starting. A run waiting for a place holds its slots all the
+while, and nothing is lost or paid twice by the waits. Plan A's jobs take the same places as Plan B's
+runs of their process."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 
 from app import App
 from fallback.inline import InlineRunner
+from generation.places import Places
 from tests.conftest import AppFactory, wait_until
 from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of
 from tests.fakes.replicate import FakeReplicate, Outcome
@@ -67,17 +69,45 @@ async def test_runs_beyond_the_places_wait_their_turn_holding_their_slots(
     assert await balance_and_ledger_sum(app) == (7, 7)
 
 
+async def test_plan_a_jobs_take_the_places_of_their_process(
+    make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate, redis_url: str
+) -> None:
+    app = await make_app(redis_url=redis_url, limit_per_user=3)
+    assert app.services is not None and app.worker is not None
+    working = _one_place(app).working
+    assert working is app.services.working  # one set of places for both plans
+    chat = Chat(telegram)
+    chat.send("/start")
+    await chat.reply("Hi,")
+
+    async with working.held():  # every place taken: the jobs picked up now wait for one
+        for prompt in ("one", "two"):
+            chat.send(f"/image 1 {prompt}")
+        await wait_until(lambda: _waiting_places(working, 2))
+        await asyncio.sleep(0.2)
+        assert replicate.create_count(FLUX) == 0
+
+    settled = await all_settled(app, 2)
+    assert [(generation.plan, generation.status) for generation in settled] == [("A", "done")] * 2
+    assert (working.taken, working.waiting) == (0, 0)
+    assert await balance_and_ledger_sum(app) == (8, 8)
+
+
 def _one_place(app: App) -> InlineRunner:
     """The process's runner with one place, which the pace may not add to."""
     runner = app.inline
     assert runner is not None
-    runner.pace.most = 1
+    runner.services.pace.most = 1
     runner.working.resize(1)
     return runner
 
 
 async def _waiting(runner: InlineRunner, count: int) -> bool:
-    return runner.working.waiting == count
+    return await _waiting_places(runner.working, count)
+
+
+async def _waiting_places(places: Places, count: int) -> bool:
+    return places.waiting == count
 
 
 async def _statuses_are(app: App, statuses: list[str]) -> bool:
