@@ -74,7 +74,7 @@ class InlineRunner(Protocol):
     """Plan B (fallback/inline.py): run a generation in this process, one attempt."""
 
     owner: str  # the lease owner its runs claim as
-    working: Places  # places for its runs working at once (generation/pace.py sizes them)
+    working: Places  # the process's places for runs working at once (Services.working)
 
     def reserve(self, user_id: int, model: str) -> lifecycle.SlotReservation | None:
         """Take this generation's slots now if they all have room (then it is recorded claimed)."""

@@ -54,11 +54,10 @@ class TelegramSession(AiohttpSession):
         url = self.api.api_url(token=bot.token, method=method.__api_method__)
         payload = self.build_form_data(bot=bot, method=method)()
         data: Any = payload
-        if payload.size is not None and payload.size <= ONE_PIECE_UP_TO + 64 * 1024:
+        headers = {}
+        if payload.size is not None:  # no file given as a stream of chunks (build_form_data)
             data = await payload.as_bytes()
-            headers = {"Content-Type": payload.content_type}
-        else:
-            headers = {}
+            headers["Content-Type"] = payload.content_type
         try:
             async with session.post(
                 url,
