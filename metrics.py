@@ -261,7 +261,7 @@ async def live_families(dispatcher: Dispatcher, timeout: float) -> list[Metric]:
     inline = dispatcher.inline.in_flight()
     running.add_metric(["B"], inline.running)
     waiting.add_metric(["B"], inline.waiting)
-    places = dispatcher.inline.working
+    places = dispatcher.services.working
     working = GaugeMetricFamily(
         "aibot_working_places",
         "Runs working at once in this process (Plan B's runs and the embedded worker's Plan A jobs), "

@@ -138,9 +138,6 @@ class InlineRunner:
         self.owner = f"inline-{uuid.uuid4().hex[:12]}"
         self.tasks: dict[str, asyncio.Task[object]] = {}
         self.limits = KeyedLimits()
-        # Runs working at once, this process's (a run waiting for its provider's job gives its place up
-        # meanwhile; one waiting for a slot of its limits has none yet): shared with Plan A's jobs.
-        self.working = services.working
 
     def reserve(self, user_id: int, model: str) -> Reservation | None:
         """The slots a generation of this user on this model's provider would hold, taken now if
@@ -171,8 +168,8 @@ class InlineRunner:
         return task
 
     def in_flight(self) -> InFlight:
-        """Runs holding their slots (some of them waiting for a place among those working: see
-        `working`), and those waiting in line for one (each is a task here)."""
+        """Runs holding their slots (some of them waiting for a place among the process's runs
+        working at once: Services.working), and those waiting in line for one (each is a task here)."""
         waiting = self.limits.waiting()
         running = sum(not task.done() for task in self.tasks.values())
         return InFlight(running=max(0, running - waiting), waiting=waiting)
@@ -216,7 +213,9 @@ class InlineRunner:
                     wait_budget=self.services.settings.training_deadline,
                     can_defer=False,
                     claimed=claimed,
-                    working=Place(self.working),
+                    # A place among the runs working at once in this process (Plan A's jobs too); a
+                    # run waiting for its provider's job gives it up meanwhile.
+                    working=Place(self.services.working),
                 )
         except Exception:
             logger.exception("Plan B run crashed")

@@ -23,7 +23,6 @@ from sqlalchemy.exc import IntegrityError
 import metrics
 from generation import ledger, lifecycle
 from generation.cancellation import Canceled, cancel_generation
-from generation.places import Places
 from generation.plan import (
     CircuitBreaker,
     PlanMode,
@@ -74,7 +73,6 @@ class InlineRunner(Protocol):
     """Plan B (fallback/inline.py): run a generation in this process, one attempt."""
 
     owner: str  # the lease owner its runs claim as
-    working: Places  # the process's places for runs working at once (Services.working)
 
     def reserve(self, user_id: int, model: str) -> lifecycle.SlotReservation | None:
         """Take this generation's slots now if they all have room (then it is recorded claimed)."""

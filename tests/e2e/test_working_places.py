@@ -36,12 +36,12 @@ async def test_a_run_waiting_for_its_provider_lets_another_work_meanwhile(
     # The second is created, delivered and settled while the first still waits on its provider.
     await replicate.wait_for_create(2)
     await wait_until(lambda: _statuses_are(app, ["running", "done"]))
-    assert runner.working.size == 1
+    assert runner.services.working.size == 1
 
     held.set()
     settled = await all_settled(app, 2)
     assert [generation.status for generation in settled] == ["done", "done"]
-    assert runner.working.taken == 0
+    assert runner.services.working.taken == 0
     assert await balance_and_ledger_sum(app) == (8, 8)
 
 
@@ -54,7 +54,7 @@ async def test_runs_beyond_the_places_wait_their_turn_holding_their_slots(
     chat.send("/start")
     await chat.reply("Hi,")
 
-    async with runner.working.held():  # every place taken: the runs recorded now wait for one
+    async with runner.services.working.held():  # every place taken: the runs recorded now wait for one
         for prompt in ("one", "two", "three"):
             chat.send(f"/image 1 {prompt}")
         await wait_until(lambda: _waiting(runner, 3))
@@ -65,7 +65,7 @@ async def test_runs_beyond_the_places_wait_their_turn_holding_their_slots(
 
     settled = await all_settled(app, 3)
     assert [generation.status for generation in settled] == ["done"] * 3
-    assert (runner.working.taken, runner.working.waiting) == (0, 0)
+    assert (runner.services.working.taken, runner.services.working.waiting) == (0, 0)
     assert await balance_and_ledger_sum(app) == (7, 7)
 
 
@@ -74,8 +74,8 @@ async def test_plan_a_jobs_take_the_places_of_their_process(
 ) -> None:
     app = await make_app(redis_url=redis_url, limit_per_user=3)
     assert app.services is not None and app.worker is not None
-    working = _one_place(app).working
-    assert working is app.services.working  # one set of places for both plans
+    working = _one_place(app).services.working
+    assert app.worker.services.working is working  # one set of places for both plans
     chat = Chat(telegram)
     chat.send("/start")
     await chat.reply("Hi,")
@@ -98,12 +98,12 @@ def _one_place(app: App) -> InlineRunner:
     runner = app.inline
     assert runner is not None
     runner.services.pace.most = 1
-    runner.working.resize(1)
+    runner.services.working.resize(1)
     return runner
 
 
 async def _waiting(runner: InlineRunner, count: int) -> bool:
-    return await _waiting_places(runner.working, count)
+    return await _waiting_places(runner.services.working, count)
 
 
 async def _waiting_places(places: Places, count: int) -> bool:
