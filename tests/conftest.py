@@ -27,7 +27,18 @@ from tests.processes import Spawn, start_process
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 POSTGRES_ADMIN_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_TEST_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+
+
+def _redis_test_url() -> str:
+    """TEST_REDIS_URL (database 7 by default), one database further for each parallel pytest worker
+    (gw0, gw1, ...): every test flushes its worker's database, never another worker's."""
+    base = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    server, index = base.rsplit("/", 1)
+    return f"{server}/{int(index) + int(worker.removeprefix('gw'))}"
+
+
+REDIS_TEST_URL = _redis_test_url()
 
 from tests.constants import ADMIN_ID as ADMIN_ID  # noqa: E402 - re-exported for the tests
 from tests.constants import API_TOKEN as API_TOKEN  # noqa: E402

@@ -50,7 +50,7 @@ async def test_redis_down_then_back_mid_run(
     redis_url: str,
 ) -> None:
     app = await make_app(
-        redis_url=redis_proxy.url + "/7",
+        redis_url=f"{redis_proxy.url}/{redis_url.rsplit('/', 1)[1]}",
         breaker_cooldown=0.5,
         lease_seconds=1.0,  # the job cut off with the connection is taken over one lease later
         reconcile_every=1,
