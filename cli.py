@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
         upgrade(settings.database_url)
         logger.info("database is at the latest migration")
     else:
+        from bot.telegram.types_on_demand import defer_aiogram_type_builds
+
+        defer_aiogram_type_builds()  # before aiogram's first import: a second and more off every start
         from app import App, StandaloneWorker
 
         heap.tune_collector()

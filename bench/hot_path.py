@@ -302,6 +302,9 @@ class Product:
         self.counter_files: list[Path] = []
         # The share of a core the product uses with nothing to do (its queue polling), read once ready.
         self.idle_share = 0.0
+        # `aibot run` from its spawn to its first /healthz 200 (migrations included), and its CPU by then.
+        self.start_s = 0.0
+        self.start_cpu_s = 0.0
         self.settings = {
             "BOT_TOKENS": json.dumps({BOT_NAME: BOT_TOKEN}),
             "TELEGRAM_API_URL": fakes.telegram,
@@ -331,8 +334,10 @@ class Product:
 
     async def start(self, children: Children, http: aiohttp.ClientSession) -> dict[str, Any]:
         """`aibot run`, ready (migrated, serving); then `aibot worker` if asked for. Answers /healthz."""
+        spawned = time.monotonic()
         await self._spawn(children, "run")
         health = await self.wait_ready(http)
+        self.start_s, self.start_cpu_s = time.monotonic() - spawned, self.cpu()
         if self.options.separate_worker and self.config.plan == "A":
             await self._spawn(children, "worker")
         before = self.cpu()
@@ -927,7 +932,12 @@ async def run_configuration(config: Config, options: Options, children: Children
                 mine = {os.getpid(), fakes.child.pid, *(child.pid for child in product.processes)}
                 shared = {"postgres", "redis-server"}
                 result["other_processes_cpu_s"] = foreign_cpu(machine_before, cpu_by_process(), mine, shared)
-                result["product"] = {"peak_rss_mib": product.peak_rss(), **product.log_problems()}
+                result["product"] = {
+                    "peak_rss_mib": product.peak_rss(),
+                    "start_s": product.start_s,
+                    "start_cpu_s": product.start_cpu_s,
+                    **product.log_problems(),
+                }
                 exit_codes = await product.stop(children)
                 result["product"]["exit_codes"] = exit_codes
                 await children.stop(fakes.child)
@@ -1047,6 +1057,10 @@ def rows(options: Options) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
         value = figure(result, "product", "peak_rss_mib")
         return "-" if value is None else f"{value:.0f} MiB"
 
+    def start(result: dict[str, Any]) -> str:
+        seconds, cpu = figure(result, "product", "start_s"), figure(result, "product", "start_cpu_s")
+        return "-" if seconds is None or cpu is None else f"{seconds:.1f} s ({cpu:.1f} s)"
+
     burst, http_burst = options.burst, options.http_burst
     table: list[tuple[str, Callable[[dict[str, Any]], str]]] = []
     if options.sequential:
@@ -1100,6 +1114,7 @@ def rows(options: Options) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
         ("bursts: generations on the other plan / not done", strays),
         ("bare arq no-op jobs/s, same Redis", arq),
         ("product peak RSS", memory),
+        ("`aibot run` start: spawn → /healthz 200 (its CPU by then)", start),
     ]
     return table
 
