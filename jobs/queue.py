@@ -10,7 +10,9 @@ from urllib.parse import unquote
 
 import msgpack
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import abort_jobs_ss, in_progress_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 
 from jobs.limits import LINES, PREFIX
 from metrics import InFlight
@@ -25,6 +27,16 @@ OVERALL_SLOT = PREFIX + "global"
 # The timeouts of the worker's cron jobs (jobs/runner.py), which arq's in-progress mark also covers.
 RECONCILE_TIMEOUT = 60
 WAKE_SWEEP_TIMEOUT = 30
+
+
+# KEYS: the job's key, its result's key, the queue. ARGV: the job key's time to live (ms), the job,
+# its score (due now, ms), its id. A job already there, or its result, keeps it from a second.
+_ENQUEUE = """
+if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
 
 
 def in_progress_seconds(job_timeout: float) -> float:
@@ -100,11 +112,25 @@ class ArqQueue:
         self.timeout = timeout  # for a health look: a hung Redis must not hang /healthz or /plan
         # Told of each enqueue: the worker this process embeds, which then looks for it at once.
         self.on_enqueued: Callable[[], None] | None = None
+        self._enqueue_script = pool.register_script(_ENQUEUE)
 
     async def enqueue(self, generation_id: str) -> None:
-        # The job id is the generation id: arq refuses a second job with the same id, so a repeated
-        # enqueue (a retried submit, the reconciler) never makes a second job.
-        await self.pool.enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)
+        """arq's `enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)` in one trip to Redis.
+
+        The job id is the generation id: a job whose key or result is still there is not enqueued
+        again, so a repeated enqueue (a retried submit, the reconciler) never makes a second job. arq
+        checks that under WATCH and writes in MULTI/EXEC, three round trips; the script does the
+        same check and writes, atomic as a script is, in one."""
+        now_ms = timestamp_ms()
+        job = serialize_job(
+            JOB_FUNCTION, (generation_id,), {}, None, now_ms, serializer=self.pool.job_serializer
+        )
+        keys = [
+            job_key_prefix + generation_id,
+            result_key_prefix + generation_id,
+            self.pool.default_queue_name,
+        ]
+        await self._enqueue_script(keys=keys, args=[self.pool.expires_extra_ms, job, now_ms, generation_id])
         if self.on_enqueued is not None:
             self.on_enqueued()
 

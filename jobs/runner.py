@@ -16,9 +16,12 @@ from typing import Any
 
 from arq import Retry
 from arq.connections import create_pool
+from arq.constants import in_progress_key_prefix
 from arq.cron import cron
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from loguru import logger
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 import metrics
@@ -259,6 +262,18 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+# KEYS: the job's in-progress key, the queue. ARGV: the job's id, now (ms), the in-progress mark's time
+# to live (ms). A job already in progress, no longer queued, or not due yet is not taken; a taken
+# one is marked in progress, and its score (when it was due) comes back.
+_TAKE = """
+if redis.call('exists', KEYS[1]) == 1 then return false end
+local score = redis.call('zscore', KEYS[2], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
+redis.call('psetex', KEYS[1], ARGV[3], '1')
+return score
+"""
+
+
 class PromptWorker(Worker):
     """arq's worker, which looks for due jobs every `poll_delay`, and also at once when `nudge`d while
     idle: the worker `aibot run` embeds is nudged by its own front's enqueue, so a job it enqueued
@@ -267,12 +282,45 @@ class PromptWorker(Worker):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._nudged = asyncio.Event()
+        self._take: AsyncScript | None = None  # registered on the pool at the first start
 
     def nudge(self) -> None:
         # Only an idle worker: a busy one looks again as its jobs end, and a burst of enqueues must
         # not turn into a look per enqueue while it works.
         if not self.job_tasks:
             self._nudged.set()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's `start_jobs`, but each job is taken in one trip to Redis instead of four.
+
+        arq takes a due job under WATCH of its in-progress key: EXISTS of that key, ZSCORE of the job
+        in the queue, then the key set in MULTI/EXEC, each a round trip. `_TAKE` makes the same
+        checks and the same write, atomic as a script is."""
+        for job_id_b in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = job_id_b.decode()
+            if self._take is None:
+                self._take = self.pool.register_script(_TAKE)
+            score = None
+            try:
+                score = await self._take(
+                    keys=[in_progress_key_prefix + job_id, self.queue_name],
+                    args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
+                )
+            finally:
+                if score is None:  # not taken, or Redis failed to answer: its place is free again
+                    self.job_counter -= 1
+                    self.sem.release()
+            if score is None:
+                logger.debug("job {} already running elsewhere", job_id)
+                continue
+            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
     async def main(self) -> None:
         # arq's own `main`, but for the wait between looks at the queue (arq sleeps a fixed step).

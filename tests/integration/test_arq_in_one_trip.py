@@ -1,0 +1,134 @@
+"""Plan A's enqueue and a worker's take of a job, each one script in Redis instead of arq's WATCH,
+checks and MULTI/EXEC (jobs/queue.py, jobs/runner.py), against real Redis: the same keys and values
+as arq's own, a job never twice, and a job taken by one worker only."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import Job
+from arq.utils import timestamp_ms
+from arq.worker import func
+
+from jobs.queue import JOB_FUNCTION, ArqQueue, deserialize, serialize
+from jobs.runner import PromptWorker
+
+# arq's worker keeps a job's in-progress mark this long (ms): its job timeout plus 10 s.
+JOB_TIMEOUT = 30
+
+
+@pytest.fixture
+async def pool(redis_url: str) -> AsyncIterator[ArqRedis]:
+    arq_pool = await create_pool(
+        RedisSettings.from_dsn(redis_url), job_serializer=serialize, job_deserializer=deserialize
+    )
+    yield arq_pool
+    await arq_pool.aclose()
+
+
+async def test_an_enqueue_writes_what_arqs_own_enqueue_writes(pool: ArqRedis) -> None:
+    before = timestamp_ms()
+    await ArqQueue(pool).enqueue("a" * 32)
+    await pool.enqueue_job(JOB_FUNCTION, "b" * 32, _job_id="b" * 32)  # arq's own, for comparison
+
+    ours, arqs = [
+        await Job(job_id, pool, _deserializer=deserialize).info() for job_id in ("a" * 32, "b" * 32)
+    ]
+    assert ours is not None and arqs is not None
+    # (msgpack gives the arguments back as a list, whoever enqueued them)
+    assert (ours.function, list(ours.args), ours.kwargs, ours.job_try) == (JOB_FUNCTION, ["a" * 32], {}, None)
+    assert (arqs.function, list(arqs.args), arqs.kwargs, arqs.job_try) == (JOB_FUNCTION, ["b" * 32], {}, None)
+    queued = dict(await pool.zrange(default_queue_name, 0, -1, withscores=True))
+    assert before <= queued[b"a" * 32] <= timestamp_ms()  # due now, scored in ms as arq scores
+    ttl_ours, ttl_arqs = (
+        await pool.pttl(job_key_prefix + "a" * 32),
+        await pool.pttl(job_key_prefix + "b" * 32),
+    )
+    assert abs(ttl_ours - ttl_arqs) < 5_000 and ttl_ours > pool.expires_extra_ms - 5_000
+
+
+async def test_a_job_still_there_or_with_its_result_is_not_enqueued_again(pool: ArqRedis) -> None:
+    queue = ArqQueue(pool)
+    await queue.enqueue("c" * 32)
+    first = await pool.get(job_key_prefix + "c" * 32)
+    await queue.enqueue("c" * 32)  # a retried submit: the job is still there
+    assert await pool.zcard(default_queue_name) == 1
+    assert await pool.get(job_key_prefix + "c" * 32) == first  # untouched
+
+    # Finished: arq removed the job and kept its result; an enqueue now would run it twice.
+    await pool.delete(job_key_prefix + "c" * 32)
+    await pool.zrem(default_queue_name, "c" * 32)
+    await pool.set(result_key_prefix + "c" * 32, b"done")
+    await queue.enqueue("c" * 32)
+    assert await pool.zcard(default_queue_name) == 0
+    assert not await pool.exists(job_key_prefix + "c" * 32)
+
+
+def worker_on(pool: ArqRedis, ran: list[str]) -> PromptWorker:
+    async def remember(ctx: dict[str, Any], name: str) -> None:
+        ran.append(name)
+
+    return PromptWorker(
+        functions=[func(remember, name="remember")],
+        redis_pool=pool,
+        job_timeout=JOB_TIMEOUT,
+        handle_signals=False,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+    )
+
+
+async def test_a_worker_takes_a_due_job_only_and_marks_it_in_progress(pool: ArqRedis) -> None:
+    await pool.enqueue_job("remember", "due", _job_id="due")
+    await pool.enqueue_job("remember", "later", _job_id="later", _defer_by=60)
+    await pool.enqueue_job("remember", "elsewhere", _job_id="elsewhere")
+    await pool.psetex(in_progress_key_prefix + "elsewhere", 60_000, b"1")  # another worker runs it
+    ran: list[str] = []
+    worker = worker_on(pool, ran)
+    free = worker.sem._value
+
+    await worker.start_jobs([b"due", b"later", b"elsewhere", b"gone"])  # "gone": no longer queued
+    await asyncio.gather(*worker.tasks.values())
+
+    assert ran == ["due"]
+    assert set(worker.tasks) == {"due"}
+    assert worker.job_counter == 0 and worker.sem._value == free  # every place given back
+    assert not await pool.exists(in_progress_key_prefix + "later")
+    assert await pool.pttl(in_progress_key_prefix + "elsewhere") > 50_000  # not the other's mark touched
+
+
+async def test_the_mark_a_taken_job_gets_lasts_the_workers_in_progress_time(pool: ArqRedis) -> None:
+    hold = asyncio.Event()
+
+    async def wait(ctx: dict[str, Any]) -> None:
+        await hold.wait()
+
+    await pool.enqueue_job("wait", _job_id="held")
+    worker = PromptWorker(
+        functions=[func(wait, name="wait")], redis_pool=pool, job_timeout=JOB_TIMEOUT, handle_signals=False
+    )
+    await worker.start_jobs([b"held"])
+    ttl = await pool.pttl(in_progress_key_prefix + "held")
+    hold.set()
+    await asyncio.gather(*worker.tasks.values())
+    assert (JOB_TIMEOUT + 10) * 1000 - 5_000 < ttl <= (JOB_TIMEOUT + 10) * 1000
+
+
+async def test_two_workers_taking_the_same_jobs_at_once_run_each_once(pool: ArqRedis) -> None:
+    names = [f"job-{number}" for number in range(40)]
+    for name in names:
+        await pool.enqueue_job("remember", name, _job_id=name)
+    ran: list[str] = []
+    first, second = worker_on(pool, ran), worker_on(pool, ran)
+    ids = [name.encode() for name in names]
+
+    await asyncio.gather(first.start_jobs(ids), second.start_jobs(list(reversed(ids))))
+    await asyncio.gather(*first.tasks.values(), *second.tasks.values())
+
+    assert sorted(ran) == sorted(names)
+    assert not set(first.tasks) & set(second.tasks)
