@@ -198,7 +198,7 @@ async def test_redis_failing_at_enqueue_serves_the_request_on_plan_b_once(
     redis_proxy: TcpProxy,
     redis_url: str,
 ) -> None:
-    app = await make_app(redis_url=redis_proxy.url + "/7")
+    app = await make_app(redis_url=f"{redis_proxy.url}/{redis_url.rsplit('/', 1)[1]}")
     await redis_proxy.refuse()  # Redis goes away after start
     status, body = await post_image(http, app, {**SEED, "prompt": "during an outage"})
     assert status == 202 and body["plan"] == "B"
@@ -219,7 +219,7 @@ async def test_a_hung_redis_does_not_hang_the_request(
     redis_proxy: TcpProxy,
     redis_url: str,
 ) -> None:
-    app = await make_app(redis_url=redis_proxy.url + "/7", redis_timeout=0.5)
+    app = await make_app(redis_url=f"{redis_proxy.url}/{redis_url.rsplit('/', 1)[1]}", redis_timeout=0.5)
     await redis_proxy.hang()  # accepts connections, answers nothing
     loop = asyncio.get_running_loop()
     started = loop.time()
