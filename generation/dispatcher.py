@@ -288,6 +288,14 @@ class Dispatcher:
                         **generation.request,
                         **await spec.preparer(session, user, generation.request),
                     }
+                # The charge first, then the generation's row, in the order of the one statement
+                # (generation/recording.py): the user's row locked, then the request key taken. In
+                # the other order a concurrent duplicate recorded in one statement, holding the
+                # user's row and waiting for this key, deadlocked with this transaction.
+                if valid.price > 0:
+                    await ledger.charge(
+                        session, user.id, valid.price, ledger.charge_key(generation.id), generation.id
+                    )
                 # Inserted as a plain row (the object is what the caller gets): the ORM's flush
                 # would only add its own bookkeeping to one INSERT.
                 await (await statements(session)).execute(
@@ -295,10 +303,6 @@ class Dispatcher:
                         {column.name: getattr(generation, column.name) for column in RECORDED_COLUMNS}
                     )
                 )
-                if valid.price > 0:
-                    await ledger.charge(
-                        session, user.id, valid.price, ledger.charge_key(generation.id), generation.id
-                    )
                 reserved = None if reservation is None else lifecycle.Reserved(user, reservation)
                 return generation, True, reserved
         except BaseException as error:
