@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    bindparam,
     event,
     func,
     select,
@@ -468,13 +469,20 @@ def detached(
 GENERATION_ID_SHAPE = re.compile(r"[0-9A-Za-z_-]{1,32}")
 
 
+# A generation by its id, built once with a bound parameter: building the statement and its cache key
+# at every call cost about half as much CPU again as running it (0.44-0.50 ms a read against
+# 0.30-0.32 on PostgreSQL, measured in one process alternating the two).
+_GENERATION_BY_ID = select(*Generation.__table__.columns).where(Generation.id == bindparam("generation_id"))
+
+
 async def get_generation(db: Database, generation_id: str) -> Generation | None:
     """The generation as it stands (a runner's job reads it as it starts); None also for an id no
     generation can have (a button's forged callback data)."""
     if not GENERATION_ID_SHAPE.fullmatch(generation_id):
         return None
     async with db.reads() as connection:
-        return await read_detached(connection, Generation, Generation.id == generation_id)
+        row = (await connection.execute(_GENERATION_BY_ID, {"generation_id": generation_id})).first()
+    return None if row is None else detached(Generation, row)
 
 
 async def find_by_request_key(db: Database, request_key: str) -> Generation | None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from generation import ledger
-from generation.store import Database, User, read_detached
+from generation.store import Database, User, detached
 
 
 async def ensure_user(
@@ -51,11 +51,17 @@ async def find_user(session: AsyncSession, bot_name: str, telegram_id: int) -> U
     )
 
 
+# A user by bot and Telegram id, built once with bound parameters (as store.py's generation by id).
+_USER_BY_CHAT = select(*User.__table__.columns).where(
+    User.bot_name == bindparam("bot_name"), User.telegram_id == bindparam("telegram_id")
+)
+
+
 async def read_user(db: Database, bot_name: str, telegram_id: int) -> User | None:
     """The user as it stands, outside any transaction (every update begins with this read): read as
     plain columns, the object detached from any session. To change a user, `ensure_user` in a
     transaction."""
     async with db.reads() as connection:
-        return await read_detached(
-            connection, User, User.bot_name == bot_name, User.telegram_id == telegram_id
-        )
+        found = await connection.execute(_USER_BY_CHAT, {"bot_name": bot_name, "telegram_id": telegram_id})
+        row = found.first()
+    return None if row is None else detached(User, row)
