@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from yarl import URL
 
 from app import App
 from bot.http.web_app import MAX_BODY
 from generation.requests import MAX_TELEGRAM_ID
-from tests.conftest import API_TOKEN, AppFactory
+from tests.conftest import API_TOKEN, AppFactory, wait_until
 from tests.e2e.helpers import USER, all_settled, balance_and_ledger_sum, generations_of
 from tests.e2e.hostile import footprint, raw_exchange, raw_post
 from tests.fakes.elevenlabs import FakeElevenLabs
@@ -302,3 +303,72 @@ async def test_racing_requests_under_one_key_make_one_generation_and_refuse_the_
     assert replicate.create_count() == len(keys)
     assert await balance_and_ledger_sum(app) == (20 - len(keys), 20 - len(keys))
     assert len(await generations_of(app)) == len(keys)
+
+
+async def test_a_record_in_a_transaction_locks_the_user_before_it_takes_the_request_key(
+    make_app: AppFactory,
+    http: aiohttp.ClientSession,
+    replicate: FakeReplicate,
+    elevenlabs: FakeElevenLabs,
+    postgres_url: str,
+    redis_url: str,
+) -> None:
+    """The lock order that keeps two records under one key from deadlocking on PostgreSQL. An image
+    request is recorded in one statement, which locks the user's row, then takes the request key; a
+    speech request (a kind with a preparer) in a transaction, which must take them in the same order.
+    Held up on the user's row, it has not taken the key yet: a row under that key goes in without
+    waiting. (In the other order the two deadlocked, and one of them was answered 503.)"""
+    app = await make_app(database_url=postgres_url, redis_url=redis_url, new_user_bonus=50)
+    status, _ = await post(http, app, IMAGE, body={**SEED, "prompt": "a first one"})
+    assert status == 202
+    await all_settled(app, 1)
+    dsn = postgres_url.replace("+asyncpg", "")
+    holder, probe = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        holding = holder.transaction()
+        await holding.start()
+        await holder.execute("SELECT 1 FROM users WHERE telegram_id = $1 FOR NO KEY UPDATE", USER)
+        speech = asyncio.create_task(
+            post(
+                http,
+                app,
+                "/api/generation/text-to-speech",
+                body={**SEED, "text": "hello"},
+                headers={"Idempotency-Key": "raced"},
+            )
+        )
+
+        async def held_up() -> bool:
+            return bool(
+                await probe.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+
+        await wait_until(held_up)
+        # A copy of the first generation under the speech request's key: it would wait for the
+        # held-up transaction (and time out) only if that had inserted its generation already.
+        await probe.execute("SET lock_timeout = '2s'")
+        names = [
+            str(row["column_name"])
+            for row in await probe.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'generations'"
+            )
+        ]
+        values = ", ".join({"id": "$1", "request_key": "$2"}.get(name, name) for name in names)
+        copy = probe.transaction()
+        await copy.start()
+        await probe.execute(
+            # Column names from the database's own catalogue; the values are bound.
+            f"INSERT INTO generations ({', '.join(names)}) SELECT {values} FROM generations LIMIT 1",  # noqa: S608
+            "f" * 32,
+            f"http:image_bot:{USER}:raced",
+        )
+        await copy.rollback()
+        await holding.rollback()
+        status, answer = await speech
+        assert status == 202, answer
+    finally:
+        await holder.close()
+        await probe.close()
