@@ -12,6 +12,7 @@ from bot.telegram.flood import FloodLimiter, FloodMiddleware
 from bot.telegram.middlewares import UserMiddleware
 from bot.telegram.routers import cancel, hints, history, image, lora, payments, speech, start, unknown, video
 from bot.telegram.routers.admin import build_admin_router
+from bot.telegram.turns import Turns, TurnTakingDispatcher
 from generation.dispatcher import Dispatcher as GenerationDispatcher
 from generation.services import Services
 
@@ -61,7 +62,9 @@ def build_bot_dispatcher(
 ) -> Dispatcher:
     # Conversation state lives in the database: it survives restarts and is shared by every process.
     bot_names = {bot.id: name for name, bot in bots.items()}
-    dispatcher = Dispatcher(
+    # Each update in its turn: a burst does not slow down everything else the process answers.
+    dispatcher = TurnTakingDispatcher(
+        turns=Turns(),
         storage=DatabaseStorage(services.db, bot_names),
         services=services,
         generations=generations,
