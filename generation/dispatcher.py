@@ -225,8 +225,8 @@ class Dispatcher:
                 valid, request_key, bot_name, user, plan_flags_from(*seen_flags)
             )
             try:
-                async with self.db.one_statement() as connection:
-                    recorded = await record_and_charge(connection, generation, seen_flags)
+                async with self.db.direct_writes() as direct:
+                    recorded = await record_and_charge(direct, generation, seen_flags)
             except BaseException as error:
                 if reservation is not None:
                     reservation.give_back()

@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Integer, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import metrics
 from generation import ledger
-from generation.steps import StepJournal
+from generation.direct_statements import Prepared
+from generation.steps import STEPS_OF, StepJournal
 from generation.store import (
     Database,
     Generation,
@@ -43,7 +44,6 @@ from generation.store import (
     User,
     as_utc,
     detached,
-    read_detached,
     statements,
 )
 
@@ -112,27 +112,24 @@ async def claim(db: Database, generation_id: str, plan: Plan, owner: str, lease:
         "claim_until": now + lease,
     }
     # The UPDATE is the claim, atomic by itself; what is read after it belongs to the claimant.
-    async with db.one_statement() as connection:
+    async with db.direct_writes() as direct:
         if db.is_postgresql:  # the user comes back with the claim, in the same statement
-            row = (await connection.execute(_CLAIM_WITH_USER, values)).first()
+            row = (await direct.execute(_CLAIM_WITH_USER, values)).first()
             if row is None:
                 return None
             generation_columns = len(Generation.__table__.columns)
             generation = detached(Generation, row[:generation_columns], Generation.__table__.columns)
             user = detached(User, row[generation_columns:], User.__table__.columns)
         else:
-            claimed = (await connection.execute(_CLAIM, values)).first()
+            claimed = (await direct.execute(_CLAIM_ALONE, values)).first()
             if claimed is None:
                 return None
-            generation = detached(Generation, claimed)
-            found = await read_detached(connection, User, User.id == generation.user_id)
-            assert found is not None
-            user = found
+            generation = detached(Generation, claimed, Generation.__table__.columns)
+            found = (await direct.execute(_USER_BY_ID, {"user_id": generation.user_id})).one()
+            user = detached(User, found, User.__table__.columns)
         if generation.attempts == 1:  # its first claim: no runner has journaled anything yet
             return Claim(generation, user, {})
-        rows = await connection.execute(
-            select(Step.name, Step.result).where(Step.generation_id == generation_id)
-        )
+        rows = await direct.execute(STEPS_OF, {"generation_id": generation_id})
         return Claim(generation, user, {name: result for name, result in rows})
 
 
@@ -159,75 +156,86 @@ _CLAIM = (
     )
     .returning(*Generation.__table__.columns)
 )
+_CLAIM_ALONE = Prepared(_CLAIM)
 _CLAIMED = _CLAIM.cte("claimed")
-_CLAIM_WITH_USER = select(_CLAIMED, *User.__table__.columns).join_from(
-    _CLAIMED, User, User.id == _CLAIMED.c.user_id
+_CLAIM_WITH_USER = Prepared(
+    select(_CLAIMED, *User.__table__.columns).join_from(_CLAIMED, User, User.id == _CLAIMED.c.user_id),
+    only="postgresql",
 )
+_USER_BY_ID = Prepared(select(*User.__table__.columns).where(User.id == bindparam("user_id")))
 
 
 async def release(db: Database, generation_id: str, owner: str, *, failed: bool = False) -> None:
     """Give a claim back without finishing (a retry will claim it again); `failed` counts the try."""
-    async with db.one_statement() as connection:
-        await connection.execute(
-            update(Generation)
-            .where(Generation.id == generation_id, Generation.lease_owner == owner)
-            .values(
-                lease_owner=None,
-                lease_expires_at=None,
-                failures=Generation.failures + (1 if failed else 0),
-            )
-        )
+    values = {"lease_id": generation_id, "leaseholder": owner, "failed": 1 if failed else 0}
+    async with db.direct_writes() as direct:
+        await direct.execute(_RELEASE, values)
+
+
+_OWN_LEASE = (Generation.id == bindparam("lease_id"), Generation.lease_owner == bindparam("leaseholder"))
+_RELEASE = Prepared(
+    update(Generation)
+    .where(*_OWN_LEASE)
+    .values(
+        lease_owner=None,
+        lease_expires_at=None,
+        failures=Generation.failures + bindparam("failed", type_=Integer),
+    )
+)
+_RENEW = Prepared(update(Generation).where(*_OWN_LEASE).values(lease_expires_at=bindparam("lease_until")))
+_LEASE_HOLDER = Prepared(select(Generation.lease_owner).where(Generation.id == bindparam("lease_id")))
 
 
 async def renew_lease(db: Database, generation_id: str, owner: str, lease: float) -> bool:
     """Extend this runner's lease; False when another runner holds the generation now (this one was
     too slow to renew in time and was taken for dead): it must stop, the other goes on."""
-    async with db.one_statement() as connection:
-        renewed = await connection.execute(
-            update(Generation)
-            .where(Generation.id == generation_id, Generation.lease_owner == owner)
-            .values(lease_expires_at=time.time() + lease)
-        )
-        if renewed.rowcount:
+    values = {"lease_id": generation_id, "leaseholder": owner, "lease_until": time.time() + lease}
+    async with db.direct_writes() as direct:
+        if (await direct.execute(_RENEW, values)).rowcount:
             return True
-        holder = await connection.scalar(select(Generation.lease_owner).where(Generation.id == generation_id))
+        holder = (await direct.execute(_LEASE_HOLDER, {"lease_id": generation_id})).scalar()
     return holder is None  # released or settled meanwhile: nobody else runs it
 
 
 async def move_to_plan_b(db: Database, generation_id: str) -> bool:
     """Hand a Plan A generation that could not be enqueued to Plan B, unless a worker already took it."""
-    async with db.one_statement() as connection:
-        result = await connection.execute(
-            update(Generation)
-            .where(
-                Generation.id == generation_id,
-                Generation.plan == Plan.A,
-                Generation.status == GenerationStatus.queued,
-            )
-            .values(plan=Plan.B)
-        )
-        return bool(result.rowcount)
+    async with db.direct_writes() as direct:
+        moved = await direct.execute(_MOVE_TO_PLAN_B, {"moving_id": generation_id})
+    return bool(moved.rowcount)
+
+
+_MOVE_TO_PLAN_B = Prepared(
+    update(Generation)
+    .where(
+        Generation.id == bindparam("moving_id"),
+        Generation.plan == Plan.A,
+        Generation.status == GenerationStatus.queued,
+    )
+    .values(plan=Plan.B)
+)
 
 
 async def balance_after_refund(db: Database, generation: Generation, refund: int) -> int | None:
     """The balance once this generation's refund is in, or None when a cancellation ended it (and
     refunded it) meanwhile. One read: the final message says the balance before the refund commits,
     so that one transaction can journal the message, refund and end the generation."""
-    refunded = (
-        select(LedgerEntry.id).where(LedgerEntry.operation_key == ledger.refund_key(generation.id)).exists()
-    )
-    async with db.reads() as connection:
-        row = (
-            await connection.execute(
-                select(Generation.status, User.balance, refunded)
-                .join(User, User.id == Generation.user_id)
-                .where(Generation.id == generation.id)
-            )
-        ).one()
-    status, balance, refund_in = row
+    values = {"generation_id": generation.id, "refund_key": ledger.refund_key(generation.id)}
+    async with db.direct_reads() as direct:
+        status, balance, refund_in = (await direct.execute(_BALANCE_AND_REFUND, values)).one()
     if status == GenerationStatus.canceled:
         return None
     return int(balance) if refund_in or refund <= 0 else int(balance) + refund
+
+
+_BALANCE_AND_REFUND = Prepared(
+    select(
+        Generation.status,
+        User.balance,
+        select(LedgerEntry.id).where(LedgerEntry.operation_key == bindparam("refund_key")).exists(),
+    )
+    .join(User, User.id == Generation.user_id)
+    .where(Generation.id == bindparam("generation_id"))
+)
 
 
 async def settle(
@@ -268,9 +276,9 @@ async def settle_journaled(
     own; the journal is written only when this settles the generation (a cancellation that came
     first has ended it and told the user). On PostgreSQL, with nothing to refund, in one statement."""
     if db.is_postgresql and refund <= 0:
-        async with db.one_statement() as connection:
+        async with db.direct_writes() as direct:
             values = _ending_values(generation, status, refund, result, error)
-            return await steps.add_many_if(connection, journal, _ENDED, values)
+            return await steps.add_many_if(direct, journal, _ENDED, values)
     async with db.transaction() as session:
         settled = await settle(session, generation, status, refund, result=result, error=error)
         if settled and journal:
@@ -394,10 +402,8 @@ async def mark_delivery(db: Database, steps: StepJournal) -> bool:
         async with db.transaction() as session:
             return await begin_delivery(session, steps)
     mark = {} if await steps.is_done(DELIVERING_STEP) else {DELIVERING_STEP: time.time()}
-    async with db.one_statement() as connection:
-        return await steps.add_many_if(
-            connection, mark, _RUNNING_LOCKED_CTE, {"running_id": steps.generation_id}
-        )
+    async with db.direct_writes() as direct:
+        return await steps.add_many_if(direct, mark, _RUNNING_LOCKED_CTE, {"running_id": steps.generation_id})
 
 
 # The generation's id while it runs, its row locked FOR NO KEY UPDATE, the lock an UPDATE takes: it

@@ -29,10 +29,11 @@ from enum import StrEnum
 from typing import Protocol, TypeVar
 
 from loguru import logger
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import aliased
 
 from generation.delivery import Button, ChatDelivery, DeliveryRefused, DeliveryRetryLater
+from generation.direct_statements import Prepared
 from generation.lifecycle import DELIVERING_STEP
 from generation.services import Services
 from generation.steps import StepJournal
@@ -474,9 +475,12 @@ def _buttons(target: Target, shown: Shown) -> list[Button] | None:
 
 
 async def _still_active(services: Services, generation_id: str) -> bool:
-    async with services.db.reads() as connection:
-        status = await connection.scalar(select(Generation.status).where(Generation.id == generation_id))
+    async with services.db.direct_reads() as direct:
+        status = (await direct.execute(_STATUS, {"generation_id": generation_id})).scalar()
     return status in (GenerationStatus.queued, GenerationStatus.running)
+
+
+_STATUS = Prepared(select(Generation.status).where(Generation.id == bindparam("generation_id")))
 
 
 # --- what the stages say --------------------------------------------------------------------------

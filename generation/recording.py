@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, String, and_, bindparam, insert, select, true, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from generation import ledger
+from generation.direct_statements import Direct, Prepared
 from generation.plan import plan_flag_columns
 from generation.store import Generation, LedgerEntry, User
 
@@ -60,7 +60,7 @@ class Recorded:
     stale: bool
 
 
-async def record_and_charge(connection: AsyncConnection, generation: Generation, flags: Flags) -> Recorded:
+async def record_and_charge(direct: Direct, generation: Generation, flags: Flags) -> Recorded:
     """Insert `generation` (every recorded column as it holds it) and charge its user its price, in one
     statement; see the module's docstring. Its plan was chosen by the plan flags `flags` (as the
     caller last saw them): nothing is written unless they are still the flags stored, and the flags
@@ -72,7 +72,7 @@ async def record_and_charge(connection: AsyncConnection, generation: Generation,
         charge_key=ledger.charge_key(generation.id), expected_mode=flags[0], expected_share=flags[1]
     )
     statement = _RECORD_AND_CHARGE if generation.price > 0 else _RECORD_FREE
-    seen_id, balance, balance_before, mode, share, *_ = (await connection.execute(statement, values)).one()
+    seen_id, balance, balance_before, mode, share, *_ = (await direct.execute(statement, values)).one()
     return Recorded(
         seen=seen_id,
         balance=None if balance is None else int(balance),
@@ -145,5 +145,5 @@ def _statement(*, charged: bool) -> Select[Any]:
     return select(*answers)
 
 
-_RECORD_AND_CHARGE = _statement(charged=True)
-_RECORD_FREE = _statement(charged=False)  # a price of 0: no ledger row
+_RECORD_AND_CHARGE = Prepared(_statement(charged=True), only="postgresql")
+_RECORD_FREE = Prepared(_statement(charged=False), only="postgresql")  # a price of 0: no ledger row

@@ -13,11 +13,12 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import CTE, Insert, Select, String, Subquery, bindparam, func, select, true, union_all
+from sqlalchemy import CTE, String, Subquery, bindparam, func, select, true, union_all
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from generation.direct_statements import Direct, Prepared, run
 from generation.store import Database, Step, statements
 
 T = TypeVar("T")
@@ -37,11 +38,9 @@ class StepJournal:
 
     async def load(self) -> dict[str, Any]:
         if self._done is None:
-            async with self.db.reads() as connection:
-                rows = await connection.execute(
-                    select(Step.name, Step.result).where(Step.generation_id == self.generation_id)
-                )
-                self._done = {name: result for name, result in rows}
+            async with self.db.direct_reads() as direct:
+                rows = await direct.execute(STEPS_OF, {"generation_id": self.generation_id})
+            self._done = {name: result for name, result in rows}
         return self._done
 
     async def saved(self, name: str) -> Any:
@@ -126,24 +125,24 @@ class StepJournal:
         step journaled already keeps its first result. Kept results go in the same transaction."""
         await self.add_many(session, {name: result})
 
-    async def add_many(self, session: AsyncSession | AsyncConnection, results: dict[str, Any]) -> None:
-        """Journal several steps, and the kept results, in the caller's transaction: one INSERT of
-        them all. A step journaled already (by another runner) keeps its first result."""
+    async def add_many(self, session: AsyncSession | Direct, results: dict[str, Any]) -> None:
+        """Journal several steps, and the kept results, in the caller's transaction (or as one
+        statement of its own on `Direct`): one INSERT of them all. A step journaled already (by
+        another runner) keeps its first result."""
         await self.load()
         rows, self._kept = {**self._kept, **results}, {}
         if not rows:
             return
-        connection = session if isinstance(session, AsyncConnection) else await statements(session)
-        added = set(
-            await connection.scalars(
-                _journal_insert(connection.dialect.name, len(rows)),
-                {"generation_id": self.generation_id, **_step_values(rows)},
-            )
+        connection = session if isinstance(session, Direct) else await statements(session)
+        inserted = await run(
+            connection,
+            _journal_insert(connection.dialect.name, len(rows)),
+            {"generation_id": self.generation_id, **_step_values(rows)},
         )
-        await self._note_written(connection, rows, added)
+        await self._note_written(connection, rows, set(inserted.scalars()))
 
     async def add_many_if(
-        self, connection: AsyncConnection, results: dict[str, Any], gate: CTE, gate_values: dict[str, Any]
+        self, connection: Direct, results: dict[str, Any], gate: CTE, gate_values: dict[str, Any]
     ) -> bool:
         """PostgreSQL only: journal several steps, and the kept results, in ONE statement with `gate`,
         a CTE that answers the generation's id (a SELECT that locks its row, an UPDATE ... RETURNING
@@ -159,30 +158,32 @@ class StepJournal:
         await self._note_written(connection, rows, set(added[0] or ()) if added else set())
         return True
 
-    async def _note_written(self, connection: AsyncConnection, rows: dict[str, Any], added: set[str]) -> None:
+    async def _note_written(
+        self, connection: AsyncConnection | Direct, rows: dict[str, Any], added: set[str]
+    ) -> None:
         """What an INSERT of `rows` wrote (`added`) is now done; a row it skipped was journaled first
         by another runner: this run continues from that one's result, read back."""
         done = await self.load()
         done.update({name: result for name, result in rows.items() if name in added})
-        taken = [name for name in rows if name not in added]
+        taken = {name for name in rows if name not in added}
         if taken:
-            journaled = await connection.execute(
-                select(Step.name, Step.result).where(
-                    Step.generation_id == self.generation_id, Step.name.in_(taken)
-                )
-            )
-            done.update({name: result for name, result in journaled})
+            journaled = await run(connection, STEPS_OF, {"generation_id": self.generation_id})
+            done.update({name: result for name, result in journaled if name in taken})
 
     async def record_many(self, results: dict[str, Any]) -> None:
         """Journal several steps at once (one INSERT, atomic by itself); each keeps a first result."""
-        async with self.db.one_statement() as connection:
-            await self.add_many(connection, results)
+        async with self.db.direct_writes() as direct:
+            await self.add_many(direct, results)
 
     async def record(self, name: str, result: Any) -> None:
         """Journal one step in a transaction of its own. Another runner may have journaled it first
         (only possible after a lease expired under a live runner): the first record wins, so everyone
         continues from the same result."""
         await self.record_many({name: result})
+
+
+# The journal of one generation, every step and its result.
+STEPS_OF = Prepared(select(Step.name, Step.result).where(Step.generation_id == bindparam("generation_id")))
 
 
 def _step_values(rows: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +210,7 @@ def _journaled_rows(count: int) -> Subquery:
 
 
 @functools.lru_cache(maxsize=16)
-def _journal_insert(dialect: str, count: int) -> Insert:
+def _journal_insert(dialect: str, count: int) -> Prepared:
     """`add_many`'s INSERT of `count` steps for one generation (`generation_id`), built once per shape.
     Not one INSERT run with a list of parameter sets: SQLAlchemy renders that anew on every call
     ("insertmanyvalues"), by a profile some 5 % of the PostgreSQL burst's CPU; nor `.values([...])`,
@@ -224,11 +225,11 @@ def _journal_insert(dialect: str, count: int) -> Insert:
         # `WHERE true`: SQLite reads an upsert after a bare SELECT as part of it.
         rows = select(generation_id, journaled.c.name, journaled.c.result).where(true())
         statement = insert(Step).from_select(["generation_id", "name", "result"], rows)
-    return statement.on_conflict_do_nothing().returning(Step.name)
+    return Prepared(statement.on_conflict_do_nothing().returning(Step.name), only=dialect)
 
 
 @functools.lru_cache(maxsize=16)
-def _gated_insert(gate: CTE, count: int) -> Select[Any]:
+def _gated_insert(gate: CTE, count: int) -> Prepared:
     """`add_many_if`'s statement for `count` rows, built once: building a statement of CTEs (their
     columns' collections above all) costs more CPU than the round trips it saves, and a statement built
     once also keeps SQLAlchemy's cache key of it."""
@@ -247,4 +248,4 @@ def _gated_insert(gate: CTE, count: int) -> Select[Any]:
             .cte("written")
         )
         answers.append(select(func.array_agg(written.c.name)).scalar_subquery())
-    return select(*answers)
+    return Prepared(select(*answers), only="postgresql")

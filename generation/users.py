@@ -7,6 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from generation import ledger
+from generation.direct_statements import Prepared
 from generation.store import Database, User, detached
 
 
@@ -52,8 +53,10 @@ async def find_user(session: AsyncSession, bot_name: str, telegram_id: int) -> U
 
 
 # A user by bot and Telegram id, built once with bound parameters (as store.py's generation by id).
-_USER_BY_CHAT = select(*User.__table__.columns).where(
-    User.bot_name == bindparam("bot_name"), User.telegram_id == bindparam("telegram_id")
+_USER_BY_CHAT = Prepared(
+    select(*User.__table__.columns).where(
+        User.bot_name == bindparam("bot_name"), User.telegram_id == bindparam("telegram_id")
+    )
 )
 
 
@@ -61,7 +64,7 @@ async def read_user(db: Database, bot_name: str, telegram_id: int) -> User | Non
     """The user as it stands, outside any transaction (every update begins with this read): read as
     plain columns, the object detached from any session. To change a user, `ensure_user` in a
     transaction."""
-    async with db.reads() as connection:
-        found = await connection.execute(_USER_BY_CHAT, {"bot_name": bot_name, "telegram_id": telegram_id})
-        row = found.first()
-    return None if row is None else detached(User, row)
+    async with db.direct_reads() as direct:
+        found = await direct.execute(_USER_BY_CHAT, {"bot_name": bot_name, "telegram_id": telegram_id})
+    row = found.first()
+    return None if row is None else detached(User, row, User.__table__.columns)

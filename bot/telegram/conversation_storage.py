@@ -9,9 +9,10 @@ from typing import Any
 
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, StorageKey
-from sqlalchemy import Row, and_, bindparam, literal, select
+from sqlalchemy import and_, bindparam, literal, select
 from sqlalchemy.exc import IntegrityError
 
+from generation.direct_statements import Prepared
 from generation.store import ConversationState, Database, User, detached
 
 # The user an update comes from, read with the conversation's state (`DatabaseStorage.get_state`, which
@@ -27,14 +28,16 @@ _STATE_COLUMNS = [
 ]
 # The state, its data and the user's row in one read, whichever of them exist: one round trip
 # instead of two for every update. Built once (SQLAlchemy's cache key of it too).
-_STATE_AND_USER = select(*_STATE_COLUMNS, *User.__table__.columns).select_from(
-    select(literal(1).label("one"))
-    .subquery("one")
-    .outerjoin(
-        User, and_(User.bot_name == bindparam("bot_name"), User.telegram_id == bindparam("telegram_id"))
+_STATE_AND_USER = Prepared(
+    select(*_STATE_COLUMNS, *User.__table__.columns).select_from(
+        select(literal(1).label("one"))
+        .subquery("one")
+        .outerjoin(
+            User, and_(User.bot_name == bindparam("bot_name"), User.telegram_id == bindparam("telegram_id"))
+        )
     )
 )
-_STATE = select(*_STATE_COLUMNS)
+_STATE = Prepared(select(*_STATE_COLUMNS))
 
 
 def user_read_with_state(bot_name: str, telegram_id: int) -> tuple[bool, User | None]:
@@ -63,10 +66,10 @@ class DatabaseStorage(BaseStorage):
         bot_name = self.bot_names.get(key.bot_id)
         if bot_name is None:
             row = await self._read(key)
-            return row.state if row is not None else None
+            return row[0] if row is not None else None
         values = {"key": self.keys.build(key), "bot_name": bot_name, "telegram_id": key.user_id}
-        async with self.db.reads() as connection:
-            state, _, *user_columns = (await connection.execute(_STATE_AND_USER, values)).one()
+        async with self.db.direct_reads() as direct:
+            state, _, *user_columns = (await direct.execute(_STATE_AND_USER, values)).one()
         user = None
         if user_columns[0] is not None:  # the user's id: the row exists
             user = detached(User, user_columns, User.__table__.columns)
@@ -78,16 +81,16 @@ class DatabaseStorage(BaseStorage):
 
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
         row = await self._read(key)
-        return dict(row.data or {}) if row is not None else {}
+        return dict(row[1] or {}) if row is not None else {}
 
     async def close(self) -> None:
         return None  # the database belongs to the process's services, which close it
 
-    async def _read(self, key: StorageKey) -> Row[tuple[str | None, Any]] | None:
+    async def _read(self, key: StorageKey) -> tuple[str | None, Any] | None:
         """The conversation's state and data (read at every update: as plain columns, not an object)."""
-        async with self.db.reads() as connection:
-            row = (await connection.execute(_STATE, {"key": self.keys.build(key)})).one()
-        return None if row.state is None and row.data is None else row
+        async with self.db.direct_reads() as direct:
+            state, data = (await direct.execute(_STATE, {"key": self.keys.build(key)})).one()
+        return None if state is None and data is None else (state, data)
 
     async def _write(self, key: StorageKey, **values: Any) -> None:
         """Change one field of the conversation's row, creating it on first use; a conversation with

@@ -64,8 +64,8 @@ NO_FLAGS: Flags = (None, None)
 
 
 async def record(db: Database, generation: Generation, flags: Flags = NO_FLAGS) -> Recorded:
-    async with db.one_statement() as connection:
-        return await record_and_charge(connection, generation, flags)
+    async with db.direct_writes() as direct:
+        return await record_and_charge(direct, generation, flags)
 
 
 def written(balance: int, before: int) -> Recorded:
