@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -58,11 +59,31 @@ def _port_open(host: str, port: int) -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
+def _ports_never_handed_out() -> range:
+    """Ports below the kernel's range for port-0 binds: none of them is given to a server that another
+    test, or another pytest worker, starts on port 0 meanwhile (a port taken from that range and freed
+    could be: a spawned `aibot run` then found a fake's server on its port, answering 404)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    return range(max(1024, low - 12000), low)
+
+
+_CHOSEN_PORTS = _ports_never_handed_out()
+
+
 def closed_port() -> int:
-    """A loopback port nobody listens on (for 'Redis is down')."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A loopback port nobody listens on (for 'Redis is down', or for a spawned process to listen on),
+    picked at random among ports the kernel never hands out by itself."""
+    while True:
+        port = random.choice(_CHOSEN_PORTS)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use
+        return port
 
 
 @pytest.fixture
