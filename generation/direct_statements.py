@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
+from sqlalchemy.exc import ArgumentError, DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.selectable import Select
@@ -42,6 +42,7 @@ class _Compiled:
     sql: str
     names: tuple[str, ...]  # the parameters, in their order in `sql`
     defaults: dict[str, Any]  # values bound in the statement itself
+    required: frozenset[str]  # the parameters with no value of their own: the caller gives them
     to_database: tuple[Converter, ...]  # per parameter
     types: tuple[TypeEngine[Any], ...]  # per column of the rows
     # Per column of the rows; known once the driver has described them (a float's conversion
@@ -89,6 +90,7 @@ def _compile(statement: Select[*tuple[Any, ...]] | UpdateBase, dialect: Dialect)
         sql=compiled.string,
         names=names,
         defaults={name: binds[name].value for name in names if binds[name].value is not None},
+        required=frozenset(name for name in names if binds[name].required),
         to_database=tuple(binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names),
         types=tuple(types),
     )
@@ -134,6 +136,9 @@ class Direct:
     async def execute(self, prepared: Prepared, parameters: Mapping[str, Any] | None = None) -> Rows:
         compiled = prepared.compiled(self.dialect)
         values = compiled.defaults | dict(parameters) if parameters else compiled.defaults
+        if not compiled.required.issubset(values):  # as SQLAlchemy: a name mistyped is no NULL
+            missing = ", ".join(sorted(compiled.required.difference(values)))
+            raise ArgumentError(f"a value is required for the parameters {missing}")
         arguments = tuple(
             value if convert is None or value is None else convert(value)
             for value, convert in zip(

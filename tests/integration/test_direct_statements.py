@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import bindparam, insert, select, text, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, MultipleResultsFound, NoResultFound
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, MultipleResultsFound, NoResultFound
 
 from bot.http.responses import is_unavailable
 from generation.direct_statements import Prepared, run
@@ -21,6 +21,7 @@ _USER = Prepared(select(*User.__table__.columns).where(User.id == bindparam("use
 _GENERATION = Prepared(
     select(*Generation.__table__.columns).where(Generation.id == bindparam("generation_id"))
 )
+_STATUS = Prepared(select(Generation.status).where(Generation.id == bindparam("generation_id")))
 _RUNNING_WITH_BALANCE = Prepared(
     select(Generation.id, Generation.request, User.balance, Generation.created_at)
     .join(User, User.id == Generation.user_id)
@@ -209,6 +210,15 @@ async def test_rows_answer_as_sqlalchemys_results_do(db: Database) -> None:
     assert none.first() is None and none.scalar() is None and none.scalars() == []
     with pytest.raises(NoResultFound):
         none.one()
+
+
+async def test_a_parameter_left_out_is_refused_before_anything_runs(db: Database) -> None:
+    _, [generation_id] = await _user_with_generations(db, 1)
+    async with db.direct_writes() as direct:
+        with pytest.raises(ArgumentError, match="finished_at"):  # not written as NULL
+            await direct.execute(_FINISH, {"generation_id": generation_id, "result": {}, "finshed_at": 1})
+        [(status,)] = (await direct.execute(_STATUS, {"generation_id": generation_id})).rows
+    assert status == GenerationStatus.running
 
 
 def test_a_statement_whose_shape_changes_with_its_values_is_refused(db: Database) -> None:
