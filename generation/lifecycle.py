@@ -118,15 +118,15 @@ async def claim(db: Database, generation_id: str, plan: Plan, owner: str, lease:
             if row is None:
                 return None
             generation_columns = len(Generation.__table__.columns)
-            generation = detached(Generation, row[:generation_columns], Generation.__table__.columns)
-            user = detached(User, row[generation_columns:], User.__table__.columns)
+            generation = detached(Generation, row[:generation_columns])
+            user = detached(User, row[generation_columns:])
         else:
             claimed = (await direct.execute(_CLAIM_ALONE, values)).first()
             if claimed is None:
                 return None
-            generation = detached(Generation, claimed, Generation.__table__.columns)
+            generation = detached(Generation, claimed)
             found = (await direct.execute(_USER_BY_ID, {"user_id": generation.user_id})).one()
-            user = detached(User, found, User.__table__.columns)
+            user = detached(User, found)
         if generation.attempts == 1:  # its first claim: no runner has journaled anything yet
             return Claim(generation, user, {})
         rows = await direct.execute(STEPS_OF, {"generation_id": generation_id})

@@ -7,7 +7,7 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -22,7 +22,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    Row,
     String,
     Text,
     UniqueConstraint,
@@ -463,13 +462,11 @@ def insert_unless_present(session: AsyncSession | AsyncConnection, table: type[B
 ModelT = TypeVar("ModelT", bound=Base)
 
 
-def detached(
-    model: type[ModelT], row: Row[Any] | Sequence[Any], columns: Iterable[Any] | None = None
-) -> ModelT:
-    """An object of `model` built from a row of all its columns (a SELECT or an UPDATE's RETURNING);
-    with `columns`, from values in their order (a row of two tables' columns, whose names clash)."""
-    if columns is None:
-        return model(**row._mapping)  # type: ignore[union-attr]
+def detached(model: type[ModelT], row: Sequence[Any]) -> ModelT:
+    """An object of `model` built from a row of all its columns in their order (a SELECT or an
+    UPDATE's RETURNING of `model.__table__.columns`), belonging to no session: cheaper than the ORM's
+    load on the hot path, for reading, not changing."""
+    columns = model.__table__.columns
     return model(**{column.name: value for column, value in zip(columns, row, strict=True)})
 
 
@@ -495,7 +492,7 @@ async def get_generation(db: Database, generation_id: str) -> Generation | None:
         return None
     async with db.direct_reads() as direct:
         row = (await direct.execute(_GENERATION_BY_ID, {"generation_id": generation_id})).first()
-    return None if row is None else detached(Generation, row, Generation.__table__.columns)
+    return None if row is None else detached(Generation, row)
 
 
 async def find_by_request_key(db: Database, request_key: str) -> Generation | None:

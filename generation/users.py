@@ -67,4 +67,4 @@ async def read_user(db: Database, bot_name: str, telegram_id: int) -> User | Non
     async with db.direct_reads() as direct:
         found = await direct.execute(_USER_BY_CHAT, {"bot_name": bot_name, "telegram_id": telegram_id})
     row = found.first()
-    return None if row is None else detached(User, row, User.__table__.columns)
+    return None if row is None else detached(User, row)

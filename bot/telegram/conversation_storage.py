@@ -72,7 +72,7 @@ class DatabaseStorage(BaseStorage):
             state, _, *user_columns = (await direct.execute(_STATE_AND_USER, values)).one()
         user = None
         if user_columns[0] is not None:  # the user's id: the row exists
-            user = detached(User, user_columns, User.__table__.columns)
+            user = detached(User, user_columns)
         _USER_READ_WITH_STATE.set((bot_name, key.user_id, user))
         return state  # type: ignore[no-any-return]
 
