@@ -13,6 +13,8 @@ from typing import Any
 
 CATALOG_PATH = Path(__file__).with_name("catalog.toml")
 MAX_PROMPT = 2000
+# The longest a create may ask Replicate to hold its answer (`Prefer: wait`), in seconds.
+MAX_WAIT = 60
 _PLACEHOLDER = re.compile(r"^\{(\w+)\}$")
 # Demo mode makes audio with the standard library, which writes WAV only (providers/demo/media.py).
 DEMO_AUDIO_FORMAT = "wav_22050"
@@ -58,6 +60,9 @@ class CatalogModel:
     extra: dict[str, Any] = field(default_factory=dict)
     # Run by the demo provider (its provider has no key): free, and its results say they are demos.
     demo: bool = False
+    # Seconds Replicate may hold a create's answer for the prediction to finish (`Prefer: wait`): for
+    # a model that takes seconds, its result comes with the create, with no poll and no poll's delay.
+    wait: int = 0
 
     def build_input(self, request: dict[str, Any]) -> dict[str, Any]:
         """The provider's input for a request: placeholders take the request's values, typed as they are."""
@@ -140,16 +145,20 @@ class Catalog:
             "max_images",
             "max_text",
             "default",
+            "wait",
         }
         for model_id, entry in data.get("models", {}).items():
             try:
                 kind = Kind(entry["kind"])
                 price = int(entry["price"])
                 max_prompt = int(entry.get("max_prompt", MAX_PROMPT))
+                wait = int(entry.get("wait", 0))
             except (KeyError, ValueError) as error:
                 raise ValueError(f"catalogue: model {model_id!r} is incomplete or wrong: {error}") from None
             if price < 0 or not 1 <= max_prompt <= MAX_PROMPT:
                 raise ValueError(f"catalogue: model {model_id!r} has a bad price or max_prompt")
+            if not 0 <= wait <= MAX_WAIT:
+                raise ValueError(f"catalogue: model {model_id!r} has a wait outside 0-{MAX_WAIT} seconds")
             models.append(
                 CatalogModel(
                     id=model_id,
@@ -163,6 +172,7 @@ class Catalog:
                     max_images=int(entry.get("max_images", 1)),
                     max_text=int(entry.get("max_text", 5000)),
                     default=bool(entry.get("default", False)),
+                    wait=wait,
                     extra={key: value for key, value in entry.items() if key not in known},
                 )
             )

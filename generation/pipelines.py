@@ -153,12 +153,23 @@ async def run_replicate_prediction(
     ctx: PipelineContext, input: dict[str, Any], *, version: str | None = None, step: str = "prediction"
 ) -> PredictionState:
     """Create the prediction once (id journaled, even when the process is stopping), then wait for it;
-    a rerun waits on the same id. `version` overrides the model's ref (a user's trained LoRA)."""
+    a rerun waits on the same id. `version` overrides the model's ref (a user's trained LoRA).
+
+    A model with a `wait` (catalog.toml) has Replicate hold the create's answer until the prediction
+    ends, for that long at most and never beyond this try's wait budget: a prediction that ends
+    sooner is journaled with its id, and is not polled for."""
     replicate = ctx.services.replicate
     ref = version or ctx.model.ref
+    wait = min(ctx.model.wait, int(ctx.wait_budget))
 
     async def create() -> str:
-        return await replicate.create_prediction(ref, input, webhook=ctx.webhook_url(step))
+        # While Replicate holds the answer the run only waits, as between polls.
+        async with ctx.idle() if wait else nullcontext():
+            state = await replicate.create_prediction(ref, input, webhook=ctx.webhook_url(step), wait=wait)
+        if state.is_terminal:
+            # Free to read again, so kept for the id's own write rather than written apart.
+            await ctx.steps.keep(f"{step}:result", state.as_json())
+        return state.id
 
     async def find_lost(since: float) -> str | None:
         return await replicate.find_prediction(ref, input, since, lambda job_id: job_taken(ctx, step, job_id))

@@ -92,13 +92,20 @@ class ReplicateProvider:
         if response.status_code == 429:
             self._retry_after[id(asyncio.current_task())] = _parse_retry_after(response.headers)
 
-    async def create_prediction(self, ref: str, input: dict[str, Any], webhook: str | None = None) -> str:
-        """Start a prediction; answers its id. `ref` is "owner/name" or "owner/name:version"."""
+    async def create_prediction(
+        self, ref: str, input: dict[str, Any], webhook: str | None = None, wait: int = 0
+    ) -> PredictionState:
+        """Start a prediction; answers its state, its id first of all. `ref` is "owner/name" or
+        "owner/name:version". `wait`: seconds Replicate may hold the answer for the prediction to
+        finish (`Prefer: wait`, 1 to 60): one that finishes sooner comes back with its outcome, and
+        nobody needs to poll for it."""
         self._require_token()
         params: dict[str, Any] = {"input": input}
         if webhook:
             params["webhook"] = webhook
             params["webhook_events_filter"] = ["completed"]
+        if wait:
+            params["wait"] = wait
         async with self._mapped_errors("create"):
             if ":" in ref:
                 prediction = await self.client.predictions.async_create(
@@ -106,7 +113,7 @@ class ReplicateProvider:
                 )
             else:
                 prediction = await self.client.models.predictions.async_create(model=ref, **params)
-        return str(prediction.id)
+        return _state_of(prediction)
 
     async def find_prediction(
         self, ref: str, input: dict[str, Any], since: float, taken: Callable[[str], Awaitable[bool]]
@@ -133,12 +140,7 @@ class ReplicateProvider:
     async def get_prediction(self, prediction_id: str) -> PredictionState:
         async with self._mapped_errors("get"):
             prediction = await self.client.predictions.async_get(prediction_id)
-        return PredictionState(
-            id=prediction.id,
-            status=prediction.status,
-            output=prediction.output,
-            error=_error_text(prediction.error),
-        )
+        return _state_of(prediction)
 
     async def wait(self, prediction_id: str, timeout: float) -> PredictionState:
         """Poll until the prediction ends. A timeout raises ProviderUnavailable (retryable: the
@@ -363,6 +365,16 @@ def _epoch(timestamp: str | None) -> float | None:
         return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def _state_of(prediction: Any) -> PredictionState:
+    """The SDK's Prediction as this module answers it."""
+    return PredictionState(
+        id=str(prediction.id),
+        status=prediction.status,
+        output=prediction.output,
+        error=_error_text(prediction.error),
+    )
 
 
 def _error_text(error: Any) -> str | None:

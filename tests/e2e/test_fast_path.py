@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from sqlalchemy import event, select
 
-from generation.store import User
+from app import App
+from generation.store import Step, User
 from tests.conftest import AppFactory, wait_until
 from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of
 from tests.fakes.replicate import FakeReplicate, Outcome
@@ -110,3 +112,50 @@ async def test_an_update_reads_its_conversation_and_its_user_in_one_statement(
     async with app.services.db.sessions() as session:
         user = await session.scalar(select(User).where(User.telegram_id == renamed.user_id))
     assert user is not None and user.username == "new_name"
+
+
+@pytest.mark.parametrize(("plan", "prefer"), [("B", "wait=10"), ("A", "wait=5")])
+async def test_a_quick_prediction_comes_with_its_create_and_is_not_polled(
+    make_app: AppFactory,
+    telegram: FakeTelegram,
+    replicate: FakeReplicate,
+    redis_url: str,
+    plan: str,
+    prefer: str,
+) -> None:
+    """flux-schnell waits (catalog.toml): Replicate holds the create's answer until the prediction
+    ends, for 10 s at most, and on Plan A no longer than a job's wait budget (JOB_WAIT_BUDGET, 5 s).
+    A prediction that ends meanwhile is journaled with its id and never polled; one that outlasts
+    the wait is polled as before."""
+    app = await make_app(redis_url=redis_url) if plan == "A" else await make_app()
+    chat = Chat(telegram)
+    chat.send("/start")
+    await chat.reply("Hi,")
+
+    chat.send("/image 1 a fox")
+    [quick] = await all_settled(app, 1)
+    assert (quick.status, quick.plan) == ("done", plan)
+    assert replicate.creates[0]["prefer"] == prefer
+    assert replicate.polls == []
+    journal = await journal_of(app, quick.id)
+    assert journal["prediction:result"]["status"] == "succeeded"
+    assert journal["prediction:result"]["id"] == journal["prediction:id"]
+    assert len(chat.albums()) == 1
+
+    replicate.script(FLUX, Outcome(polls=1))  # still running when the wait is over
+    chat.send("/image 1 a cat")
+    settled = await all_settled(app, 2)
+    assert [g.status for g in settled] == ["done", "done"]
+    [slow] = [g for g in settled if g.id != quick.id]
+    slow_id = (await journal_of(app, slow.id))["prediction:id"]
+    assert replicate.polls == [slow_id, slow_id]  # "processing", then "succeeded"
+    assert await balance_and_ledger_sum(app) == (8, 8)
+
+
+async def journal_of(app: App, generation_id: str) -> dict[str, object]:
+    assert app.services is not None
+    async with app.services.db.sessions() as session:
+        rows = await session.execute(
+            select(Step.name, Step.result).where(Step.generation_id == generation_id)
+        )
+        return {name: result for name, result in rows}

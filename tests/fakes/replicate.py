@@ -12,7 +12,10 @@ RFC 7807 problem JSON for errors, Standard Webhooks signatures for webhooks.
 
 Lifecycle of a prediction (and of a training, the same way):
 
-* create answers 201 with status "starting";
+* create answers 201 with status "starting"; with ``Prefer: wait`` (or ``wait=N``) a prediction
+  whose outcome finishes at once (``polls == 0``, no ``hold``) is answered already finished, as
+  Replicate answers one that ends within the wait. One with polls left or a hold is taken to outlast
+  any wait: answered at once, "starting" (the fake does not hold the answer for the wait's seconds);
 * every GET advances it per its :class:`Outcome`: while ``hold`` is set and not yet released, or
   while ``polls`` GETs remain, it answers "processing"; then it reaches the terminal state;
 * a prediction created with a ``webhook`` whose outcome has ``polls == 0`` (or a ``hold``) is also
@@ -101,6 +104,15 @@ class _Delivery:
     redelivery: bool = False
 
 
+def _asks_to_wait(prefer: str | None) -> bool:
+    """Whether a Prefer header asks to wait for the outcome: "wait" or "wait=N" (N from 1 to 60)."""
+    for preference in (prefer or "").split(","):
+        name, _, value = preference.strip().partition("=")
+        if name.strip().lower() == "wait" and (not value or value.strip().isdigit()):
+            return True
+    return False
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -170,6 +182,7 @@ class FakeReplicate:
         self.creates: list[JSON] = []
         self.predictions: dict[str, JSON] = {}
         self.cancels: list[str] = []
+        self.polls: list[str] = []  # the prediction of every GET of one, in order
         self.downloads: list[str] = []
         # Chaos: while set and not yet fired, an accepted create (the prediction exists) is answered
         # only when the event fires, and output downloads wait likewise: a client killed meanwhile
@@ -547,8 +560,10 @@ class FakeReplicate:
         job = _Job("prediction", obj, scripted, scripted.polls, webhook, events)
         self._jobs[pid] = job
         record["id"] = pid
-        response = web.json_response(obj, status=201)
         self._after_create(job)
+        if _asks_to_wait(request.headers.get("Prefer")) and scripted.hold is None and job.polls_left == 0:
+            self._finish(job)
+        response = web.json_response(obj, status=201)
         return await answer(response)
 
     def _after_create(self, job: _Job) -> None:
@@ -660,6 +675,7 @@ class FakeReplicate:
         job = self._jobs.get(pid)
         if job is None or job.kind != "prediction":
             return _not_found()
+        self.polls.append(pid)
         self._advance(job)
         return web.json_response(job.obj)
 

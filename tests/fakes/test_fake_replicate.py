@@ -140,6 +140,26 @@ async def test_default_outcome_is_terminal_on_first_get(fake: FakeReplicate, cli
     assert answers[0].output == [f"{fake.url}/delivery/{created.id}/out-0.png"]
 
 
+async def test_prefer_wait_answers_a_quick_prediction_finished(fake: FakeReplicate, client: Client) -> None:
+    quick = await client.models.predictions.async_create(model=FLUX, input={"prompt": "x"}, wait=5)
+    assert quick.status == "succeeded"
+    assert quick.output == [f"{fake.url}/delivery/{quick.id}/out-0.png"]
+    assert fake.creates[-1]["prefer"] == "wait=5"
+    # One that takes polls, or is held, outlasts the wait: answered at once, still starting.
+    hold = asyncio.Event()
+    fake.script(FLUX, Outcome(polls=1), Outcome(hold=hold))
+    slow = await client.models.predictions.async_create(model=FLUX, input={"prompt": "y"}, wait=5)
+    held = await client.models.predictions.async_create(model=FLUX, input={"prompt": "z"}, wait=True)
+    assert (slow.status, held.status) == ("starting", "starting")
+    assert fake.creates[-1]["prefer"] == "wait"
+    # Without the header nothing waits: the default outcome is "starting" until a GET.
+    plain = await client.models.predictions.async_create(model=FLUX, input={"prompt": "w"})
+    assert plain.status == "starting"
+    assert fake.polls == []
+    assert [a.status for a in await poll_statuses(client, plain.id)] == ["succeeded"]
+    assert fake.polls == [plain.id]
+
+
 async def test_create_by_version(fake: FakeReplicate, client: Client) -> None:
     version = "a" * 64
     fake.add_model("acme/sdxl", version)

@@ -99,6 +99,20 @@ def test_catalogue_errors_are_reported() -> None:
         Catalog.from_toml('[models.x]\nkind = "text_to_image"\n')
     with pytest.raises(ValueError, match="bad price"):
         Catalog.from_toml('[models.x]\nkind = "text_to_image"\nprovider = "r"\nref = "o/x"\nprice = -1\n')
+    model = '[models.x]\nkind = "text_to_image"\nprovider = "r"\nref = "o/x"\nprice = 1\n'
+    for wait in ("-1", "61"):  # Replicate holds a create's answer for 1 to 60 seconds
+        with pytest.raises(ValueError, match="wait outside 0-60"):
+            Catalog.from_toml(model + f"wait = {wait}\n")
+    assert Catalog.from_toml(model + "wait = 60\n").models["x"].wait == 60
+    assert Catalog.from_toml(model).models["x"].wait == 0
+
+
+def test_only_models_that_finish_in_seconds_wait_for_their_prediction() -> None:
+    """A create that waits holds its answer while the prediction runs: worth it for images (seconds),
+    not for a video or a training (minutes), whose id must be known early (to cancel it, for one)."""
+    catalog = load_catalog()
+    waiting = {model.kind for model in catalog.models.values() if model.wait}
+    assert waiting == {Kind.text_to_image, Kind.neuro_photo}
 
 
 def test_every_text_exists_in_both_languages_with_the_same_fields() -> None:
