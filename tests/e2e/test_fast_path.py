@@ -5,6 +5,7 @@ its turn is recorded queued and claimed when its turn comes, as before."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from sqlalchemy import event, select
@@ -152,7 +153,7 @@ async def test_a_quick_prediction_comes_with_its_create_and_is_not_polled(
     assert await balance_and_ledger_sum(app) == (8, 8)
 
 
-async def journal_of(app: App, generation_id: str) -> dict[str, object]:
+async def journal_of(app: App, generation_id: str) -> dict[str, Any]:
     assert app.services is not None
     async with app.services.db.sessions() as session:
         rows = await session.execute(
