@@ -21,10 +21,11 @@ Statements inside a transaction (an ORM session) still run through SQLAlchemy: `
 
 from __future__ import annotations
 
+import sqlite3
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import ArgumentError, DBAPIError, MultipleResultsFound, NoResultFound
@@ -32,9 +33,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.selectable import Select
 from sqlalchemy.types import TypeEngine
-from sqlalchemy.util.concurrency import greenlet_spawn
+from sqlalchemy.util.concurrency import await_only, greenlet_spawn
 
 Converter = Callable[[Any], Any] | None
+T = TypeVar("T")
 
 
 @dataclass
@@ -135,34 +137,40 @@ class Direct:
 
     async def execute(self, prepared: Prepared, parameters: Mapping[str, Any] | None = None) -> Rows:
         compiled = prepared.compiled(self.dialect)
-        values = compiled.defaults | dict(parameters) if parameters else compiled.defaults
-        if not compiled.required.issubset(values):  # as SQLAlchemy: a name mistyped is no NULL
-            missing = ", ".join(sorted(compiled.required.difference(values)))
-            raise ArgumentError(f"a value is required for the parameters {missing}")
-        arguments = tuple(
-            value if convert is None or value is None else convert(value)
-            for value, convert in zip(
-                (values.get(name) for name in compiled.names), compiled.to_database, strict=True
-            )
-        )
+        arguments = _arguments(compiled, parameters)
         raw_rows, rowcount, description = await greenlet_spawn(self._run, compiled, arguments)
-        converters = compiled.from_database
-        if converters is None and description:
-            converters = compiled.from_database = tuple(
-                type_.dialect_impl(self.dialect).result_processor(self.dialect, column[1])
-                for type_, column in zip(compiled.types, description, strict=True)
-            )
-        if not raw_rows or converters is None or not any(converters):
-            rows = [tuple(row) for row in raw_rows]
-        else:
-            rows = [
-                tuple(
-                    value if convert is None or value is None else convert(value)
-                    for value, convert in zip(row, converters, strict=True)
-                )
-                for row in raw_rows
-            ]
-        return Rows(rows, rowcount)
+        return Rows(_converted_rows(compiled, self.dialect, raw_rows, description), rowcount)
+
+    async def in_one_trip(self, work: Callable[[Trip], T]) -> T:
+        """SQLite: `work` runs in the connection's own thread as ONE transaction (BEGIN IMMEDIATE,
+        its statements, COMMIT; rolled back if it raises): one hand-off to that thread where each
+        statement would take one. `work` runs off the event loop: it only runs statements (`Trip`)
+        and decides between them."""
+        if self.dialect.name != "sqlite":
+            raise ValueError("one trip is for SQLite's connections, which run in a thread of their own")
+        result: T
+        result, executed = await greenlet_spawn(self._trip, work)
+        dispatch = self._engine.dispatch
+        # As in `_run`, the engine's listeners see each statement; here once the trip is back.
+        for sql, arguments in executed:
+            for before in dispatch.before_cursor_execute:
+                before(None, None, sql, arguments, None, False)
+            for after in dispatch.after_cursor_execute:
+                after(None, None, sql, arguments, None, False)
+        return result
+
+    def _trip(self, work: Callable[[Trip], T]) -> tuple[T, list[tuple[str, tuple[Any, ...]]]]:
+        connection = self._engine.raw_connection()
+        trip = Trip(self.dialect)
+        try:
+            driver = connection.dbapi_connection.driver_connection  # type: ignore[union-attr]
+            result = await_only(driver.in_one_transaction(trip.bound_to, work))
+            return result, trip.executed
+        except self.dialect.loaded_dbapi.Error as error:
+            sql, arguments = trip.executed[-1] if trip.executed else ("BEGIN IMMEDIATE", ())
+            raise self._translated(error, connection, sql, arguments) from error
+        finally:
+            connection.close()
 
     def _run(self, compiled: _Compiled, arguments: tuple[Any, ...]) -> tuple[Sequence[Any], int, Any]:
         """In SQLAlchemy's greenlet: check out, execute, check in, as a Connection would."""
@@ -187,22 +195,20 @@ class Direct:
             finally:
                 cursor.close()
         except self.dialect.loaded_dbapi.Error as error:
-            raise self._translated(error, connection, compiled, arguments) from error
+            raise self._translated(error, connection, compiled.sql, arguments) from error
         finally:
             if self._toggles_autocommit and connection.is_valid:
                 adapted.autocommit = False
             connection.close()
 
-    def _translated(
-        self, error: Any, connection: Any, compiled: _Compiled, arguments: tuple[Any, ...]
-    ) -> DBAPIError:
+    def _translated(self, error: Any, connection: Any, sql: str, arguments: tuple[Any, ...]) -> DBAPIError:
         """The driver's error as SQLAlchemy's Connection raises it; a dead connection is invalidated
         (closed, and the pool's older connections with it) as it would be there."""
         dead = self.dialect.is_disconnect(error, connection.dbapi_connection, None)
         if dead:
             connection.invalidate(error)
         translated = DBAPIError.instance(
-            compiled.sql,
+            sql,
             arguments,
             error,
             self.dialect.loaded_dbapi.Error,
@@ -211,6 +217,70 @@ class Direct:
             dialect=self.dialect,
         )
         return translated  # type: ignore[no-any-return]
+
+
+def _arguments(compiled: _Compiled, parameters: Mapping[str, Any] | None) -> tuple[Any, ...]:
+    """The statement's parameters in their order, converted for the driver."""
+    values = compiled.defaults | dict(parameters) if parameters else compiled.defaults
+    if not compiled.required.issubset(values):  # as SQLAlchemy: a name mistyped is no NULL
+        missing = ", ".join(sorted(compiled.required.difference(values)))
+        raise ArgumentError(f"a value is required for the parameters {missing}")
+    return tuple(
+        value if convert is None or value is None else convert(value)
+        for value, convert in zip(
+            (values.get(name) for name in compiled.names), compiled.to_database, strict=True
+        )
+    )
+
+
+def _converted_rows(
+    compiled: _Compiled, dialect: Dialect, raw_rows: Sequence[Any], description: Any
+) -> list[tuple[Any, ...]]:
+    """The driver's rows as SQLAlchemy would answer them."""
+    converters = compiled.from_database
+    if converters is None and description:
+        converters = compiled.from_database = tuple(
+            type_.dialect_impl(dialect).result_processor(dialect, column[1])
+            for type_, column in zip(compiled.types, description, strict=True)
+        )
+    if not raw_rows or converters is None or not any(converters):
+        return [tuple(row) for row in raw_rows]
+    return [
+        tuple(
+            value if convert is None or value is None else convert(value)
+            for value, convert in zip(row, converters, strict=True)
+        )
+        for row in raw_rows
+    ]
+
+
+class Trip:
+    """The statements of `Direct.in_one_trip`, run in the SQLite connection's thread on its sqlite3
+    connection, converted as `Direct.execute` converts them."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.executed: list[tuple[str, tuple[Any, ...]]] = []
+        self._connection: sqlite3.Connection | None = None
+
+    def bound_to(self, connection: sqlite3.Connection) -> Trip:
+        self._connection = connection
+        return self
+
+    def execute(self, prepared: Prepared, parameters: Mapping[str, Any] | None = None) -> Rows:
+        assert self._connection is not None, "a trip's statements run in its connection's thread"
+        compiled = prepared.compiled(self.dialect)
+        arguments = _arguments(compiled, parameters)
+        self.executed.append((compiled.sql, arguments))
+        cursor = self._connection.cursor()
+        try:
+            cursor.execute(compiled.sql, arguments)
+            description = cursor.description if compiled.types else None
+            raw_rows = cursor.fetchall() if description else []
+            rowcount = cursor.rowcount
+        finally:
+            cursor.close()
+        return Rows(_converted_rows(compiled, self.dialect, raw_rows, description), rowcount)
 
 
 async def run(

@@ -202,7 +202,7 @@ class Dispatcher:
         Plan B generation whose slots have room now is recorded already claimed by this process's
         runner (`Reserved`): its run then makes no write of its own before the provider's call."""
         spec = spec_of(valid.kind)
-        if self.db.is_postgresql and (spec is None or spec.preparer is None):
+        if spec is None or spec.preparer is None:
             user = known_user if _is(known_user, bot_name, valid.request.telegram_id) else None
             if user is None:  # an HTTP request: its user is read (a first contact is created below)
                 user = await self._known(bot_name, valid.request.telegram_id, valid.request.username)
@@ -215,7 +215,8 @@ class Dispatcher:
     async def _record_in_one_statement(
         self, valid: ValidRequest, request_key: str, bot_name: str, user: User
     ) -> tuple[Generation, bool, lifecycle.Reserved | None] | None:
-        """PostgreSQL, a known user, a kind with no preparer: generation/recording.py's one statement.
+        """A known user, a kind with no preparer: generation/recording.py's one statement (on SQLite
+        its one trip to the connection's thread).
         The plan is chosen by the plan flags as the last record saw them; the statement writes
         nothing if they changed meanwhile, and tells the flags now stored: then once more by those.
         None when they kept changing (the transaction then reads them itself)."""
@@ -225,7 +226,7 @@ class Dispatcher:
                 valid, request_key, bot_name, user, plan_flags_from(*seen_flags)
             )
             try:
-                async with self.db.direct_writes() as direct:
+                async with self.db.direct_writes(urgent=True) as direct:
                     recorded = await record_and_charge(direct, generation, seen_flags)
             except BaseException as error:
                 if reservation is not None:

@@ -19,7 +19,14 @@ the unique key, and the whole statement, charge included, is undone (the caller 
 
 Only for a request that needs nothing else from the transaction: a known user (a new one is created
 with its welcome bonus in the transaction) and a kind with no preparer (which reads the user's own
-state in it). SQLite has no data-modifying CTEs: it keeps the transaction.
+state in it).
+
+SQLite has no data-modifying CTEs. There the same steps are a transaction run in ONE trip to the
+connection's thread (`Direct.in_one_trip`): BEGIN IMMEDIATE, the key's lookup with the balance and
+the plan flags, the conditional charge, the two INSERTs, COMMIT. Through SQLAlchemy's session that
+was a hand-off to the thread and a wake-up of the event loop per statement, six in all, each waiting
+its turn behind every other task's on the loop. The write lock taken at BEGIN IMMEDIATE makes the
+lookup and the charge hold until COMMIT, as the statement's row locks do on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any
 from sqlalchemy import Select, String, and_, bindparam, insert, select, true, update
 
 from generation import ledger
-from generation.direct_statements import Direct, Prepared
+from generation.direct_statements import Direct, Prepared, Trip
 from generation.plan import plan_flag_columns
 from generation.store import Generation, LedgerEntry, User
 
@@ -71,6 +78,8 @@ async def record_and_charge(direct: Direct, generation: Generation, flags: Flags
     values.update(
         charge_key=ledger.charge_key(generation.id), expected_mode=flags[0], expected_share=flags[1]
     )
+    if direct.dialect.name == "sqlite":
+        return await direct.in_one_trip(lambda trip: _record_and_charge_in_trip(trip, values, flags))
     statement = _RECORD_AND_CHARGE if generation.price > 0 else _RECORD_FREE
     seen_id, balance, balance_before, mode, share, *_ = (await direct.execute(statement, values)).one()
     return Recorded(
@@ -79,6 +88,57 @@ async def record_and_charge(direct: Direct, generation: Generation, flags: Flags
         balance_before=int(balance_before or 0),
         flags=(mode, share),
         stale=seen_id is None and (mode, share) != flags,
+    )
+
+
+def _record_and_charge_in_trip(trip: Trip, values: dict[str, Any], flags: Flags) -> Recorded:
+    """SQLite's record: the statement's steps as a transaction run in the connection's thread in
+    one trip (`Direct.in_one_trip`), deciding between its statements as the statement's CTEs do."""
+    seen_id, balance_before, mode, share = trip.execute(_SQLITE_LOOK, values).one()
+    stored: Flags = (mode, share)
+    balance_before = int(balance_before or 0)
+    if seen_id is not None or stored != flags:
+        return Recorded(seen_id, None, balance_before, stored, stale=seen_id is None)
+    balance = trip.execute(_SQLITE_CHARGE, values).scalar()
+    if balance is None:  # the balance does not cover the price: nothing written
+        return Recorded(None, None, balance_before, stored, stale=False)
+    trip.execute(_SQLITE_RECORD, values)
+    if values["g_price"] > 0:
+        trip.execute(_SQLITE_POST, {**values, "balance_after": balance})
+    return Recorded(None, int(balance), balance_before, stored, stale=False)
+
+
+def _sqlite_statements() -> tuple[Prepared, Prepared, Prepared, Prepared]:
+    """The statements of SQLite's trip, with the one statement's bound parameters: the key's lookup
+    with the user's balance and the plan flags; the conditional charge; the generation's row; the
+    ledger's."""
+    generation = {
+        column.name: bindparam(f"g_{column.name}", type_=column.type) for column in RECORDED_COLUMNS
+    }
+    price, user_id = generation["price"], generation["user_id"]
+    look = select(
+        select(Generation.id).where(Generation.request_key == generation["request_key"]).scalar_subquery(),
+        select(User.balance).where(User.id == user_id).scalar_subquery(),
+        *plan_flag_columns(),
+    )
+    charge = (
+        update(User)
+        .where(User.id == user_id, User.balance >= price)
+        .values(balance=User.balance - price)
+        .returning(User.balance)
+    )
+    post = insert(LedgerEntry).values(
+        user_id=user_id,
+        operation_key=bindparam("charge_key", type_=LedgerEntry.operation_key.type),
+        amount=-price,
+        balance_after=bindparam("balance_after", type_=LedgerEntry.balance_after.type),
+        generation_id=generation["id"],
+    )
+    return (
+        Prepared(look, only="sqlite"),
+        Prepared(charge, only="sqlite"),
+        Prepared(insert(Generation).values(generation), only="sqlite"),
+        Prepared(post, only="sqlite"),
     )
 
 
@@ -147,3 +207,4 @@ def _statement(*, charged: bool) -> Select[Any]:
 
 _RECORD_AND_CHARGE = Prepared(_statement(charged=True), only="postgresql")
 _RECORD_FREE = Prepared(_statement(charged=False), only="postgresql")  # a price of 0: no ledger row
+_SQLITE_LOOK, _SQLITE_CHARGE, _SQLITE_RECORD, _SQLITE_POST = _sqlite_statements()

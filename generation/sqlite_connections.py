@@ -7,9 +7,13 @@ import asyncio
 import contextlib
 import sqlite3
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import aiosqlite
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class WholeStatementConnection(aiosqlite.Connection):
@@ -48,6 +52,16 @@ class WholeStatementConnection(aiosqlite.Connection):
             await asyncio.shield(super()._execute(_roll_back_if_open, self._connection))  # type: ignore[no-untyped-call]
             raise
 
+    async def in_one_transaction(self, bind: Callable[[sqlite3.Connection], T], work: Callable[[T], R]) -> R:
+        """`work(bind(connection))` in the connection's thread, in one transaction of its own (BEGIN
+        IMMEDIATE, COMMIT; ROLLBACK when it raises): a transaction of several statements in one trip
+        to the thread (generation/direct_statements.py, `Direct.in_one_trip`)."""
+        if self._pending_begin is not None or (
+            self._connection is not None and self._connection.in_transaction
+        ):
+            raise RuntimeError("a transaction is open on this connection already")
+        return await self._execute(_in_one_transaction, self._connection, bind, work)  # type: ignore[no-any-return]
+
     @property
     def is_open(self) -> bool:
         """Neither closed nor being closed (aiosqlite marks it stopped as its close begins to end)."""
@@ -73,6 +87,20 @@ class WholeStatementConnection(aiosqlite.Connection):
         if self._connection is not None and not self._connection.in_transaction:
             return
         await super().commit()
+
+
+def _in_one_transaction(
+    connection: sqlite3.Connection, bind: Callable[[sqlite3.Connection], T], work: Callable[[T], R]
+) -> R:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        result = work(bind(connection))
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    return result
 
 
 def _roll_back_if_open(connection: sqlite3.Connection | None) -> None:

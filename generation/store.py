@@ -411,10 +411,11 @@ class Database:
         yield self._direct_reads
 
     @asynccontextmanager
-    async def direct_writes(self) -> AsyncIterator[Direct]:
+    async def direct_writes(self, *, urgent: bool = False) -> AsyncIterator[Direct]:
         """`one_statement`, for statements built once (`Prepared`): each one atomic by itself, in
-        autocommit; on SQLite in this process's turn at the write lock."""
-        async with self._write_turn(False):
+        autocommit; on SQLite in this process's turn at the write lock (`urgent`: before the others
+        waiting, as `transaction`'s)."""
+        async with self._write_turn(urgent):
             yield self._direct_writes
 
     def _write_turn(self, urgent: bool) -> contextlib.AbstractAsyncContextManager[None]:

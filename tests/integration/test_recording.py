@@ -1,10 +1,12 @@
-"""Recording a generation and its charge in one statement (generation/recording.py, PostgreSQL): the
-money rules of the transaction it replaces (SPEC §4.1) hold, under concurrency too."""
+"""Recording a generation and its charge in one statement (generation/recording.py; on SQLite one
+trip to the connection's thread): the money rules of the transaction it replaces (SPEC §4.1) hold,
+under concurrency too, on both databases."""
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -13,15 +15,16 @@ from sqlalchemy.exc import IntegrityError
 from generation import ledger
 from generation.plan import PlanMode, store_mode
 from generation.recording import Flags, Recorded, record_and_charge
+from generation.sqlite_connections import WholeStatementConnection
 from generation.store import Database, Generation, GenerationStatus, LedgerEntry, Plan, User
 from generation.users import ensure_user
 from migrations.runner import upgrade
 
 
 @pytest.fixture
-async def db(postgres_url: str) -> AsyncIterator[Database]:
-    await asyncio.to_thread(upgrade, postgres_url)
-    database = Database(postgres_url)
+async def db(database_url: str) -> AsyncIterator[Database]:
+    await asyncio.to_thread(upgrade, database_url)
+    database = Database(database_url)
     yield database
     await database.close()
 
@@ -161,3 +164,42 @@ async def test_a_plan_chosen_by_flags_changed_since_records_nothing_and_tells_th
     fresh = await record(db, a_generation(user_id, price=3), stale.flags)
     assert (fresh.balance, fresh.stale) == (7, False)
     assert await money(db, user_id) == (7, 7, 1)
+
+
+async def test_a_failure_after_the_charge_undoes_the_charge(db: Database) -> None:
+    """The ledger's row is written last; when it cannot be (its key taken, here by hand), nothing of
+    the record stays: neither the generation nor the balance's change."""
+    user_id = await new_user(db, balance=10)
+    generation = a_generation(user_id, price=3)
+    async with db.transaction() as session:
+        await ledger.credit(session, user_id, 1, ledger.charge_key(generation.id))
+    with pytest.raises(IntegrityError):
+        await record(db, generation)
+    assert await money(db, user_id) == (11, 11, 0)
+    assert (await record(db, a_generation(user_id, price=3))).balance == 8  # the next one is recorded
+
+
+async def test_on_sqlite_a_record_is_one_trip_to_the_connections_thread(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await asyncio.to_thread(upgrade, sqlite_url)
+    db = Database(sqlite_url)
+    try:
+        user_id = await new_user(db, balance=10)
+        await record(db, a_generation(user_id, price=3))  # the writes' connection opened: not counted
+        trips = 0
+        original = WholeStatementConnection._execute
+
+        async def counted(self: WholeStatementConnection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal trips
+            trips += 1
+            return await original(self, fn, *args, **kwargs)
+
+        monkeypatch.setattr(WholeStatementConnection, "_execute", counted)
+        assert await record(db, a_generation(user_id, price=3)) == written(4, 7)
+        assert trips == 1  # BEGIN IMMEDIATE, the lookup, the charge, both INSERTs and COMMIT
+        assert (await record(db, a_generation(user_id, price=5))).balance is None
+        assert trips == 2
+        assert await money(db, user_id) == (4, 4, 2)
+    finally:
+        await db.close()
