@@ -5,8 +5,12 @@ its turn is recorded queued and claimed when its turn comes, as before."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import event, select
 
@@ -160,3 +164,56 @@ async def journal_of(app: App, generation_id: str) -> dict[str, Any]:
             select(Step.name, Step.result).where(Step.generation_id == generation_id)
         )
         return {name: result for name, result in rows}
+
+
+async def test_a_quick_predictions_images_are_fetched_while_its_id_is_journaled(
+    make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate, database_url: str
+) -> None:
+    """The images of a prediction that came back finished are fetched alongside the write of its id,
+    not after it: held here by a lock on the journal's table, that write waits while the download
+    arrives; the photo follows once it is written."""
+    app = await make_app(database_url=database_url)
+    chat = Chat(telegram)
+    chat.send("/start")
+    await chat.reply("Hi,")
+    create_answered = asyncio.Event()
+    replicate.hold_create_answers = create_answered
+    chat.send("/image 1 a fox")
+    await replicate.wait_for_create(1)
+    async with journal_locked(database_url):
+        create_answered.set()
+
+        async def downloaded() -> bool:
+            return len(replicate.downloads) == 1
+
+        await wait_until(downloaded)
+        [running] = await generations_of(app)
+        assert "prediction:id" not in await journal_of(app, running.id)  # its write still waits
+        assert chat.albums() == []
+    [done] = await all_settled(app, 1)
+    assert done.status == "done"
+    assert len(chat.albums()) == 1
+    assert len(replicate.downloads) == 1  # fetched once
+
+
+@contextlib.asynccontextmanager
+async def journal_locked(database_url: str) -> AsyncIterator[None]:
+    """Writes to the journal's table wait meanwhile (reads go on): on SQLite every write waits."""
+    if database_url.startswith("sqlite"):
+        path = database_url.split("///", 1)[1]
+        connection = sqlite3.connect(path, isolation_level=None, timeout=10, check_same_thread=False)
+        # Off the event loop: the lock may have to wait for a write of the app's to end.
+        await asyncio.to_thread(connection.execute, "BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            connection.execute("ROLLBACK")
+            connection.close()
+        return
+    server = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        async with server.transaction():
+            await server.execute("LOCK TABLE steps IN SHARE MODE")  # INSERTs wait, reads do not
+            yield
+    finally:
+        await server.close()
