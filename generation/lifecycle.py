@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 import metrics
 from generation import ledger
-from generation.direct_statements import Prepared
+from generation.direct_statements import Prepared, Trip
 from generation.steps import STEPS_OF, StepJournal
 from generation.store import (
     Database,
@@ -102,7 +102,8 @@ async def claim(db: Database, generation_id: str, plan: Plan, owner: str, lease:
 
     Claimable: queued, or running under a lease that expired (its runner died). The generation, its
     user and its journal come back with the claim (on PostgreSQL the user in the claim's own
-    statement), so the run starts without re-reading."""
+    statement; on SQLite all three in one trip to the connection's thread), so the run starts
+    without re-reading."""
     now = time.time()
     values = {
         "claim_id": generation_id,
@@ -113,24 +114,34 @@ async def claim(db: Database, generation_id: str, plan: Plan, owner: str, lease:
     }
     # The UPDATE is the claim, atomic by itself; what is read after it belongs to the claimant.
     async with db.direct_writes() as direct:
-        if db.is_postgresql:  # the user comes back with the claim, in the same statement
-            row = (await direct.execute(_CLAIM_WITH_USER, values)).first()
-            if row is None:
+        if not db.is_postgresql:  # the claim, its user and its journal in one trip to SQLite's thread
+            taken = await direct.in_one_trip(lambda trip: _claim_in_trip(trip, values))
+            if taken is None:
                 return None
-            generation_columns = len(Generation.__table__.columns)
-            generation = detached(Generation, row[:generation_columns])
-            user = detached(User, row[generation_columns:])
-        else:
-            claimed = (await direct.execute(_CLAIM_ALONE, values)).first()
-            if claimed is None:
-                return None
-            generation = detached(Generation, claimed)
-            found = (await direct.execute(_USER_BY_ID, {"user_id": generation.user_id})).one()
-            user = detached(User, found)
+            claimed, found, journal = taken
+            return Claim(detached(Generation, claimed), detached(User, found), dict(journal))
+        row = (await direct.execute(_CLAIM_WITH_USER, values)).first()  # the user in the same statement
+        if row is None:
+            return None
+        generation_columns = len(Generation.__table__.columns)
+        generation = detached(Generation, row[:generation_columns])
+        user = detached(User, row[generation_columns:])
         if generation.attempts == 1:  # its first claim: no runner has journaled anything yet
             return Claim(generation, user, {})
         rows = await direct.execute(STEPS_OF, {"generation_id": generation_id})
         return Claim(generation, user, {name: result for name, result in rows})
+
+
+def _claim_in_trip(
+    trip: Trip, values: dict[str, Any]
+) -> tuple[tuple[Any, ...], tuple[Any, ...], list[tuple[Any, ...]]] | None:
+    claimed = trip.execute(_CLAIM_ALONE, values).first()
+    if claimed is None:
+        return None
+    user = trip.execute(_USER_BY_ID, {"user_id": claimed[_USER_ID_AT]}).one()
+    first_claim = claimed[_ATTEMPTS_AT] == 1  # no runner has journaled anything yet
+    journal = [] if first_claim else trip.execute(STEPS_OF, {"generation_id": values["claim_id"]}).rows
+    return claimed, user, journal
 
 
 # Claimable: queued, or running under a lease that expired (its runner died). Built once.
@@ -163,6 +174,8 @@ _CLAIM_WITH_USER = Prepared(
     only="postgresql",
 )
 _USER_BY_ID = Prepared(select(*User.__table__.columns).where(User.id == bindparam("user_id")))
+_GENERATION_COLUMNS = [column.name for column in Generation.__table__.columns]
+_USER_ID_AT, _ATTEMPTS_AT = _GENERATION_COLUMNS.index("user_id"), _GENERATION_COLUMNS.index("attempts")
 
 
 async def release(db: Database, generation_id: str, owner: str, *, failed: bool = False) -> None:
@@ -274,11 +287,14 @@ async def settle_journaled(
 ) -> bool:
     """`settle` with the steps of `journal` (the final message) committed with it, as a unit of its
     own; the journal is written only when this settles the generation (a cancellation that came
-    first has ended it and told the user). On PostgreSQL, with nothing to refund, in one statement."""
-    if db.is_postgresql and refund <= 0:
+    first has ended it and told the user). With nothing to refund, in one statement on PostgreSQL and
+    in one trip to the connection's thread on SQLite."""
+    if refund <= 0:
+        values = _ending_values(generation, status, refund, result, error)
         async with db.direct_writes() as direct:
-            values = _ending_values(generation, status, refund, result, error)
-            return await steps.add_many_if(direct, journal, _ENDED, values)
+            if db.is_postgresql:
+                return await steps.add_many_if(direct, journal, _ENDED, values)
+            return await steps.add_many_if_in_one_trip(direct, journal, _ENDING_RETURNING, values)
     async with db.transaction() as session:
         settled = await settle(session, generation, status, refund, result=result, error=error)
         if settled and journal:
@@ -303,6 +319,7 @@ _ENDING = (
     )
 )
 _ENDED = _ENDING.returning(Generation.id).cte("ended")
+_ENDING_RETURNING = Prepared(_ENDING.returning(Generation.id), only="sqlite")
 
 
 def _ending_values(
@@ -397,13 +414,14 @@ async def begin_delivery(session: AsyncSession, steps: StepJournal) -> bool:
 async def mark_delivery(db: Database, steps: StepJournal) -> bool:
     """`begin_delivery` as a unit of its own (nothing else commits with the mark: an image, a video
     handed to the chat). On PostgreSQL in one statement, the row locked as `cancel` locks it and the
-    mark written only if it still runs; on SQLite in a transaction (writers take turns anyway)."""
-    if not db.is_postgresql:
-        async with db.transaction() as session:
-            return await begin_delivery(session, steps)
+    mark written only if it still runs; on SQLite in one transaction run in one trip to the
+    connection's thread (writers take turns at the database's lock anyway)."""
     mark = {} if await steps.is_done(DELIVERING_STEP) else {DELIVERING_STEP: time.time()}
+    running = {"running_id": steps.generation_id}
     async with db.direct_writes() as direct:
-        return await steps.add_many_if(direct, mark, _RUNNING_LOCKED_CTE, {"running_id": steps.generation_id})
+        if db.is_postgresql:
+            return await steps.add_many_if(direct, mark, _RUNNING_LOCKED_CTE, running)
+        return await steps.add_many_if_in_one_trip(direct, mark, _RUNNING_ALONE, running)
 
 
 # The generation's id while it runs, its row locked FOR NO KEY UPDATE, the lock an UPDATE takes: it
@@ -414,6 +432,7 @@ _RUNNING_LOCKED = (
     .with_for_update(key_share=True)
 )
 _RUNNING_LOCKED_CTE = _RUNNING_LOCKED.cte("running")
+_RUNNING_ALONE = Prepared(_RUNNING_LOCKED, only="sqlite")  # no row locks: the write lock is the database's
 
 
 async def being_delivered(db: Database, generation_id: str) -> bool:

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from generation.direct_statements import Direct, Prepared, run
+from generation.direct_statements import Direct, Prepared, Trip, run
 from generation.store import Database, Step, statements
 
 T = TypeVar("T")
@@ -158,17 +158,49 @@ class StepJournal:
         await self._note_written(connection, rows, set(added[0] or ()) if added else set())
         return True
 
+    async def add_many_if_in_one_trip(
+        self, direct: Direct, results: dict[str, Any], gate: Prepared, gate_values: dict[str, Any]
+    ) -> bool:
+        """SQLite's `add_many_if`: `gate` (a statement that answers a row when the generation may go
+        on: a SELECT of it while it runs, an UPDATE ... RETURNING that ends it), then the steps and the
+        kept results, all or none, as one transaction in ONE trip to the connection's thread
+        (`Direct.in_one_trip`) where a session takes one per statement and one more to commit."""
+        await self.load()
+        rows, self._kept = {**self._kept, **results}, {}
+        generation = {"generation_id": self.generation_id}
+
+        def gated(trip: Trip) -> tuple[set[str], list[tuple[Any, ...]]] | None:
+            if trip.execute(gate, gate_values).first() is None:
+                return None
+            if not rows:
+                return set(), []
+            written = trip.execute(_journal_insert("sqlite", len(rows)), {**generation, **_step_values(rows)})
+            added = set(written.scalars())
+            return added, [] if added == set(rows) else trip.execute(STEPS_OF, generation).rows
+
+        outcome = await direct.in_one_trip(gated)
+        if outcome is None:
+            return False
+        added, journaled = outcome
+        self._noted(rows, added, journaled)
+        return True
+
     async def _note_written(
         self, connection: AsyncConnection | Direct, rows: dict[str, Any], added: set[str]
     ) -> None:
         """What an INSERT of `rows` wrote (`added`) is now done; a row it skipped was journaled first
         by another runner: this run continues from that one's result, read back."""
-        done = await self.load()
-        done.update({name: result for name, result in rows.items() if name in added})
+        await self.load()
+        journaled: list[tuple[Any, ...]] = []
+        if set(rows) - added:
+            journaled = (await run(connection, STEPS_OF, {"generation_id": self.generation_id})).rows
+        self._noted(rows, added, journaled)
+
+    def _noted(self, rows: dict[str, Any], added: set[str], journaled: list[tuple[Any, ...]]) -> None:
+        assert self._done is not None
+        self._done.update({name: result for name, result in rows.items() if name in added})
         taken = {name for name in rows if name not in added}
-        if taken:
-            journaled = await run(connection, STEPS_OF, {"generation_id": self.generation_id})
-            done.update({name: result for name, result in journaled if name in taken})
+        self._done.update({name: result for name, result in journaled if name in taken})
 
     async def record_many(self, results: dict[str, Any]) -> None:
         """Journal several steps at once (one INSERT, atomic by itself); each keeps a first result."""

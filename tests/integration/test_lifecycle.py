@@ -3,13 +3,17 @@
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import update
 
 from generation import execution, lifecycle
+from generation.sqlite_connections import WholeStatementConnection
+from generation.steps import StepJournal
 from generation.store import Database, Generation, GenerationStatus, Plan, get_generation
 from generation.users import ensure_user
+from migrations.runner import upgrade
 
 
 async def record(
@@ -103,3 +107,79 @@ async def test_an_id_no_generation_can_have_is_answered_none_without_a_query(db:
     # refuses a NUL in a string with an error, which failed the update's handler.
     for forged in ("\x00", "a\x00b", "", "x" * 33, "../etc"):
         assert await get_generation(db, forged) is None
+
+
+async def test_a_claim_brings_its_user_and_journal_and_the_mark_and_settle_yield_to_an_end(
+    db: Database,
+) -> None:
+    """The hot path's writes around a run (generation/lifecycle.py): each one atomic, on both
+    databases (on SQLite each a transaction run in one trip to the connection's thread)."""
+    generation_id = await record(
+        db, "claimed", lease_expires_at=None, touched_ago=0, status=GenerationStatus.queued
+    )
+    first = await lifecycle.claim(db, generation_id, Plan.A, "w1", lease=30)
+    assert first is not None
+    assert (first.generation.attempts, first.user.telegram_id, first.journal) == (1, 1, {})
+    assert await lifecycle.claim(db, generation_id, Plan.A, "w2", lease=30) is None  # held
+    steps = StepJournal(db, generation_id, journal=first.journal)
+    await steps.keep("prediction:result", {"status": "succeeded"})  # goes with the mark
+    assert await lifecycle.mark_delivery(db, steps)
+
+    await lifecycle.release(db, generation_id, "w1")
+    again = await lifecycle.claim(db, generation_id, Plan.A, "w2", lease=30)
+    assert again is not None
+    assert again.generation.attempts == 2
+    assert set(again.journal) == {lifecycle.DELIVERING_STEP, "prediction:result"}
+    steps = StepJournal(db, generation_id, journal=again.journal)
+    assert await lifecycle.settle_journaled(
+        db, steps, {"notify_done": 7}, again.generation, GenerationStatus.done, 0, result={"ok": True}
+    )
+    settled = await get_generation(db, generation_id)
+    assert settled is not None
+    assert (settled.status, settled.result, settled.lease_owner) == (
+        GenerationStatus.done,
+        {"ok": True},
+        None,
+    )
+    # Ended: nothing more is marked, settled or journaled with them.
+    late = StepJournal(db, generation_id)
+    assert not await lifecycle.mark_delivery(db, late)
+    assert not await lifecycle.settle_journaled(
+        db, late, {"notify_failed": 1}, again.generation, GenerationStatus.failed, 0
+    )
+    assert set(await StepJournal(db, generation_id).load()) == {
+        lifecycle.DELIVERING_STEP,
+        "prediction:result",
+        "notify_done",
+    }
+
+
+async def test_on_sqlite_the_claim_mark_and_settle_are_one_trip_each(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await asyncio.to_thread(upgrade, sqlite_url)
+    db = Database(sqlite_url)
+    try:
+        generation_id = await record(
+            db, "trips", lease_expires_at=None, touched_ago=0, status=GenerationStatus.queued
+        )
+        trips = 0
+        original = WholeStatementConnection._execute
+
+        async def counted(self: WholeStatementConnection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal trips
+            trips += 1
+            return await original(self, fn, *args, **kwargs)
+
+        monkeypatch.setattr(WholeStatementConnection, "_execute", counted)
+        claim = await lifecycle.claim(db, generation_id, Plan.A, "w1", lease=30)
+        assert claim is not None and trips == 1  # the claim, its user (its journal: a first claim)
+        steps = StepJournal(db, generation_id, journal=claim.journal)
+        assert await lifecycle.mark_delivery(db, steps)
+        assert trips == 2  # the running check and the mark
+        assert await lifecycle.settle_journaled(
+            db, steps, {"notify_done": 1}, claim.generation, GenerationStatus.done, 0
+        )
+        assert trips == 3  # the end and its journal
+    finally:
+        await db.close()
