@@ -7,7 +7,8 @@
 For each configuration the benchmark starts, as processes of their own:
 
 * the fake Telegram and Replicate servers (``python -m bench.fakes_server``: tests/fakes, predictions
-  succeed at the first poll, every request timed inside the fakes);
+  succeed at once: in the create's answer when it waits (``Prefer: wait``, the image models), else
+  at the first poll; every request timed inside the fakes);
 * the product, ``aibot run`` (through ``bench/counted.py``, which only counts database commits), in
   webhook mode, with a fresh database (a SQLite file in a temporary folder, or a PostgreSQL database
   made for the run and dropped after it) and, for Plan A, a flushed Redis database

@@ -124,16 +124,19 @@ async def await_provider_job(
     fetch: Callable[[str], Awaitable[PredictionState]],
     cancel: Callable[[str], Awaitable[None]],
     deadline: float,
+    *,
+    waited: float = 0.0,
 ) -> PredictionState:
     """Wait for the job whose id is journaled as `<step>:id` to end; its final state is journaled as
     `<step>:result` (by this poll, or by the provider's webhook, whichever comes first).
 
-    A job that outlives `deadline` seconds is cancelled at the provider and fails (refund)."""
+    A job that outlives `deadline` seconds is cancelled at the provider and fails (refund). `waited`:
+    seconds this try already spent waiting for it (a create that waited), taken from its budget."""
     job_id: str = await ctx.steps.saved(f"{step}:id")
     give_up_at: float = await ctx.steps.run(f"{step}:deadline", _after(deadline))
     started_at = give_up_at - deadline  # journaled on the first wait: the same clock on every rerun
     poll_interval = ctx.services.settings.replicate_poll_interval
-    try_ends_at = time.monotonic() + ctx.wait_budget
+    try_ends_at = time.monotonic() + ctx.wait_budget - waited
     # The first look trusts the journal as this run read it (a job created a moment ago has no
     # webhook result yet); after each pause the database is read again, as a webhook may have
     # journaled the result meanwhile and saves a poll.
@@ -192,10 +195,16 @@ async def run_replicate_prediction(
     ref = version or ctx.model.ref
     wait = min(ctx.model.wait, int(ctx.wait_budget))
 
+    waited = 0.0
+
     async def create() -> str:
-        # While Replicate holds the answer the run only waits, as between polls.
+        nonlocal waited
+        # While Replicate holds the answer the run only waits, as between polls; and the time counts
+        # against the try's wait budget, so a job holds its worker's slot no longer than before.
+        asked_at = time.monotonic()
         async with ctx.idle() if wait else nullcontext():
             state = await replicate.create_prediction(ref, input, webhook=ctx.webhook_url(step), wait=wait)
+        waited = time.monotonic() - asked_at if wait else 0.0
         if state.is_terminal:
             # Free to read again, so kept for the id's own write rather than written apart.
             await ctx.steps.keep(f"{step}:result", state.as_json())
@@ -211,7 +220,9 @@ async def run_replicate_prediction(
 
     deadline = ctx.services.settings.generation_deadline
     await create_once(ctx, step, create, find_lost, deadline=deadline)
-    state = await await_provider_job(ctx, step, replicate.get_prediction, replicate.cancel, deadline)
+    state = await await_provider_job(
+        ctx, step, replicate.get_prediction, replicate.cancel, deadline, waited=waited
+    )
     raise_if_unsuccessful(state)
     return state
 

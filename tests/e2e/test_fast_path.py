@@ -217,3 +217,31 @@ async def journal_locked(database_url: str) -> AsyncIterator[None]:
             yield
     finally:
         await server.close()
+
+
+async def test_a_create_that_waited_counts_against_a_jobs_wait_budget(
+    make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate, redis_url: str
+) -> None:
+    """A Plan A job waits on its provider for JOB_WAIT_BUDGET at most, then frees its worker's slot
+    and comes back later: a create that Replicate held (`Prefer: wait`) spent that budget already,
+    and the polls after it have only the rest."""
+    app = await make_app(redis_url=redis_url, job_wait_budget=2.0, long_wait_poll=60.0)
+    chat = Chat(telegram)
+    chat.send("/start")
+    await chat.reply("Hi,")
+    replicate.script(FLUX, Outcome(polls=10_000))  # outlasts every wait
+    create_answered = asyncio.Event()
+    replicate.hold_create_answers = create_answered  # as Replicate holds a create that waits
+    chat.send("/image 1 a fox")
+    await replicate.wait_for_create(1)
+    assert replicate.creates[0]["prefer"] == "wait=2"
+    await asyncio.sleep(1.8)
+    create_answered.set()
+
+    async def released() -> bool:
+        [generation] = await generations_of(app)
+        return generation.attempts == 1 and generation.lease_owner is None
+
+    await wait_until(released, timeout=10)
+    # 0.2 s of the budget were left: about 10 polls 20 ms apart; the whole budget would be about 100.
+    assert 1 <= len(replicate.polls) <= 40
