@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from app import App
-from generation.store import Generation, GenerationStatus, LedgerEntry, User
+from generation.store import Generation, GenerationStatus, LedgerEntry, Step, User
 from tests.conftest import BOT_TOKEN
 from tests.fakes.telegram import Call, FakeTelegram
 
@@ -114,3 +114,13 @@ async def all_settled(app: App, count: int | None = None, timeout: float = 15.0)
 
     await wait_until(settled, timeout)
     return await generations_of(app)
+
+
+async def journal_of(app: App, generation_id: str) -> dict[str, Any]:
+    """A generation's journal as the database holds it: each step's name and result."""
+    assert app.services is not None
+    async with app.services.db.sessions() as session:
+        rows = await session.execute(
+            select(Step.name, Step.result).where(Step.generation_id == generation_id)
+        )
+        return {name: result for name, result in rows}

@@ -8,16 +8,14 @@ import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import pytest
 from sqlalchemy import event, select
 
-from app import App
-from generation.store import Step, User
+from generation.store import User
 from tests.conftest import AppFactory, wait_until
-from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of
+from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of, journal_of
 from tests.fakes.replicate import FakeReplicate, Outcome
 from tests.fakes.telegram import FakeTelegram
 
@@ -155,15 +153,6 @@ async def test_a_quick_prediction_comes_with_its_create_and_is_not_polled(
     slow_id = (await journal_of(app, slow.id))["prediction:id"]
     assert replicate.polls == [slow_id, slow_id]  # "processing", then "succeeded"
     assert await balance_and_ledger_sum(app) == (8, 8)
-
-
-async def journal_of(app: App, generation_id: str) -> dict[str, Any]:
-    assert app.services is not None
-    async with app.services.db.sessions() as session:
-        rows = await session.execute(
-            select(Step.name, Step.result).where(Step.generation_id == generation_id)
-        )
-        return {name: result for name, result in rows}
 
 
 async def test_a_quick_predictions_images_are_fetched_while_its_id_is_journaled(

@@ -13,12 +13,11 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from arq.constants import default_queue_name, in_progress_key_prefix
-from sqlalchemy import select
 
 from app import App
-from generation.store import GenerationStatus, Step
+from generation.store import GenerationStatus
 from tests.conftest import API_TOKEN, AppFactory, closed_port, make_settings
-from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of
+from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of, journal_of
 from tests.fakes.elevenlabs import FakeElevenLabs
 from tests.fakes.replicate import FakeReplicate, Outcome
 from tests.fakes.telegram import FakeTelegram
@@ -74,12 +73,6 @@ async def exits(process: asyncio.subprocess.Process, within: float) -> float:
     assert process.returncode == 0, logs_of(process)[-4000:]
     assert "left running at exit" not in logs_of(process)
     return time.monotonic() - started
-
-
-async def journal_of(app: App, generation_id: str) -> set[str]:
-    assert app.services is not None
-    async with app.services.db.sessions() as session:
-        return set(await session.scalars(select(Step.name).where(Step.generation_id == generation_id)))
 
 
 @pytest.mark.slow

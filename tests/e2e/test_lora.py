@@ -21,7 +21,15 @@ from app import App
 from generation.store import Database, LedgerEntry, Step, User
 from tests.conftest import AppFactory, closed_port, wait_until
 from tests.constants import API_TOKEN, BOT_TOKEN
-from tests.e2e.helpers import USER, Chat, album_images, all_settled, balance_and_ledger_sum, generations_of
+from tests.e2e.helpers import (
+    USER,
+    Chat,
+    album_images,
+    all_settled,
+    balance_and_ledger_sum,
+    generations_of,
+    journal_of,
+)
 from tests.fakes.replicate import TRAINER_MODEL, FakeReplicate, Outcome
 from tests.fakes.telegram import FakeTelegram
 from tests.zip_samples import JPEG, photos_zip
@@ -55,15 +63,6 @@ async def trained_model(app: App, telegram_id: int = USER) -> tuple[str | None, 
         )
     assert user is not None
     return user.lora_version, user.lora_trigger_word
-
-
-async def journal(app: App, generation_id: str) -> dict[str, Any]:
-    assert app.services is not None
-    async with app.services.db.sessions() as session:
-        rows = await session.execute(
-            select(Step.name, Step.result).where(Step.generation_id == generation_id)
-        )
-        return {name: result for name, result in rows}
 
 
 def assert_no_telegram_secret_left(replicate: FakeReplicate, telegram: FakeTelegram) -> None:
@@ -150,10 +149,10 @@ async def test_a_training_finished_by_its_webhook_on_plan_a(
 
     # Replicate delivers the same callback again: nothing changes.
     messages_before = chat.texts()
-    steps_before = await journal(app, generation.id)
+    steps_before = await journal_of(app, generation.id)
     await replicate.redeliver_last_webhook()
     assert replicate.webhooks_sent[-1]["redelivery"] and replicate.webhooks_sent[-1]["response_status"] == 200
-    assert await journal(app, generation.id) == steps_before
+    assert await journal_of(app, generation.id) == steps_before
     [after] = await generations_of(app)
     assert (after.status, after.refunded, after.finished_at) == ("done", 0, generation.finished_at)
     assert chat.texts() == messages_before
@@ -232,7 +231,7 @@ async def test_on_plan_b_a_trained_model_makes_photos_with_its_trigger_word(
     assert (training.plan, training.status) == ("B", "done")
     # Only the file's id is kept, never its bytes; the pipeline fetched it again to upload it.
     assert set(training.request) >= {"zip_file_id", "trigger_word"}
-    steps = await journal(app, training.id)
+    steps = await journal_of(app, training.id)
     assert len(json.dumps([training.request, steps])) < 5000
     assert steps["zip:url"].startswith(replicate.url + "/v1/files/")
     version, _ = await trained_model(app)
@@ -359,7 +358,7 @@ async def test_a_webhook_with_a_bad_signature_is_refused_and_changes_nothing(
             url, data=stranger, headers=signed(replicate, "msg_other", stranger)
         ) as response:
             assert response.status == 200
-    assert "training:result" not in await journal(app, generation.id)
+    assert "training:result" not in await journal_of(app, generation.id)
     assert await trained_model(app) == (None, None)
 
     hold.set()
@@ -395,7 +394,7 @@ async def test_a_training_whose_create_answer_was_lost_is_found_not_paid_twice(
     [generation] = await all_settled(second, 1)
     assert generation.status == "done"
     [training] = replicate.training_creates  # found again, not created twice
-    assert (await journal(second, generation.id))["training:id"] == training["id"]
+    assert (await journal_of(second, generation.id))["training:id"] == training["id"]
     assert (await trained_model(second))[0] == replicate.trainings[training["id"]]["output"]["version"]
 
 

@@ -2,18 +2,18 @@
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import update
 
 from generation import execution, lifecycle
-from generation.sqlite_connections import WholeStatementConnection
 from generation.steps import StepJournal
 from generation.store import Database, Generation, GenerationStatus, Plan, get_generation
 from generation.users import ensure_user
 from migrations.runner import upgrade
+from tests.integration.conftest import Trips
 
 
 async def record(
@@ -155,7 +155,7 @@ async def test_a_claim_brings_its_user_and_journal_and_the_mark_and_settle_yield
 
 
 async def test_on_sqlite_the_claim_mark_and_settle_are_one_trip_each(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str, count_sqlite_trips: Callable[[], Trips]
 ) -> None:
     await asyncio.to_thread(upgrade, sqlite_url)
     db = Database(sqlite_url)
@@ -163,23 +163,15 @@ async def test_on_sqlite_the_claim_mark_and_settle_are_one_trip_each(
         generation_id = await record(
             db, "trips", lease_expires_at=None, touched_ago=0, status=GenerationStatus.queued
         )
-        trips = 0
-        original = WholeStatementConnection._execute
-
-        async def counted(self: WholeStatementConnection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-            nonlocal trips
-            trips += 1
-            return await original(self, fn, *args, **kwargs)
-
-        monkeypatch.setattr(WholeStatementConnection, "_execute", counted)
+        trips = count_sqlite_trips()
         claim = await lifecycle.claim(db, generation_id, Plan.A, "w1", lease=30)
-        assert claim is not None and trips == 1  # the claim, its user (its journal: a first claim)
+        assert claim is not None and trips.count == 1  # the claim, its user (its journal: a first claim)
         steps = StepJournal(db, generation_id, journal=claim.journal)
         assert await lifecycle.mark_delivery(db, steps)
-        assert trips == 2  # the running check and the mark
+        assert trips.count == 2  # the running check and the mark
         assert await lifecycle.settle_journaled(
             db, steps, {"notify_done": 1}, claim.generation, GenerationStatus.done, 0
         )
-        assert trips == 3  # the end and its journal
+        assert trips.count == 3  # the end and its journal
     finally:
         await db.close()

@@ -4,9 +4,8 @@ under concurrency too, on both databases."""
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -15,10 +14,10 @@ from sqlalchemy.exc import IntegrityError
 from generation import ledger
 from generation.plan import PlanMode, store_mode
 from generation.recording import Flags, Recorded, record_and_charge
-from generation.sqlite_connections import WholeStatementConnection
 from generation.store import Database, Generation, GenerationStatus, LedgerEntry, Plan, User
 from generation.users import ensure_user
 from migrations.runner import upgrade
+from tests.integration.conftest import Trips
 
 
 @pytest.fixture
@@ -180,26 +179,18 @@ async def test_a_failure_after_the_charge_undoes_the_charge(db: Database) -> Non
 
 
 async def test_on_sqlite_a_record_is_one_trip_to_the_connections_thread(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str, count_sqlite_trips: Callable[[], Trips]
 ) -> None:
     await asyncio.to_thread(upgrade, sqlite_url)
     db = Database(sqlite_url)
     try:
         user_id = await new_user(db, balance=10)
         await record(db, a_generation(user_id, price=3))  # the writes' connection opened: not counted
-        trips = 0
-        original = WholeStatementConnection._execute
-
-        async def counted(self: WholeStatementConnection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-            nonlocal trips
-            trips += 1
-            return await original(self, fn, *args, **kwargs)
-
-        monkeypatch.setattr(WholeStatementConnection, "_execute", counted)
+        trips = count_sqlite_trips()
         assert await record(db, a_generation(user_id, price=3)) == written(4, 7)
-        assert trips == 1  # BEGIN IMMEDIATE, the lookup, the charge, both INSERTs and COMMIT
+        assert trips.count == 1  # BEGIN IMMEDIATE, the lookup, the charge, both INSERTs and COMMIT
         assert (await record(db, a_generation(user_id, price=5))).balance is None
-        assert trips == 2
+        assert trips.count == 2
         assert await money(db, user_id) == (4, 4, 2)
     finally:
         await db.close()

@@ -9,44 +9,38 @@ import asyncio
 import gc
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from generation.sqlite_connections import WholeStatementConnection
 from generation.store import Database, RuntimeFlag
 from migrations.runner import upgrade
 from tests.conftest import wait_until
+from tests.integration.conftest import Trips
 
 
-async def test_a_statement_and_its_rows_are_one_trip(tmp_path: Path, monkeypatch: Any) -> None:
+async def test_a_statement_and_its_rows_are_one_trip(
+    tmp_path: Path, count_sqlite_trips: Callable[[], Trips]
+) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
     await asyncio.to_thread(upgrade, url)
     db = Database(url)
-    trips = 0
-    original = WholeStatementConnection._execute
-
-    async def counted(self: WholeStatementConnection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        nonlocal trips
-        trips += 1
-        return await original(self, fn, *args, **kwargs)
-
     try:
         async with db.transaction() as session:  # connections open, pragmas set: not counted
             session.add(RuntimeFlag(key="warm", value="0"))
         async with db.reads() as connection:
             await connection.execute(text("SELECT 1"))
-        monkeypatch.setattr(WholeStatementConnection, "_execute", counted)
+        trips = count_sqlite_trips()
 
         async with db.reads() as connection:
             rows = (await connection.execute(text("SELECT 1 UNION ALL SELECT 2"))).all()
         assert [row[0] for row in rows] == [1, 2]
-        assert trips == 1
+        assert trips.count == 1
 
-        trips = 0
+        trips.count = 0
         async with db.transaction() as session:
             changed = await session.execute(
                 update(RuntimeFlag)
@@ -56,22 +50,22 @@ async def test_a_statement_and_its_rows_are_one_trip(tmp_path: Path, monkeypatch
             )
             assert changed.scalar_one() == "1"
             session.add_all([RuntimeFlag(key="a", value="x"), RuntimeFlag(key="b", value="y")])
-        assert trips == 3  # BEGIN IMMEDIATE with the UPDATE and its row, the INSERT of both, COMMIT
+        assert trips.count == 3  # BEGIN IMMEDIATE with the UPDATE and its row, the INSERT of both, COMMIT
         # (and no ROLLBACK as the pool takes either connection back: neither has a transaction open)
 
-        trips = 0
+        trips.count = 0
         async with db.one_statement() as connection:
             await connection.execute(update(RuntimeFlag).where(RuntimeFlag.key == "a").values(value="x2"))
             # Committed by itself already: another connection reads it before this one is given back.
             async with db.reads() as reader:
                 read = await reader.scalar(select(RuntimeFlag.value).where(RuntimeFlag.key == "a"))
             assert read == "x2"
-        assert trips == 2  # the UPDATE alone (no BEGIN, no COMMIT), and the read
+        assert trips.count == 2  # the UPDATE alone (no BEGIN, no COMMIT), and the read
 
-        trips = 0
+        trips.count = 0
         async with db.transaction():  # a transaction that ran nothing costs nothing
             pass
-        assert trips == 0
+        assert trips.count == 0
 
         with pytest.raises(RuntimeError):
             async with db.transaction() as session:  # a transaction open when it fails: rolled back
