@@ -17,6 +17,11 @@ SQLAlchemy translates it (an `IntegrityError`, an `OperationalError`...), and a 
 is invalidated, so a caller sees the same errors either way.
 
 Statements inside a transaction (an ORM session) still run through SQLAlchemy: `run` takes either.
+
+On SQLite a transaction of the hot path (the record and its charge, a claim, the delivery's mark, a
+settle) is a small function of `Prepared` statements instead: `Direct.in_one_trip` runs it in the
+connection's own thread, BEGIN IMMEDIATE to COMMIT, in ONE hand-off to that thread (`Trip`), where
+a session makes one per statement and one more to commit.
 """
 
 from __future__ import annotations
