@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, String, and_, bindparam, insert, select, true, update
+from sqlalchemy import BindParameter, Select, String, and_, bindparam, insert, select, true, update
 
 from generation import ledger
 from generation.direct_statements import Direct, Prepared, Trip
@@ -91,6 +91,12 @@ async def record_and_charge(direct: Direct, generation: Generation, flags: Flags
     )
 
 
+def _generation_parameters() -> dict[str, BindParameter[Any]]:
+    """The generation's recorded columns as bound parameters (`g_<column>`), as `record_and_charge`
+    fills them."""
+    return {column.name: bindparam(f"g_{column.name}", type_=column.type) for column in RECORDED_COLUMNS}
+
+
 def _record_and_charge_in_trip(trip: Trip, values: dict[str, Any], flags: Flags) -> Recorded:
     """SQLite's record: the statement's steps as a transaction run in the connection's thread in
     one trip (`Direct.in_one_trip`), deciding between its statements as the statement's CTEs do."""
@@ -112,9 +118,7 @@ def _sqlite_statements() -> tuple[Prepared, Prepared, Prepared, Prepared]:
     """The statements of SQLite's trip, with the one statement's bound parameters: the key's lookup
     with the user's balance and the plan flags; the conditional charge; the generation's row; the
     ledger's."""
-    generation = {
-        column.name: bindparam(f"g_{column.name}", type_=column.type) for column in RECORDED_COLUMNS
-    }
+    generation = _generation_parameters()
     price, user_id = generation["price"], generation["user_id"]
     look = select(
         select(Generation.id).where(Generation.request_key == generation["request_key"]).scalar_subquery(),
@@ -146,9 +150,7 @@ def _statement(*, charged: bool) -> Select[Any]:
     """The statement, built once with bound parameters (`g_<column>`, `charge_key`, and the plan
     flags expected, `expected_mode` and `expected_share`): building a statement of CTEs costs more
     CPU than the round trips it saves."""
-    generation = {
-        column.name: bindparam(f"g_{column.name}", type_=column.type) for column in RECORDED_COLUMNS
-    }
+    generation = _generation_parameters()
     price = generation["price"]
     seen = select(Generation.id).where(Generation.request_key == generation["request_key"]).cte("seen")
     mode, share = plan_flag_columns()
