@@ -64,7 +64,7 @@ async def read_user(db: Database, bot_name: str, telegram_id: int) -> User | Non
     """The user as it stands, outside any transaction (every update begins with this read): read as
     plain columns, the object detached from any session. To change a user, `ensure_user` in a
     transaction."""
-    async with db.direct_reads() as direct:
+    async with db.direct_reads(urgent=True) as direct:
         found = await direct.execute(_USER_BY_CHAT, {"bot_name": bot_name, "telegram_id": telegram_id})
     row = found.first()
     return None if row is None else detached(User, row)

@@ -68,7 +68,7 @@ class DatabaseStorage(BaseStorage):
             row = await self._read(key)
             return row[0] if row is not None else None
         values = {"key": self.keys.build(key), "bot_name": bot_name, "telegram_id": key.user_id}
-        async with self.db.direct_reads() as direct:
+        async with self.db.direct_reads(urgent=True) as direct:
             state, _, *user_columns = (await direct.execute(_STATE_AND_USER, values)).one()
         user = None
         if user_columns[0] is not None:  # the user's id: the row exists
@@ -88,7 +88,7 @@ class DatabaseStorage(BaseStorage):
 
     async def _read(self, key: StorageKey) -> tuple[str | None, Any] | None:
         """The conversation's state and data (read at every update: as plain columns, not an object)."""
-        async with self.db.direct_reads() as direct:
+        async with self.db.direct_reads(urgent=True) as direct:
             state, data = (await direct.execute(_STATE, {"key": self.keys.build(key)})).one()
         return None if state is None and data is None else (state, data)
 

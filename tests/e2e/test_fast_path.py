@@ -38,7 +38,8 @@ async def test_room_at_once_is_recorded_claimed_and_a_full_limit_waits_queued(
         if statement.startswith(("INSERT", "UPDATE")):
             writes.append(" ".join(statement.split()[:3]))
 
-    event.listen(app.services.db.engine.sync_engine, "before_cursor_execute", on_execute)
+    for engine in app.services.db.engines():
+        event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
 
     class CreatesSeen(list[object]):
         def append(self, item: object) -> None:
@@ -89,10 +90,7 @@ async def test_an_update_reads_its_conversation_and_its_user_in_one_statement(
         if "conversation_states" in statement or "FROM users" in statement:
             reads.append(statement)
 
-    db = app.services.db
-    # On PostgreSQL the read engine is the write engine in autocommit: its statements reach both.
-    engines = [db.engine] if db.read_engine.pool is db.engine.pool else [db.engine, db.read_engine]
-    for engine in engines:
+    for engine in app.services.db.engines():
         event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
     chat = Chat(telegram)
     await chat.ask("/start", "Hi,")  # a first contact: created, with the bonus

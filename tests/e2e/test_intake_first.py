@@ -10,7 +10,7 @@ import time
 import pytest
 
 from app import App
-from generation.intake_first import ACCEPTING_AT_ONCE, IntakeFirst
+from generation.intake_first import ACCEPTING_AT_ONCE, RELEASED_AT_ONCE, IntakeFirst
 from tests.conftest import AppFactory, wait_until
 from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of
 from tests.fakes.replicate import FakeReplicate
@@ -86,3 +86,55 @@ async def test_requests_are_recorded_a_few_at_a_time_and_all_counted_meanwhile()
     release.set()
     await asyncio.gather(*requests)
     assert gate.accepting == 0
+
+
+async def test_runs_that_waited_go_on_a_few_per_turn_of_the_loop_in_their_order() -> None:
+    gate = IntakeFirst()
+    started: list[int] = []
+
+    async def run(number: int) -> None:
+        await gate.wait_turn()
+        started.append(number)
+
+    count = RELEASED_AT_ONCE * 3 + 5
+    async with gate.accepting_one():
+        runs = [asyncio.ensure_future(run(number)) for number in range(count)]
+        await asyncio.sleep(0.05)
+        assert started == [] and gate.waiting == count
+    turns = 0
+    while len(started) < count:
+        before = len(started)
+        await asyncio.sleep(0)
+        assert len(started) - before <= RELEASED_AT_ONCE  # never all of them in one turn
+        turns += 1
+    assert turns >= 4
+    assert started == list(range(count))
+    await asyncio.gather(*runs)
+
+    # A request coming in while they are let go holds the rest back until it is in; a run that
+    # comes meanwhile goes after those that waited before it.
+    started.clear()
+    async with gate.accepting_one():
+        runs = [asyncio.ensure_future(run(number)) for number in range(count)]
+        await asyncio.sleep(0.05)
+    for _ in range(3):  # the release's turn of the loop, then the first runs' own
+        await asyncio.sleep(0)
+    assert started
+    async with gate.accepting_one():
+        held_at = len(started)
+        late = asyncio.ensure_future(run(count))
+        await asyncio.sleep(0.05)
+        assert held_at < count and len(started) <= held_at + RELEASED_AT_ONCE
+    await asyncio.gather(*runs, late)
+    assert started == list(range(count + 1))
+
+
+async def test_a_cancelled_waiting_run_is_skipped() -> None:
+    gate = IntakeFirst()
+    async with gate.accepting_one():
+        first = asyncio.ensure_future(gate.wait_turn())
+        second = asyncio.ensure_future(gate.wait_turn())
+        await asyncio.sleep(0.01)
+        first.cancel()
+    await asyncio.wait_for(second, 0.5)
+    assert first.cancelled() and gate.waiting == 0

@@ -1,14 +1,20 @@
-"""The PostgreSQL pool: a connection that sat idle is checked before use, one in steady use is not."""
+"""The PostgreSQL pools: a connection that sat idle is checked before use, one in steady use is not;
+the accept path has connections of its own."""
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
-from sqlalchemy import select
+from sqlalchemy import literal, select
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 
 from generation import store
+from generation.direct_statements import Prepared
 from generation.store import Database
+
+_ONE = Prepared(select(literal(1)))
 
 
 @pytest.fixture
@@ -83,5 +89,52 @@ async def test_the_pool_keeps_the_connections_a_peak_opened(postgres_url: str) -
         assert pool.checkedin() == 0 and pool.overflow() == 0  # type: ignore[attr-defined]
         for connection in again:
             await connection.close()
+    finally:
+        await database.close()
+
+
+async def test_the_accept_path_never_waits_for_the_generations_connections(postgres_url: str) -> None:
+    """With every connection of the generations' pool taken, the accept path's reads, its record in
+    one statement and its transaction still run at once, on connections of their own; a run's
+    statement waits for a connection of its pool to come back."""
+    database = Database(postgres_url, pool_size=1)
+    try:
+        held = [await database.engine.connect() for _ in range(1 + store.POOL_OVERFLOW)]
+        for connection in held:
+            await connection.execute(select(1))
+        async with asyncio.timeout(5):  # not the pool's 30 s wait for a connection
+            async with database.direct_reads(urgent=True) as direct:
+                assert (await direct.execute(_ONE)).scalar() == 1
+            async with database.direct_writes(urgent=True) as direct:
+                assert (await direct.execute(_ONE)).scalar() == 1
+            async with database.transaction(urgent=True) as session:
+                assert await session.scalar(select(1)) == 1
+
+        async def a_runs_read() -> int | None:
+            async with database.direct_reads() as direct:
+                return (await direct.execute(_ONE)).scalar()  # type: ignore[no-any-return]
+
+        waiting = asyncio.ensure_future(a_runs_read())
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # no connection of its pool is free
+        await held[0].close()
+        assert await asyncio.wait_for(waiting, timeout=5) == 1
+        assert database.intake_engine is not None
+        intake_pool = database.intake_engine.pool
+        assert intake_pool.size() == store.INTAKE_POOL_SIZE  # type: ignore[attr-defined]
+        assert intake_pool._max_overflow == 0  # type: ignore[attr-defined]
+        for connection in held[1:]:
+            await connection.close()
+    finally:
+        await database.close()
+
+
+async def test_sqlite_has_no_pool_of_the_accept_paths_own(tmp_path: Path) -> None:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'one.db'}")
+    try:
+        assert database.intake_engine is None
+        assert database.engines() == [database.engine, database.read_engine]
+        async with database.direct_reads(urgent=True) as direct:
+            assert (await direct.execute(_ONE)).scalar() == 1
     finally:
         await database.close()
