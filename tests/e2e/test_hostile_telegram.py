@@ -389,7 +389,9 @@ async def test_random_updates_never_fail_a_handler_and_nobody_without_stars_is_c
         assert handler_failures == [], (forged, handler_failures)
 
     await for_examples(any_update(USERS), delivered)
-    assert len(telegram.sent(BOT_TOKEN)) >= 30  # the handlers were reached, and answered
+    # The handlers were reached, and answered. How many of the 150 drawn updates call for an answer
+    # depends on the draw: 26 to 90 in the runs seen, so a floor of 30 failed now and then.
+    assert len(telegram.sent(BOT_TOKEN)) >= 10
     assert no_provider_was_called(replicate, elevenlabs)
     assert await webhook.money() == (0, 0)
     await still_answers(webhook)
