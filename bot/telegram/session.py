@@ -1,4 +1,10 @@
-"""The bots' HTTP session: aiogram's own, but a request with a small file goes out in one piece.
+"""The bots' HTTP session: aiogram's own, but a request without files goes as JSON, and one with a
+small file goes out in one piece.
+
+aiogram sends every request as a form, each field's value encoded apart (a keyboard as a JSON string
+inside it). The Bot API takes a JSON body as well, and for a method without files (a message, an edit,
+a deletion: three of a generation's four calls) that is one `json.dumps` of the fields, half the CPU
+of the form (about 40 against 85 µs for a status message with its Cancel button, here).
 
 aiogram hands a file to aiohttp as an async generator of chunks, so aiohttp sends the whole form
 chunked, each boundary, part header, value and line end a write of its own: a photo took 14 socket
@@ -11,6 +17,7 @@ is sent as aiogram sends it, not copied whole once more.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, cast
 
 from aiogram.client.session.aiohttp import AiohttpSession
@@ -45,19 +52,37 @@ class TelegramSession(AiohttpSession):
             form.add_field(key, content, filename=file.filename or key)
         return form
 
+    def json_fields(self, bot: Bot, method: TelegramMethod[TelegramType]) -> dict[str, Any] | None:
+        """The method's fields as a JSON body holds them (nested objects as objects, not strings), the
+        fields the form leaves out left out too (no value, an empty string); None when the method
+        sends a file, which only a form can carry."""
+        files: dict[str, InputFile] = {}
+        fields: dict[str, Any] = {}
+        for key, value in method.model_dump(warnings=False).items():
+            prepared = self.prepare_value(value, bot=bot, files=files, _dumps_json=False)
+            if prepared is not None and prepared != "":
+                fields[key] = prepared
+        return None if files else fields
+
     async def make_request(
         self, bot: Bot, method: TelegramMethod[TelegramType], timeout: int | None = None
     ) -> TelegramType:
-        """aiogram's `make_request`, but for the body: a form of known length goes as bytes, so that
-        aiohttp writes it with its headers at once."""
+        """aiogram's `make_request`, but for the body: JSON without files; with files, a form of known
+        length goes as bytes, so that aiohttp writes it with its headers at once."""
         session = await self.create_session()
         url = self.api.api_url(token=bot.token, method=method.__api_method__)
-        payload = self.build_form_data(bot=bot, method=method)()
-        data: Any = payload
+        data: Any
         headers = {}
-        if payload.size is not None:  # no file given as a stream of chunks (build_form_data)
-            data = await payload.as_bytes()
-            headers["Content-Type"] = payload.content_type
+        fields = self.json_fields(bot, method)
+        if fields is not None:
+            data = json.dumps(fields, ensure_ascii=False).encode()
+            headers["Content-Type"] = "application/json"
+        else:
+            payload = self.build_form_data(bot=bot, method=method)()
+            data = payload
+            if payload.size is not None:  # no file given as a stream of chunks (build_form_data)
+                data = await payload.as_bytes()
+                headers["Content-Type"] = payload.content_type
         try:
             async with session.post(
                 url,

@@ -11,7 +11,7 @@ import pytest
 from aiogram import Bot
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramNetworkError
-from aiogram.types import BufferedInputFile
+from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup
 from aiohttp import BodyPartReader, web
 from aiohttp.test_utils import TestServer
 
@@ -41,6 +41,8 @@ async def telegram() -> AsyncIterator[tuple[TestServer, list[dict[str, Any]]]]:
                     seen["files"][part.name] = (part.filename, bytes(content))
                 else:
                     seen["fields"][part.name] = content.decode()
+        elif request.content_type == "application/json":
+            seen["json"] = await request.json()
         else:
             seen["fields"] = dict(await request.post())
         received.append(seen)
@@ -92,14 +94,26 @@ async def test_a_file_over_the_bound_streams_and_arrives_whole(
     assert (filename, content) == ("result.mp4", video)
 
 
-async def test_a_message_without_files_is_a_form_as_before(
+async def test_a_message_without_files_goes_as_json_with_its_keyboard_as_an_object(
     bot: Bot, telegram: tuple[TestServer, list[dict[str, Any]]]
 ) -> None:
     _, received = telegram
     await bot.send_message(5, "Charged 1 ⭐. Balance: 9 ⭐")
-    [request] = received
-    assert request["method"] == "sendMessage" and not request["chunked"]
-    assert request["fields"] == {"chat_id": "5", "text": "Charged 1 ⭐. Balance: 9 ⭐"}
+    keyboard = InlineKeyboardMarkup(
+        inline_keyboard=[[InlineKeyboardButton(text="✖ Cancel", callback_data="cancel:g1")]]
+    )
+    await bot.edit_message_text("⏳ Working", chat_id=5, message_id=1, reply_markup=keyboard)
+    await bot.send_message(5, "no preview", disable_notification=False, parse_mode=None)
+    message, edit, unset = received
+    assert message["method"] == "sendMessage" and not message["chunked"]
+    assert message["json"] == {"chat_id": 5, "text": "Charged 1 ⭐. Balance: 9 ⭐"}
+    assert edit["json"] == {
+        "chat_id": 5,
+        "message_id": 1,
+        "text": "⏳ Working",
+        "reply_markup": {"inline_keyboard": [[{"text": "✖ Cancel", "callback_data": "cancel:g1"}]]},
+    }
+    assert unset["json"] == {"chat_id": 5, "text": "no preview", "disable_notification": False}
 
 
 async def test_an_unreachable_api_is_aiograms_network_error() -> None:
