@@ -432,7 +432,7 @@ class Database:
         """`reads`, for statements built once (`Prepared`): each runs on the driver's connection,
         past SQLAlchemy's execution (generation/direct_statements.py). `urgent`: the accept path's,
         on its own connections on PostgreSQL (as `transaction`'s)."""
-        yield self._direct_intake if urgent and self._direct_intake is not None else self._direct_reads
+        yield self._urgent_or(urgent, self._direct_reads)
 
     @asynccontextmanager
     async def direct_writes(self, *, urgent: bool = False) -> AsyncIterator[Direct]:
@@ -440,7 +440,11 @@ class Database:
         autocommit; on SQLite in this process's turn at the write lock. `urgent`: the accept path's,
         as `transaction`'s (before the others waiting on SQLite, its own connections on PostgreSQL)."""
         async with self._write_turn(urgent):
-            yield self._direct_intake if urgent and self._direct_intake is not None else self._direct_writes
+            yield self._urgent_or(urgent, self._direct_writes)
+
+    def _urgent_or(self, urgent: bool, direct: Direct) -> Direct:
+        """The accept path's own connections for an urgent statement on PostgreSQL; else `direct`."""
+        return self._direct_intake if urgent and self._direct_intake is not None else direct
 
     def _write_turn(self, urgent: bool) -> contextlib.AbstractAsyncContextManager[None]:
         if self._write_gate is None:
