@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.dml import Insert
 
-from generation.direct_statements import Direct, Prepared
+from generation.direct_statements import Direct, Prepared, SqliteLoopReads
 from generation.places import Places
 from generation.sqlite_connections import SqliteConnections, WholeStatementConnection
 
@@ -268,7 +268,7 @@ def create_engine(
         engine = create_async_engine(database_url, pool_size=pool_size, max_overflow=pool_overflow)
         _ping_when_idle(engine)
         return engine
-    path = make_url(database_url).database or ":memory:"
+    path = sqlite_path(database_url)
     connections = sqlite_connections or SqliteConnections()
 
     async def connect() -> aiosqlite.Connection:
@@ -282,6 +282,10 @@ def create_engine(
     engine = create_async_engine(database_url, async_creator=connect)
     _configure_sqlite(engine, begin="BEGIN IMMEDIATE" if for_writes else None)
     return engine
+
+
+def sqlite_path(database_url: str) -> str:
+    return make_url(database_url).database or ":memory:"
 
 
 def _ping_when_idle(engine: AsyncEngine) -> None:
@@ -376,7 +380,12 @@ class Database:
         self.is_postgresql = not database_url.startswith("sqlite")
         self.sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
         # The hot path's statements, past SQLAlchemy's execution (generation/direct_statements.py).
-        self._direct_reads = Direct(self.read_engine)
+        path = sqlite_path(database_url) if database_url.startswith("sqlite") else ":memory:"
+        # On a SQLite file the hot path's reads run in the event loop's thread (a private in-memory
+        # database is one per connection: its reads stay on the engine's).
+        self._direct_reads = (
+            Direct(self.read_engine) if path == ":memory:" else SqliteLoopReads(self.read_engine, path)
+        )
         self._direct_writes = Direct(self.engine)
         # The accept path's own connections on PostgreSQL (INTAKE_POOL_SIZE), opened as it first
         # needs them: a process that accepts nothing (`aibot worker`) opens none. On SQLite the
@@ -477,6 +486,8 @@ class Database:
             for engine in self.engines():
                 await engine.dispose()
         finally:
+            if isinstance(self._direct_reads, SqliteLoopReads):
+                self._direct_reads.close()
             await self._sqlite_connections.close_all()
 
 
