@@ -18,10 +18,11 @@ is invalidated, so a caller sees the same errors either way.
 
 Statements inside a transaction (an ORM session) still run through SQLAlchemy: `run` takes either.
 
-On SQLite a read of the hot path runs in the event loop's own thread (`SqliteLoopReads`): a point
-lookup by a key takes tens of microseconds there, where the hand-off to a connection's thread and
-back costs more CPU than the lookup and, worse, waits for the loop's next turn to resume: in a
-burst of 400 generations, turns of 12-50 ms, and a newcomer's read of its user waited 108 ms.
+On a SQLite file the hot path's reads, and a running generation's writes, run in the event loop's
+own thread (`SqliteLoopReads`, `SqliteLoopWrites`): a point lookup takes tens of microseconds there
+and a write little more than its commit, where the hand-off to a connection's thread and back cost
+more CPU than the statement and, worse, waited for the loop's next turn to resume: in a burst of 400
+generations, turns of 12-50 ms (a newcomer's read of its user waited 108 ms).
 
 On SQLite a transaction of the hot path (the record and its charge, a claim, the delivery's mark, a
 settle) is a small function of `Prepared` statements instead: `Direct.in_one_trip` runs it in the
@@ -31,6 +32,8 @@ a session makes one per statement and one more to commit.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sqlite3
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -38,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import ArgumentError, DBAPIError, MultipleResultsFound, NoResultFound
+from sqlalchemy.exc import ArgumentError, DBAPIError, MultipleResultsFound, NoResultFound, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import UpdateBase
 from sqlalchemy.sql.selectable import Select
@@ -229,33 +232,27 @@ class Direct:
         return translated  # type: ignore[no-any-return]
 
 
-class SqliteLoopReads(Direct):
-    """`Direct` for the reads of a SQLite file, each run at once in the calling (event loop's) thread
-    on a connection of its own: no hand-off to a connection's thread, no wait for the loop's next
-    turn. In WAL mode (store.py sets it on every connection) a read neither waits for a writer nor
-    blocks one; this connection is also told to wait for nothing (busy timeout 0) and to write nothing.
-    A statement it cannot run at once (a lock held during a recovery, the database not in WAL mode
-    yet, any error) is run again the usual way, through a connection's thread, which waits or raises
-    as every read does. Only `Prepared` statements come here: the hot path's lookups by a key."""
+class _SqliteInLoop(Direct):
+    """`Direct` for a SQLite file whose statements run at once in the calling (event loop's) thread, on
+    a connection of its own that waits for no lock (busy timeout 0): no hand-off to a connection's
+    thread, no wait for the loop's next turn to resume. What it cannot run at once goes the usual way,
+    through a connection's thread (`Direct`), which waits for its turn as every statement does."""
 
     def __init__(self, engine: AsyncEngine, path: str) -> None:
         super().__init__(engine)
         self._path = path
         self._connection: sqlite3.Connection | None = None
 
-    async def execute(self, prepared: Prepared, parameters: Mapping[str, Any] | None = None) -> Rows:
-        compiled = prepared.compiled(self.dialect)
-        arguments = _arguments(compiled, parameters)
-        try:
-            raw_rows, rowcount, description = self._run_here(compiled, arguments)
-        except sqlite3.Error:
-            return await super().execute(prepared, parameters)
-        return Rows(_converted_rows(compiled, self.dialect, raw_rows, description), rowcount)
+    def _opened(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self._connection = self._connect(self._path)
+        return self._connection
+
+    def _connect(self, path: str) -> sqlite3.Connection:
+        raise NotImplementedError
 
     def _run_here(self, compiled: _Compiled, arguments: tuple[Any, ...]) -> tuple[list[Any], int, Any]:
-        connection = self._connection
-        if connection is None:
-            connection = self._connection = _loop_read_connection(self._path)
+        connection = self._opened()
         dispatch = self._engine.dispatch
         # As `Direct._run`: the engine's listeners see each statement.
         for listener in dispatch.before_cursor_execute:
@@ -280,13 +277,140 @@ class SqliteLoopReads(Direct):
             connection.close()
 
 
-def _loop_read_connection(path: str) -> sqlite3.Connection:
+class SqliteLoopReads(_SqliteInLoop):
+    """The reads of a SQLite file, in the event loop's thread. In WAL mode (store.py sets it on every
+    connection) a read neither waits for a writer nor blocks one; this connection also writes nothing.
+    A read it cannot run at once (a lock held during a recovery, the database not in WAL mode yet, any
+    error) is run again the usual way, which waits or raises as every read does. Only `Prepared`
+    statements come here: the hot path's lookups by a key."""
+
+    async def execute(self, prepared: Prepared, parameters: Mapping[str, Any] | None = None) -> Rows:
+        compiled = prepared.compiled(self.dialect)
+        arguments = _arguments(compiled, parameters)
+        try:
+            raw_rows, rowcount, description = self._run_here(compiled, arguments)
+        except sqlite3.Error:
+            return await super().execute(prepared, parameters)
+        return Rows(_converted_rows(compiled, self.dialect, raw_rows, description), rowcount)
+
+    def _connect(self, path: str) -> sqlite3.Connection:
+        return _loop_connection(path, "PRAGMA query_only=ON")
+
+
+# A write connection in the loop's thread leaves the copy of the WAL file into the database (a
+# checkpoint: many pages written, then synced) to a thread, once every so many of its commits. SQLite
+# checkpoints by itself every 1,000 pages of WAL; a commit of the hot path writes a few.
+CHECKPOINT_EVERY = 250
+
+
+class SqliteLoopWrites(_SqliteInLoop):
+    """The hot path's writes of a SQLite file, in the event loop's thread: a statement committing by
+    itself (`execute`) and `in_one_trip`'s transactions (BEGIN IMMEDIATE to COMMIT). Each runs whole,
+    with nothing else of the loop in between and no cancellation halfway, as a trip to a connection's
+    thread did; a commit still syncs the WAL file, as on every connection (SQLite's default, FULL).
+
+    The caller holds this process's turn at the write lock (store.py, `WriteGate`), so no writer of
+    this process holds SQLite's; another process's may (an `aibot worker` of its own): then nothing was
+    written, and the write goes the usual way, through a connection's thread that waits for the lock.
+    Any other error is raised as SQLAlchemy raises it (an `IntegrityError`...), the transaction rolled
+    back. Checkpoints run in a thread, every CHECKPOINT_EVERY commits, never in the loop."""
+
+    def __init__(self, engine: AsyncEngine, path: str) -> None:
+        super().__init__(engine, path)
+        self._commits = 0
+        self._checkpoint: asyncio.Future[None] | None = None
+
+    def _connect(self, path: str) -> sqlite3.Connection:
+        return _loop_connection(path, "PRAGMA wal_autocheckpoint=0")
+
+    async def execute(self, prepared: Prepared, parameters: Mapping[str, Any] | None = None) -> Rows:
+        compiled = prepared.compiled(self.dialect)
+        arguments = _arguments(compiled, parameters)
+        try:
+            raw_rows, rowcount, description = self._run_here(compiled, arguments)
+        except sqlite3.Error as error:
+            if _is_busy(error):  # the lock was not had: the statement did nothing
+                return await super().execute(prepared, parameters)
+            raise self._translated_here(error, compiled.sql, arguments) from error
+        self._committed()
+        return Rows(_converted_rows(compiled, self.dialect, raw_rows, description), rowcount)
+
+    async def in_one_trip(self, work: Callable[[Trip], T]) -> T:
+        connection = self._opened()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as error:
+            if _is_busy(error):
+                return await super().in_one_trip(work)
+            raise self._translated_here(error, "BEGIN IMMEDIATE", ()) from error
+        trip = Trip(self.dialect)
+        try:
+            result = work(trip.bound_to(connection))
+            connection.execute("COMMIT")
+        except BaseException as error:
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            if isinstance(error, sqlite3.Error):
+                sql, arguments = trip.executed[-1] if trip.executed else ("COMMIT", ())
+                raise self._translated_here(error, sql, arguments) from error
+            raise
+        self._committed()
+        dispatch = self._engine.dispatch
+        for sql, arguments in trip.executed:  # as `Direct.in_one_trip`
+            for before in dispatch.before_cursor_execute:
+                before(None, None, sql, arguments, None, False)
+            for after in dispatch.after_cursor_execute:
+                after(None, None, sql, arguments, None, False)
+        return result
+
+    def _translated_here(self, error: sqlite3.Error, sql: str, arguments: tuple[Any, ...]) -> StatementError:
+        """The error as SQLAlchemy raises it (an IntegrityError...), as `Direct._translated`."""
+        return DBAPIError.instance(
+            sql,
+            arguments,
+            error,
+            self.dialect.loaded_dbapi.Error,
+            hide_parameters=self._engine.hide_parameters,
+            dialect=self.dialect,
+        )
+
+    def _committed(self) -> None:
+        self._commits += 1
+        if self._commits < CHECKPOINT_EVERY or (self._checkpoint is not None and not self._checkpoint.done()):
+            return
+        self._commits = 0
+        self._checkpoint = asyncio.get_running_loop().run_in_executor(None, _checkpoint, self._path)
+
+    async def finish(self) -> None:
+        """Wait for a checkpoint under way, then close the connection."""
+        if self._checkpoint is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await self._checkpoint
+        self.close()
+
+
+def _is_busy(error: sqlite3.Error) -> bool:
+    return getattr(error, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _checkpoint(path: str) -> None:
+    """In a thread: as much of the WAL file as no reader still needs, copied into the database."""
+    connection = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        connection.close()
+
+
+def _loop_connection(path: str, *pragmas: str) -> sqlite3.Connection:
     # Used from the event loop's thread, one statement at a time; not tied to it, so that closing the
-    # database from another thread closes it too.
+    # database from another thread closes it too. Waits for no lock (timeout 0): the caller goes the
+    # usual way instead.
     connection = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
     try:
-        connection.execute("PRAGMA query_only=ON")
-        connection.execute("PRAGMA foreign_keys=ON")
+        for pragma in ("PRAGMA foreign_keys=ON", *pragmas):
+            connection.execute(pragma)
     except BaseException:
         connection.close()
         raise

@@ -66,7 +66,7 @@ NO_FLAGS: Flags = (None, None)
 
 
 async def record(db: Database, generation: Generation, flags: Flags = NO_FLAGS) -> Recorded:
-    async with db.direct_writes() as direct:
+    async with db.direct_writes(urgent=True) as direct:  # as the dispatcher records
         return await record_and_charge(direct, generation, flags)
 
 

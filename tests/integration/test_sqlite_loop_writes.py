@@ -1,0 +1,180 @@
+"""On a SQLite file the hot path's writes run in the event loop's thread (generation/direct_statements.py,
+`SqliteLoopWrites`): at once, each whole and committed; an error is SQLAlchemy's, its transaction
+rolled back; a write that finds SQLite's lock held by another process waits for it the usual way; the
+WAL file is checkpointed in a thread, never in the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from generation import direct_statements
+from generation.direct_statements import Prepared, SqliteLoopWrites, Trip
+from generation.store import Database, Generation, GenerationStatus, User
+from migrations.runner import upgrade
+from tests.integration.conftest import Trips
+
+_BALANCE = Prepared(select(User.balance).where(User.id == bindparam("user_id")))
+_ADD = Prepared(
+    update(User)
+    .where(User.id == bindparam("user_id"))
+    .values(balance=User.balance + bindparam("stars"))
+    .returning(User.balance)
+)
+_GENERATION = Prepared(
+    insert(Generation).values(
+        id=bindparam("generation_id"),
+        request_key=bindparam("request_key"),
+        kind="text_to_image",
+        user_id=bindparam("user_id"),
+        bot_name="image_bot",
+        model="black-forest-labs/flux-schnell",
+        plan="B",
+        status=GenerationStatus.queued,
+        price=2,
+        unit_price=2,
+        units=1,
+        attempts=0,
+        failures=0,
+        refunded=0,
+        request={},
+        created_at=datetime(2026, 12, 6, tzinfo=UTC),
+    )
+)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "aibot.db"
+
+
+@pytest.fixture
+async def db(path: Path) -> AsyncIterator[Database]:
+    url = f"sqlite+aiosqlite:///{path}"
+    await asyncio.to_thread(upgrade, url)
+    database = Database(url)
+    yield database
+    await database.close()
+
+
+async def _user(db: Database, balance: int) -> int:
+    async with db.transaction() as session:
+        telegram_id = uuid.uuid4().int % 10**9
+        user = User(bot_name="image_bot", telegram_id=telegram_id, language="en", balance=balance)
+        session.add(user)
+        await session.flush()
+        return user.id
+
+
+def _read_elsewhere(path: Path, user_id: int) -> int:
+    """The balance as another process reads it."""
+    connection = sqlite3.connect(path)
+    try:
+        return int(connection.execute("SELECT balance FROM users WHERE id = ?", (user_id,)).fetchone()[0])
+    finally:
+        connection.close()
+
+
+async def test_a_write_runs_at_once_in_the_loops_thread_and_is_committed(
+    db: Database, path: Path, count_sqlite_trips: Callable[[], Trips]
+) -> None:
+    user_id = await _user(db, 10)
+    trips = count_sqlite_trips()
+    turned: list[bool] = []
+    asyncio.get_running_loop().call_soon(turned.append, True)
+    async with db.direct_writes() as direct:
+        assert isinstance(direct, SqliteLoopWrites)
+        [(balance,)] = (await direct.execute(_ADD, {"user_id": user_id, "stars": 5})).rows
+
+        def two_writes(trip: Trip) -> int:
+            trip.execute(_ADD, {"user_id": user_id, "stars": 1})
+            return int(trip.execute(_ADD, {"user_id": user_id, "stars": 1}).scalar())
+
+        after_trip = await direct.in_one_trip(two_writes)
+    assert (balance, after_trip) == (15, 17)
+    assert turned == [] and trips.count == 0  # nothing waited for, no connection's thread asked
+    assert _read_elsewhere(path, user_id) == 17  # committed: another process sees it
+
+
+async def test_an_error_is_sqlalchemys_and_its_transaction_is_rolled_back(db: Database) -> None:
+    user_id = await _user(db, 10)
+    generation = {"generation_id": uuid.uuid4().hex, "request_key": f"test:{uuid.uuid4().hex}"}
+
+    def charge_and_record(trip: Trip) -> None:
+        trip.execute(_ADD, {"user_id": user_id, "stars": -2})
+        trip.execute(_GENERATION, {**generation, "user_id": user_id})
+
+    async with db.direct_writes() as direct:
+        await direct.in_one_trip(charge_and_record)
+        with pytest.raises(IntegrityError):  # the same generation again: its id is taken
+            await direct.in_one_trip(charge_and_record)
+        with pytest.raises(IntegrityError):  # a statement alone: no such user
+            await direct.execute(_GENERATION, {"generation_id": "x1", "request_key": "x1", "user_id": -1})
+        # The second charge went with its failed transaction; the connection goes on.
+        assert (await direct.execute(_BALANCE, {"user_id": user_id})).scalar() == 8
+    async with db.direct_reads() as reads:
+        assert (await reads.execute(_BALANCE, {"user_id": user_id})).scalar() == 8
+
+
+async def test_a_write_that_finds_the_lock_held_elsewhere_waits_for_it(
+    db: Database, path: Path, count_sqlite_trips: Callable[[], Trips]
+) -> None:
+    user_id = await _user(db, 10)
+    holder = sqlite3.connect(path, isolation_level=None)  # another process, in a write transaction
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("UPDATE users SET balance = balance + 100 WHERE id = ?", (user_id,))
+    try:
+        trips = count_sqlite_trips()
+        async with db.direct_writes() as direct:
+            statement = asyncio.create_task(direct.execute(_ADD, {"user_id": user_id, "stars": 1}))
+            trip = asyncio.create_task(
+                direct.in_one_trip(lambda trip: trip.execute(_ADD, {"user_id": user_id, "stars": 2}).scalar())
+            )
+            await asyncio.sleep(0.3)
+            # Waiting in connections' threads for the lock: not failed, not blocking the loop.
+            assert not statement.done() and not trip.done()
+            holder.execute("COMMIT")
+            results = {(await asyncio.wait_for(statement, 10)).scalar(), await asyncio.wait_for(trip, 10)}
+        assert trips.count >= 2
+        assert max(results) == 113 and _read_elsewhere(path, user_id) == 113  # nothing lost
+    finally:
+        holder.close()
+
+
+async def test_the_wal_file_is_checkpointed_in_a_thread(
+    db: Database, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(direct_statements, "CHECKPOINT_EVERY", 5)
+    checkpoints: list[str] = []
+    real = direct_statements._checkpoint
+
+    def checkpoint(where: str) -> None:
+        checkpoints.append(where)
+        real(where)
+
+    monkeypatch.setattr(direct_statements, "_checkpoint", checkpoint)
+    user_id = await _user(db, 0)
+    async with db.direct_writes() as direct:
+        assert isinstance(direct, SqliteLoopWrites)
+        for _ in range(4):
+            await direct.execute(_ADD, {"user_id": user_id, "stars": 1})
+        assert checkpoints == []
+        await direct.execute(_ADD, {"user_id": user_id, "stars": 1})
+        await db.close()  # waits for the checkpoint under way
+    assert checkpoints == [str(path)]
+    connection = sqlite3.connect(path)
+    try:
+        # Nothing left in the WAL file that is not in the database.
+        busy, frames, copied = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert (busy, frames, copied) in ((0, 0, 0), (0, frames, frames))
+    finally:
+        connection.close()
+    assert _read_elsewhere(path, user_id) == 5
