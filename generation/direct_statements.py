@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from loguru import logger
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import ArgumentError, DBAPIError, MultipleResultsFound, NoResultFound, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -381,17 +382,25 @@ class SqliteLoopWrites(_SqliteInLoop):
             return
         self._commits = 0
         self._checkpoint = asyncio.get_running_loop().run_in_executor(None, _checkpoint, self._path)
+        self._checkpoint.add_done_callback(_report_failed_checkpoint)
 
     async def finish(self) -> None:
         """Wait for a checkpoint under way, then close the connection."""
-        if self._checkpoint is not None:
+        checkpoint, self._checkpoint = self._checkpoint, None
+        if checkpoint is not None and checkpoint.get_loop() is asyncio.get_running_loop():
             with contextlib.suppress(sqlite3.Error):
-                await self._checkpoint
+                await checkpoint
         self.close()
 
 
 def _is_busy(error: sqlite3.Error) -> bool:
     return getattr(error, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _report_failed_checkpoint(checkpoint: asyncio.Future[None]) -> None:
+    # The next one copies what this one did not: a failure is told, not raised.
+    if not checkpoint.cancelled() and checkpoint.exception() is not None:
+        logger.warning("SQLite checkpoint failed: {}", checkpoint.exception())
 
 
 def _checkpoint(path: str) -> None:
