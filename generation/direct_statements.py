@@ -258,19 +258,10 @@ class _SqliteInLoop(Direct):
         # As `Direct._run`: the engine's listeners see each statement.
         for listener in dispatch.before_cursor_execute:
             listener(None, None, compiled.sql, arguments, None, False)
-        cursor = connection.cursor()
-        try:
-            cursor.execute(compiled.sql, arguments)
-            description = cursor.description if compiled.types else None
-            # Read whole and closed at once: an open statement would hold its read transaction, and
-            # with it the WAL file from being checkpointed.
-            rows = cursor.fetchall() if description else []
-            rowcount = cursor.rowcount
-        finally:
-            cursor.close()
+        answer = _on_sqlite3(connection, compiled, arguments)
         for listener in dispatch.after_cursor_execute:
             listener(None, None, compiled.sql, arguments, None, False)
-        return rows, rowcount, description
+        return answer
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
@@ -479,15 +470,24 @@ class Trip:
         compiled = prepared.compiled(self.dialect)
         arguments = _arguments(compiled, parameters)
         self.executed.append((compiled.sql, arguments))
-        cursor = self._connection.cursor()
-        try:
-            cursor.execute(compiled.sql, arguments)
-            description = cursor.description if compiled.types else None
-            raw_rows = cursor.fetchall() if description else []
-            rowcount = cursor.rowcount
-        finally:
-            cursor.close()
+        raw_rows, rowcount, description = _on_sqlite3(self._connection, compiled, arguments)
         return Rows(_converted_rows(compiled, self.dialect, raw_rows, description), rowcount)
+
+
+def _on_sqlite3(
+    connection: sqlite3.Connection, compiled: _Compiled, arguments: tuple[Any, ...]
+) -> tuple[list[Any], int, Any]:
+    """A statement on a sqlite3 connection: its rows (read whole), rowcount and description. The cursor
+    is closed at once: an open statement would hold its read transaction, and with it the WAL file from
+    being checkpointed."""
+    cursor = connection.cursor()
+    try:
+        cursor.execute(compiled.sql, arguments)
+        description = cursor.description if compiled.types else None
+        rows = cursor.fetchall() if description else []
+        return rows, cursor.rowcount, description
+    finally:
+        cursor.close()
 
 
 async def run(

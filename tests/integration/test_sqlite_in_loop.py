@@ -1,7 +1,9 @@
-"""On a SQLite file the hot path's writes run in the event loop's thread (generation/direct_statements.py,
-`SqliteLoopWrites`): at once, each whole and committed; an error is SQLAlchemy's, its transaction
-rolled back; a write that finds SQLite's lock held by another process waits for it the usual way; the
-WAL file is checkpointed in a thread, never in the loop."""
+"""On a SQLite file the hot path runs in the event loop's thread (generation/direct_statements.py):
+reads (`SqliteLoopReads`) at once, with no hand-off to a connection's thread, seeing every commit made
+before them; a running generation's writes (`SqliteLoopWrites`) at once, each whole and committed,
+an error SQLAlchemy's with its transaction rolled back. What cannot run at once (a lock held by
+another process) goes through a connection's thread and waits as every statement does. The WAL file
+is checkpointed in a thread, never in the loop."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from generation import direct_statements
-from generation.direct_statements import Prepared, SqliteLoopWrites, Trip
+from generation.direct_statements import Prepared, SqliteLoopReads, SqliteLoopWrites, Trip
 from generation.store import Database, Generation, GenerationStatus, User
 from migrations.runner import upgrade
 from tests.integration.conftest import Trips
@@ -81,6 +83,9 @@ def _read_elsewhere(path: Path, user_id: int) -> int:
         return int(connection.execute("SELECT balance FROM users WHERE id = ?", (user_id,)).fetchone()[0])
     finally:
         connection.close()
+
+
+# --- writes --------------------------------------------------------------------------------------
 
 
 async def test_a_write_runs_at_once_in_the_loops_thread_and_is_committed(
@@ -178,3 +183,82 @@ async def test_the_wal_file_is_checkpointed_in_a_thread(
     finally:
         connection.close()
     assert _read_elsewhere(path, user_id) == 5
+
+
+# --- reads ---------------------------------------------------------------------------------------
+
+
+async def test_a_read_runs_at_once_in_the_loops_thread(
+    db: Database, count_sqlite_trips: Callable[[], Trips]
+) -> None:
+    user_id = await _user(db, 42)
+    trips = count_sqlite_trips()
+    turned: list[bool] = []
+    asyncio.get_running_loop().call_soon(turned.append, True)
+    async with db.direct_reads() as direct:
+        assert isinstance(direct, SqliteLoopReads)
+        balance = (await direct.execute(_BALANCE, {"user_id": user_id})).scalar()
+        unknown = (await direct.execute(_BALANCE, {"user_id": -1})).rows
+    assert (balance, unknown) == (42, [])
+    assert turned == []  # the loop never turned: nothing was waited for
+    assert trips.count == 0  # no connection's thread was asked
+
+
+async def test_a_read_sees_every_commit_made_before_it(db: Database) -> None:
+    user_id = await _user(db, 0)
+    for stars in range(1, 6):
+        async with db.direct_writes() as writes:
+            await writes.execute(_ADD, {"user_id": user_id, "stars": stars})
+        async with db.direct_reads() as reads:
+            assert (await reads.execute(_BALANCE, {"user_id": user_id})).scalar() == sum(range(1, stars + 1))
+
+
+async def test_a_read_that_cannot_run_at_once_waits_as_every_read_does(
+    db: Database, path: Path, count_sqlite_trips: Callable[[], Trips]
+) -> None:
+    user_id = await _user(db, 7)
+    # A database left in rollback-journal mode, another process holding its exclusive lock: no other
+    # connection may read meanwhile, and the loop's connection waits for nothing.
+    await db.close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=DELETE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        async with db.direct_reads() as direct:
+            read = asyncio.create_task(direct.execute(_BALANCE, {"user_id": user_id}))
+            await asyncio.sleep(0.3)
+            assert not read.done()  # waiting in a connection's thread, not failed, not blocking the loop
+            holder.execute("ROLLBACK")
+            assert (await asyncio.wait_for(read, 10)).scalar() == 7
+            # And the loop's own connection serves the next read again.
+            trips = count_sqlite_trips()
+            assert (await direct.execute(_BALANCE, {"user_id": user_id})).scalar() == 7
+            assert trips.count == 0
+    finally:
+        holder.close()
+
+
+async def test_the_loops_connection_writes_nothing(db: Database) -> None:
+    user_id = await _user(db, 3)
+    async with db.direct_reads() as direct:
+        assert isinstance(direct, SqliteLoopReads)
+        # Sent here by mistake, a write is not made on the read connection: it goes the usual way,
+        # on a read connection that begins no transaction, and commits by itself.
+        await direct.execute(_ADD, {"user_id": user_id, "stars": 1})
+        assert (await direct.execute(_BALANCE, {"user_id": user_id})).scalar() == 4
+
+
+async def test_closing_the_database_closes_the_loops_connection_and_a_later_read_opens_one(
+    db: Database,
+) -> None:
+    user_id = await _user(db, 5)
+    async with db.direct_reads() as direct:
+        assert (await direct.execute(_BALANCE, {"user_id": user_id})).scalar() == 5
+    await db.close()
+    async with db.direct_reads() as direct:
+        assert (await direct.execute(_BALANCE, {"user_id": user_id})).scalar() == 5
+
+
+def test_an_in_memory_database_keeps_its_reads_on_the_engine() -> None:
+    database = Database("sqlite+aiosqlite:///:memory:")
+    assert not isinstance(database._direct_reads, SqliteLoopReads)
