@@ -322,6 +322,14 @@ class PromptWorker(Worker):
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
 
+    async def _cancel_aborted_jobs(self) -> None:
+        # arq asks Redis for the jobs asked to abort at every look at the queue (every 20 ms by
+        # default), to cancel those running here. With none running here there is nothing to cancel
+        # (a job asked to abort before it starts is found by arq's `run_job`), so an idle worker
+        # makes one round trip per look instead of two.
+        if self.job_tasks:
+            await super()._cancel_aborted_jobs()
+
     async def main(self) -> None:
         # arq's own `main`, but for the wait between looks at the queue (arq sleeps a fixed step).
         if self._pool is None:

@@ -132,3 +132,56 @@ async def test_two_workers_taking_the_same_jobs_at_once_run_each_once(pool: ArqR
 
     assert sorted(ran) == sorted(names)
     assert not set(first.tasks) & set(second.tasks)
+
+
+async def test_an_idle_worker_does_not_ask_for_aborted_jobs_and_a_running_one_is_still_aborted(
+    pool: ArqRedis,
+) -> None:
+    started = asyncio.Event()
+
+    async def wait(ctx: dict[str, Any]) -> None:
+        started.set()
+        await asyncio.Event().wait()  # until aborted
+
+    worker = PromptWorker(
+        functions=[func(wait, name="wait")],
+        redis_pool=pool,
+        job_timeout=JOB_TIMEOUT,
+        handle_signals=False,
+        allow_abort_jobs=True,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+    )
+    asked: list[str] = []
+    real_pipeline = pool.pipeline
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        asked.append("pipeline")
+        return real_pipeline(*args, **kwargs)
+
+    pool.pipeline = pipeline  # type: ignore[method-assign]
+    try:
+        await worker._cancel_aborted_jobs()
+        assert asked == []  # nothing runs here: Redis is not asked
+
+        job = await pool.enqueue_job("wait", _job_id="to-abort")
+        assert job is not None
+        await worker.start_jobs([b"to-abort"])
+        await asyncio.wait_for(started.wait(), 5)
+        asked.clear()
+        aborting = asyncio.create_task(job.abort(timeout=5, poll_delay=0.05))
+        for _ in range(100):  # the worker's looks at the queue
+            await worker._cancel_aborted_jobs()
+            if aborting.done() or not worker.job_tasks:
+                break
+            await asyncio.sleep(0.05)
+        assert asked  # with a job running, it asked
+        await asyncio.wait_for(worker.tasks["to-abort"], 10)
+        assert not worker.job_tasks  # the job's function was cancelled
+        result = await job.result_info()
+        assert result is not None and not result.success
+        aborting.cancel()
+    finally:
+        pool.pipeline = real_pipeline  # type: ignore[method-assign]
+        for task in worker.tasks.values():
+            task.cancel()
