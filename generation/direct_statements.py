@@ -49,6 +49,8 @@ from sqlalchemy.sql.selectable import Select
 from sqlalchemy.types import TypeEngine
 from sqlalchemy.util.concurrency import await_only, greenlet_spawn
 
+from generation.sqlite_connections import run_in_one_transaction
+
 Converter = Callable[[Any], Any] | None
 T = TypeVar("T")
 
@@ -164,14 +166,17 @@ class Direct:
             raise ValueError("one trip is for SQLite's connections, which run in a thread of their own")
         result: T
         result, executed = await greenlet_spawn(self._trip, work)
+        self._tell_listeners(executed)
+        return result
+
+    def _tell_listeners(self, executed: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """As in `_run`, the engine's listeners see each statement of a trip; here once it is over."""
         dispatch = self._engine.dispatch
-        # As in `_run`, the engine's listeners see each statement; here once the trip is back.
         for sql, arguments in executed:
             for before in dispatch.before_cursor_execute:
                 before(None, None, sql, arguments, None, False)
             for after in dispatch.after_cursor_execute:
                 after(None, None, sql, arguments, None, False)
-        return result
 
     def _trip(self, work: Callable[[Trip], T]) -> tuple[T, list[tuple[str, tuple[Any, ...]]]]:
         connection = self._engine.raw_connection()
@@ -328,32 +333,16 @@ class SqliteLoopWrites(_SqliteInLoop):
         return Rows(_converted_rows(compiled, self.dialect, raw_rows, description), rowcount)
 
     async def in_one_trip(self, work: Callable[[Trip], T]) -> T:
-        connection = self._opened()
-        try:
-            connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as error:
-            if _is_busy(error):
-                return await super().in_one_trip(work)
-            raise self._translated_here(error, "BEGIN IMMEDIATE", ()) from error
         trip = Trip(self.dialect)
         try:
-            result = work(trip.bound_to(connection))
-            connection.execute("COMMIT")
-        except BaseException as error:
-            if connection.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    connection.execute("ROLLBACK")
-            if isinstance(error, sqlite3.Error):
-                sql, arguments = trip.executed[-1] if trip.executed else ("COMMIT", ())
-                raise self._translated_here(error, sql, arguments) from error
-            raise
+            result = run_in_one_transaction(self._opened(), trip.bound_to, work)
+        except sqlite3.Error as error:
+            if _is_busy(error) and not trip.executed:  # BEGIN IMMEDIATE did not get the lock
+                return await super().in_one_trip(work)
+            sql, arguments = trip.executed[-1] if trip.executed else ("BEGIN IMMEDIATE", ())
+            raise self._translated_here(error, sql, arguments) from error
         self._committed()
-        dispatch = self._engine.dispatch
-        for sql, arguments in trip.executed:  # as `Direct.in_one_trip`
-            for before in dispatch.before_cursor_execute:
-                before(None, None, sql, arguments, None, False)
-            for after in dispatch.after_cursor_execute:
-                after(None, None, sql, arguments, None, False)
+        self._tell_listeners(trip.executed)
         return result
 
     def _translated_here(self, error: sqlite3.Error, sql: str, arguments: tuple[Any, ...]) -> StatementError:

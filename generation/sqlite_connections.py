@@ -60,7 +60,7 @@ class WholeStatementConnection(aiosqlite.Connection):
             self._connection is not None and self._connection.in_transaction
         ):
             raise RuntimeError("a transaction is open on this connection already")
-        return await self._execute(_in_one_transaction, self._connection, bind, work)  # type: ignore[no-any-return]
+        return await self._execute(run_in_one_transaction, self._connection, bind, work)  # type: ignore[no-any-return]
 
     @property
     def is_open(self) -> bool:
@@ -89,9 +89,11 @@ class WholeStatementConnection(aiosqlite.Connection):
         await super().commit()
 
 
-def _in_one_transaction(
+def run_in_one_transaction(
     connection: sqlite3.Connection, bind: Callable[[sqlite3.Connection], T], work: Callable[[T], R]
 ) -> R:
+    """`work(bind(connection))` between BEGIN IMMEDIATE and COMMIT, rolled back if it raises: in a
+    connection's thread here, in the event loop's (direct_statements.py, `SqliteLoopWrites`)."""
     connection.execute("BEGIN IMMEDIATE")
     try:
         result = work(bind(connection))
