@@ -22,7 +22,8 @@ On a SQLite file the hot path's reads, and a running generation's writes, run in
 own thread (`SqliteLoopReads`, `SqliteLoopWrites`): a point lookup takes tens of microseconds there
 and a write little more than its commit, where the hand-off to a connection's thread and back cost
 more CPU than the statement and, worse, waited for the loop's next turn to resume: in a burst of 400
-generations, turns of 12-50 ms (a newcomer's read of its user waited 108 ms).
+generations, turns of 12-50 ms (a newcomer's read of its user waited 108 ms). Their commits are
+synced in a thread, several at once (generation/wal_sync.py): the loop never sits in a sync.
 
 On SQLite a transaction of the hot path (the record and its charge, a claim, the delivery's mark, a
 settle) is a small function of `Prepared` statements instead: `Direct.in_one_trip` runs it in the
@@ -50,6 +51,7 @@ from sqlalchemy.types import TypeEngine
 from sqlalchemy.util.concurrency import await_only, greenlet_spawn
 
 from generation.sqlite_connections import run_in_one_transaction
+from generation.wal_sync import WalSync
 
 Converter = Callable[[Any], Any] | None
 T = TypeVar("T")
@@ -304,7 +306,10 @@ class SqliteLoopWrites(_SqliteInLoop):
     """The hot path's writes of a SQLite file, in the event loop's thread: a statement committing by
     itself (`execute`) and `in_one_trip`'s transactions (BEGIN IMMEDIATE to COMMIT). Each runs whole,
     with nothing else of the loop in between and no cancellation halfway, as a trip to a connection's
-    thread did; a commit still syncs the WAL file, as on every connection (SQLite's default, FULL).
+    thread did. A commit does not sync the WAL file inside COMMIT (`synchronous=NORMAL`, in WAL mode
+    only): the unit of work (store.py, `Database.direct_writes`) waits for `durable` once it has
+    given back its turn, and a thread syncs its commits with any others made meanwhile
+    (generation/wal_sync.py). Durable as with FULL, the loop never sits in a sync.
 
     The caller holds this process's turn at the write lock (store.py, `WriteGate`), so no writer of
     this process holds SQLite's; another process's may (an `aibot worker` of its own): then nothing was
@@ -316,32 +321,43 @@ class SqliteLoopWrites(_SqliteInLoop):
         super().__init__(engine, path)
         self._commits = 0
         self._checkpoint: asyncio.Future[None] | None = None
+        self._wal = WalSync(path)
+        self._sync_after_commit = False  # set as the connection opens: in WAL mode only
 
     def _connect(self, path: str) -> sqlite3.Connection:
-        return _loop_connection(path, "PRAGMA wal_autocheckpoint=0")
+        connection = _loop_connection(path, "PRAGMA wal_autocheckpoint=0")
+        # A commit is synced by `WalSync` in a thread, not inside COMMIT (generation/wal_sync.py). Only
+        # in WAL mode (store.py sets it as the engines connect): in another, NORMAL would sync less.
+        self._sync_after_commit = connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        if self._sync_after_commit:
+            connection.execute("PRAGMA synchronous=NORMAL")
+        return connection
 
     async def execute(self, prepared: Prepared, parameters: Mapping[str, Any] | None = None) -> Rows:
         compiled = prepared.compiled(self.dialect)
         arguments = _arguments(compiled, parameters)
         try:
+            changes = self._opened().total_changes
             raw_rows, rowcount, description = self._run_here(compiled, arguments)
         except sqlite3.Error as error:
             if _is_busy(error):  # the lock was not had: the statement did nothing
                 return await super().execute(prepared, parameters)
             raise self._translated_here(error, compiled.sql, arguments) from error
-        self._committed()
+        self._committed(changes)
         return Rows(_converted_rows(compiled, self.dialect, raw_rows, description), rowcount)
 
     async def in_one_trip(self, work: Callable[[Trip], T]) -> T:
         trip = Trip(self.dialect)
         try:
-            result = run_in_one_transaction(self._opened(), trip.bound_to, work)
+            connection = self._opened()
+            changes = connection.total_changes
+            result = run_in_one_transaction(connection, trip.bound_to, work)
         except sqlite3.Error as error:
             if _is_busy(error) and not trip.executed:  # BEGIN IMMEDIATE did not get the lock
                 return await super().in_one_trip(work)
             sql, arguments = trip.executed[-1] if trip.executed else ("BEGIN IMMEDIATE", ())
             raise self._translated_here(error, sql, arguments) from error
-        self._committed()
+        self._committed(changes)
         self._tell_listeners(trip.executed)
         return result
 
@@ -356,16 +372,35 @@ class SqliteLoopWrites(_SqliteInLoop):
             dialect=self.dialect,
         )
 
-    def _committed(self) -> None:
-        self._commits += 1
-        if self._commits < CHECKPOINT_EVERY or (self._checkpoint is not None and not self._checkpoint.done()):
+    def _committed(self, changes_before: int) -> None:
+        """After a commit that changed anything (one that changed nothing wrote nothing): counted for
+        `durable`, and now and then a checkpoint."""
+        if self._opened().total_changes == changes_before:
             return
-        self._commits = 0
-        self._checkpoint = asyncio.get_running_loop().run_in_executor(None, _checkpoint, self._path)
-        self._checkpoint.add_done_callback(_report_failed_checkpoint)
+        if self._sync_after_commit:
+            self._wal.written()
+        self._commits += 1
+        if self._commits >= CHECKPOINT_EVERY and (self._checkpoint is None or self._checkpoint.done()):
+            self._commits = 0
+            self._checkpoint = asyncio.get_running_loop().run_in_executor(None, _checkpoint, self._path)
+            self._checkpoint.add_done_callback(_report_failed_checkpoint)
+
+    @property
+    def commits(self) -> int:
+        """Commits written so far, for `durable`."""
+        return self._wal.count
+
+    async def durable(self, since: int) -> None:
+        """Return once every commit written after the `commits` count `since` is on disk (at once when
+        there is none): a unit of work's writes are synced together, once it has given up its turn
+        at the write lock, so that the next unit writes meanwhile and shares the sync
+        (generation/wal_sync.py)."""
+        if self._wal.count > since:
+            await self._wal.durable(self._wal.count)
 
     async def finish(self) -> None:
-        """Wait for a checkpoint under way, then close the connection."""
+        """Wait for a sync and a checkpoint under way, then close the connection."""
+        await self._wal.finish()
         checkpoint, self._checkpoint = self._checkpoint, None
         if checkpoint is not None and checkpoint.get_loop() is asyncio.get_running_loop():
             with contextlib.suppress(sqlite3.Error):

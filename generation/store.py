@@ -453,10 +453,24 @@ class Database:
     async def direct_writes(self, *, urgent: bool = False) -> AsyncIterator[Direct]:
         """`one_statement`, for statements built once (`Prepared`): each one atomic by itself, in
         autocommit; on SQLite in this process's turn at the write lock, and on a SQLite file in the
-        event loop's thread. `urgent`: the accept path's, as `transaction`'s (before the others
-        waiting on SQLite, on a connection's thread there; its own connections on PostgreSQL)."""
-        async with self._write_turn(urgent):
-            yield self._accept_writes if urgent else self._direct_writes
+        event loop's thread, the block's commits on disk when it ends. `urgent`: the accept path's,
+        as `transaction`'s (before the others waiting on SQLite, on a connection's thread there; its
+        own connections on PostgreSQL)."""
+        writes = self._accept_writes if urgent else self._direct_writes
+        if not isinstance(writes, SqliteLoopWrites):
+            async with self._write_turn(urgent):
+                yield writes
+            return
+        # The block's commits are synced once it gives its turn back (generation/wal_sync.py): the
+        # next writer writes meanwhile, and its commits share the sync.
+        commits: int | None = None
+        try:
+            async with self._write_turn(urgent):
+                commits = writes.commits
+                yield writes
+        finally:
+            if commits is not None:
+                await writes.durable(since=commits)
 
     def _write_turn(self, urgent: bool) -> contextlib.AbstractAsyncContextManager[None]:
         if self._write_gate is None:

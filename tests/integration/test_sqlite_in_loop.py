@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -18,9 +19,10 @@ import pytest
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from generation import direct_statements
+from generation import direct_statements, wal_sync
 from generation.direct_statements import Prepared, SqliteLoopReads, SqliteLoopWrites, Trip
 from generation.store import Database, Generation, GenerationStatus, User
+from generation.wal_sync import sync_file as wal_sync_file
 from migrations.runner import upgrade
 from tests.integration.conftest import Trips
 
@@ -67,6 +69,52 @@ async def db(path: Path) -> AsyncIterator[Database]:
     await database.close()
 
 
+class Syncs:
+    """The WAL file's syncs (generation/wal_sync.py), counted; held or failed on demand."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.begun = 0
+        self._gate: threading.Event | None = None
+        self._failure: OSError | None = None
+
+    def __call__(self, wal: str) -> None:
+        self.begun += 1
+        if self._gate is not None:
+            self._gate.wait(10)
+            self._gate.clear()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+        wal_sync_file(wal)
+        self.done += 1
+
+    def hold(self) -> None:
+        """Each sync from now on waits for `release`."""
+        self._gate = threading.Event()
+
+    def release(self) -> None:
+        assert self._gate is not None
+        self._gate.set()
+
+    def fail_next(self, error: OSError) -> None:
+        self._failure = error
+
+    async def started(self, count: int) -> None:
+        for _ in range(500):
+            if self.begun >= count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{count} syncs did not start")
+
+
+@pytest.fixture
+def syncs(monkeypatch: pytest.MonkeyPatch) -> Syncs:
+    counted = Syncs()
+    monkeypatch.setattr(wal_sync, "sync_file", counted)
+    return counted
+
+
 async def _user(db: Database, balance: int) -> int:
     async with db.transaction() as session:
         telegram_id = uuid.uuid4().int % 10**9
@@ -89,7 +137,7 @@ def _read_elsewhere(path: Path, user_id: int) -> int:
 
 
 async def test_a_write_runs_at_once_in_the_loops_thread_and_is_committed(
-    db: Database, path: Path, count_sqlite_trips: Callable[[], Trips]
+    db: Database, path: Path, count_sqlite_trips: Callable[[], Trips], syncs: Syncs
 ) -> None:
     user_id = await _user(db, 10)
     trips = count_sqlite_trips()
@@ -104,9 +152,67 @@ async def test_a_write_runs_at_once_in_the_loops_thread_and_is_committed(
             return int(trip.execute(_ADD, {"user_id": user_id, "stars": 1}).scalar())
 
         after_trip = await direct.in_one_trip(two_writes)
+        assert turned == [] and trips.count == 0  # nothing waited for, no connection's thread asked
+        assert syncs.done == 0
+    assert syncs.done == 1  # the block's two commits on disk, in one sync, before it ended
     assert (balance, after_trip) == (15, 17)
-    assert turned == [] and trips.count == 0  # nothing waited for, no connection's thread asked
     assert _read_elsewhere(path, user_id) == 17  # committed: another process sees it
+
+
+async def test_a_block_ends_once_its_commits_are_synced_and_blocks_share_syncs(
+    db: Database, syncs: Syncs
+) -> None:
+    user_id = await _user(db, 0)
+    syncs.hold()
+
+    async def add_one(in_one_trip: bool = False) -> None:
+        async with db.direct_writes() as direct:
+            if in_one_trip:
+                await direct.in_one_trip(lambda trip: trip.execute(_ADD, {"user_id": user_id, "stars": 1}))
+            else:
+                await direct.execute(_ADD, {"user_id": user_id, "stars": 1})
+
+    first = asyncio.create_task(add_one())
+    await syncs.started(1)
+    # Written while the first one's sync runs (its turn at the write lock given back): they wait
+    # for the next sync, one for the three of them.
+    later = [
+        asyncio.create_task(add_one()),
+        asyncio.create_task(add_one(True)),
+        asyncio.create_task(add_one()),
+    ]
+    await asyncio.sleep(0.05)
+    assert not first.done() and not any(task.done() for task in later)
+    async with db.direct_reads() as reads:  # each one wrote at once, without waiting for the sync
+        assert (await reads.execute(_BALANCE, {"user_id": user_id})).scalar() == 4
+    syncs.release()
+    await asyncio.wait_for(first, 5)
+    await syncs.started(2)
+    await asyncio.sleep(0.05)
+    assert not any(task.done() for task in later)  # the first sync began before they wrote
+    syncs.release()
+    await asyncio.wait_for(asyncio.gather(*later), 5)
+    assert syncs.done == 2
+
+
+async def test_a_block_that_changed_nothing_waits_for_no_sync(db: Database, syncs: Syncs) -> None:
+    async with db.direct_writes() as direct:
+        rows = await direct.execute(_ADD, {"user_id": -1, "stars": 1})  # no such user
+        assert await direct.in_one_trip(lambda trip: trip.execute(_BALANCE, {"user_id": -1}).first()) is None
+    assert rows.rows == [] and syncs.begun == 0
+
+
+async def test_a_failed_sync_fails_its_writers_and_the_next_block_syncs_again(
+    db: Database, syncs: Syncs
+) -> None:
+    user_id = await _user(db, 0)
+    syncs.fail_next(OSError(5, "Input/output error"))
+    with pytest.raises(OSError, match="Input/output error"):
+        async with db.direct_writes() as direct:
+            await direct.execute(_ADD, {"user_id": user_id, "stars": 1})
+    async with db.direct_writes() as direct:
+        await direct.execute(_ADD, {"user_id": user_id, "stars": 1})
+    assert syncs.done == 1
 
 
 async def test_an_error_is_sqlalchemys_and_its_transaction_is_rolled_back(db: Database) -> None:
