@@ -197,6 +197,21 @@ def test_stdlib_records_from_libraries_are_masked_too(
     assert "the next line" in written
 
 
+def test_aiogram_s_line_for_every_update_is_written_at_debug_only(
+    configure: Configure, capfd: pytest.CaptureFixture[str]
+) -> None:
+    events = logging.getLogger("aiogram.event")
+    configure()
+    events.info("Update id=%s is %s. Duration %d ms by bot id=%d", 1, "handled", 4, 42)
+    events.warning("a warning of aiogram's")
+    written = capfd.readouterr().err
+    assert "Update id=1" not in written and "a warning of aiogram's" in written
+
+    configure(log_level="DEBUG")
+    events.info("Update id=%s is %s. Duration %d ms by bot id=%d", 2, "handled", 4, 42)
+    assert "Update id=2 is handled" in capfd.readouterr().err
+
+
 def test_texts_stored_or_shown_are_masked_with_the_settings_secrets_too(configure: Configure) -> None:
     assert logs.redact(f"key {SECRET_HALF}") == f"key {SECRET_HALF}"  # not a shape: only known from settings
     configure()
