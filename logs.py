@@ -18,7 +18,7 @@ import re
 import sys
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 from urllib.parse import urlsplit
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -270,16 +270,24 @@ CONTEXT_ORDER = ("generation", "kind", "plan", "user", "bot")
 _CONTEXT_RANK = {key: rank for rank, key in enumerate(CONTEXT_ORDER)}
 
 
+# One template for every line: loguru parses a format function's template for its colours each time
+# it sees a new one (it remembers 64), and a template holding the line's own context was new for
+# every generation: half of a line's CPU (70 of 150 us). The context goes in as a value instead.
+_TEXT_TEMPLATE = (
+    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> {message}<dim>{context}</dim>"
+    "\n{exception}"
+)
+
+
 def _text_format(record: Record) -> str:
     # The generation's id, kind, plan, user and bot ride in `extra` (bound, or the task's context);
-    # show them only when there are some.
+    # show them only when there are some. Set on the record (loguru fills the template from a copy
+    # of it made after this call), not in `extra`, which other sinks see.
     extra = record["extra"]
     ordered = sorted(extra, key=lambda key: _CONTEXT_RANK.get(key, len(CONTEXT_ORDER)))  # a stable sort
     context = " ".join(f"{key}={text_of(extra[key])}" for key in ordered)
-    # The result is a template loguru fills and colours: braces and tags in a value must stay text.
-    context = context.replace("{", "{{").replace("}", "}}").replace("<", r"\<")
-    line = "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> {message}"
-    return line + (f" <dim>[{context}]</dim>" if context else "") + "\n{exception}"
+    cast(dict[str, Any], record)["context"] = f" [{context}]" if context else ""
+    return _TEXT_TEMPLATE
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -256,6 +256,29 @@ def test_braces_and_tags_in_a_bound_value_do_not_break_a_text_line(
     assert "Logging error" not in written and "the next line" in written
 
 
+def test_every_text_line_has_the_same_template_whatever_its_context(
+    configure: Configure, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """loguru parses a template it has not seen for its colours (it remembers 64): one per line's
+    context would be parsed for every generation."""
+    templates: list[str] = []
+    format_line = logs._text_format
+
+    def remembered(record: Any) -> str:
+        templates.append(format_line(record))
+        return templates[-1]
+
+    monkeypatch.setattr(logs, "_text_format", remembered)
+    configure()
+    for generation in ("g-1", "g-2"):
+        logger.bind(generation=generation, user=7).info("running")
+    logger.info("no context")
+    written = capfd.readouterr().err
+    assert "running [generation=g-1 user=7]" in written and "running [generation=g-2 user=7]" in written
+    assert "no context\n" in written
+    assert len(templates) == 3 and len(set(templates)) == 1
+
+
 def test_what_bypasses_the_logger_on_stderr_is_masked_even_split_over_writes(
     configure: Configure, capfd: pytest.CaptureFixture[str]
 ) -> None:
