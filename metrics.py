@@ -14,11 +14,12 @@ flight, the queue) are not kept here between scrapes: `live_families` reads them
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -126,6 +127,14 @@ PROVIDER_CALL_SECONDS = Histogram(
 )
 
 
+# Each metric's child for its label values, found once: prometheus_client's `labels()` takes a lock
+# and builds its key on every call, a dozen times per generation. The values are few (kinds, plans,
+# statuses, models of the catalogue, providers' operations and error types).
+@functools.cache
+def _child(metric: Any, *values: str) -> Any:
+    return metric.labels(*values)
+
+
 @contextmanager
 def provider_call(
     provider: str,
@@ -135,17 +144,17 @@ def provider_call(
     """Count and time one call to `provider`, around the code that maps its errors to typed ones (so
     the error counted is the typed one). A call cut short (a cancellation) counts, without an error."""
     operation = operation.replace(" ", "_")
-    PROVIDER_CALLS.labels(provider, operation).inc()
+    _child(PROVIDER_CALLS, provider, operation).inc()
     started = time.perf_counter()
     try:
         yield
     except Exception as error:
-        PROVIDER_ERRORS.labels(provider, operation, type(error).__name__).inc()
+        _child(PROVIDER_ERRORS, provider, operation, type(error).__name__).inc()
         if isinstance(error, rate_limited):
-            PROVIDER_RATE_LIMITED.labels(provider, operation).inc()
+            _child(PROVIDER_RATE_LIMITED, provider, operation).inc()
         raise
     finally:
-        PROVIDER_CALL_SECONDS.labels(provider, operation).observe(time.perf_counter() - started)
+        _child(PROVIDER_CALL_SECONDS, provider, operation).observe(time.perf_counter() - started)
 
 
 # --- recording what happened to a generation ---------------------------------------------------------
@@ -164,12 +173,12 @@ def since(epoch_seconds: float) -> float:
 
 def charged(kind: str, price: int) -> None:
     """A new generation was recorded and charged for (committed)."""
-    STARS_CHARGED.labels(kind).inc(price)
+    _child(STARS_CHARGED, kind).inc(price)
 
 
 def accepted(kind: str, plan: str, seconds: float) -> None:
     """A request was answered with the new generation it recorded, on `plan`."""
-    ACCEPT_SECONDS.labels(plan, kind).observe(seconds)
+    _child(ACCEPT_SECONDS, plan, kind).observe(seconds)
 
 
 def delivered(
@@ -186,17 +195,17 @@ def delivered(
     span tries and processes."""
     output_at = handed_over_at if handed_over_at is not None else delivered_at
     if provider_started_at is not None:
-        PROVIDER_SECONDS.labels(plan, kind).observe(max(0.0, output_at - provider_started_at))
+        _child(PROVIDER_SECONDS, plan, kind).observe(max(0.0, output_at - provider_started_at))
     if handed_over_at is not None:
-        DELIVERY_SECONDS.labels(plan, kind).observe(max(0.0, delivered_at - handed_over_at))
+        _child(DELIVERY_SECONDS, plan, kind).observe(max(0.0, delivered_at - handed_over_at))
 
 
 def ended(kind: str, model: str, plan: str, status: str, refund: int, age_seconds: float) -> None:
     """A generation reached its final status (committed, once): done, failed or canceled."""
-    GENERATIONS.labels(kind, model, plan, status).inc()
-    END_TO_END_SECONDS.labels(plan, kind, status).observe(age_seconds)
+    _child(GENERATIONS, kind, model, plan, status).inc()
+    _child(END_TO_END_SECONDS, plan, kind, status).observe(age_seconds)
     if refund > 0:
-        STARS_REFUNDED.labels(kind).inc(refund)
+        _child(STARS_REFUNDED, kind).inc(refund)
 
 
 # --- what the running app looks like, read at each scrape ------------------------------------------
