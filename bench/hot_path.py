@@ -548,6 +548,7 @@ async def sequential_generations(
 async def measure_sequential(
     product: Product, fakes: Fakes, users: Sequence[int], options: Options
 ) -> dict[str, Any]:
+    calibration_before = calibration_ms()
     cpu_before = product.cpu()
     commits_before = product.commits()
     windows, first_event = await sequential_generations(
@@ -555,6 +556,7 @@ async def measure_sequential(
     )
     cpu_after = product.cpu()
     commits_after = product.commits()
+    calibration_after = calibration_ms()
     events = await fakes.events(first_event)
     end_to_end, overhead, inside, to_create = [], [], [], []
     calls: Counter[str] = Counter()
@@ -585,6 +587,7 @@ async def measure_sequential(
         "commits_per_generation": (commits_after[0] - commits_before[0]) / count,
         "rollbacks_per_generation": (commits_after[1] - commits_before[1]) / count,
         "timeline_ms": timeline(steps, count),
+        "calibration_ms_before_after": [calibration_before, calibration_after],
     }
 
 
@@ -1143,7 +1146,7 @@ def notes(result: dict[str, Any]) -> list[str]:
     found = []
     calibrations = [
         value
-        for burst in ("telegram_burst", "http_burst")
+        for burst in ("sequential", "telegram_burst", "http_burst")
         for value in figure(result, burst, "calibration_ms_before_after") or []
     ]
     if calibrations and max(calibrations) > 1.3 * min(calibrations):
