@@ -23,7 +23,8 @@ own thread (`SqliteLoopReads`, `SqliteLoopWrites`): a point lookup takes tens of
 and a write little more than its commit, where the hand-off to a connection's thread and back cost
 more CPU than the statement and, worse, waited for the loop's next turn to resume: in a burst of 400
 generations, turns of 12-50 ms (a newcomer's read of its user waited 108 ms). Their commits are
-synced in a thread, several at once (generation/wal_sync.py): the loop never sits in a sync.
+synced in a thread, several at once (generation/wal_sync.py), or by the loop itself when the process
+has nothing else to do (store.py, `Database.quiet`).
 
 On SQLite a transaction of the hot path (the record and its charge, a claim, the delivery's mark, a
 settle) is a small function of `Prepared` statements instead: `Direct.in_one_trip` runs it in the
@@ -309,7 +310,8 @@ class SqliteLoopWrites(_SqliteInLoop):
     thread did. A commit does not sync the WAL file inside COMMIT (`synchronous=NORMAL`, in WAL mode
     only): the unit of work (store.py, `Database.direct_writes`) waits for `durable` once it has
     given back its turn, and a thread syncs its commits with any others made meanwhile
-    (generation/wal_sync.py). Durable as with FULL, the loop never sits in a sync.
+    (generation/wal_sync.py), or the loop syncs them itself when the process has nothing else to do.
+    Durable as with FULL.
 
     The caller holds this process's turn at the write lock (store.py, `WriteGate`), so no writer of
     this process holds SQLite's; another process's may (an `aibot worker` of its own): then nothing was
@@ -390,13 +392,13 @@ class SqliteLoopWrites(_SqliteInLoop):
         """Commits written so far, for `durable`."""
         return self._wal.count
 
-    async def durable(self, since: int) -> None:
+    async def durable(self, since: int, *, here: bool = False) -> None:
         """Return once every commit written after the `commits` count `since` is on disk (at once when
         there is none): a unit of work's writes are synced together, once it has given up its turn
         at the write lock, so that the next unit writes meanwhile and shares the sync
-        (generation/wal_sync.py)."""
+        (generation/wal_sync.py). `here`: in the loop's thread, if no sync is under way."""
         if self._wal.count > since:
-            await self._wal.durable(self._wal.count)
+            await self._wal.durable(self._wal.count, here=here)
 
     async def finish(self) -> None:
         """Wait for a sync and a checkpoint under way, then close the connection."""

@@ -455,9 +455,11 @@ async def _send(target: Target, shown: Shown) -> None:
     board = _board(target.services)
     delivery = target.services.delivery
     board.throttle.note_sent(chat)
+    # Its id is journaled for the settle to remove the message: not worth a sync of its own.
     await target.steps.run(
         STATUS_STEP,
         lambda: delivery.send_text(generation.bot_name, chat[1], shown.text, buttons=_buttons(target, shown)),
+        durable=False,
     )
     board.remember(generation.id, shown)
 

@@ -35,3 +35,10 @@ class Services:
     def __post_init__(self) -> None:
         self.working = Places(FIRST)
         self.pace = Pace(self.working, most=self.settings.limit_overall)
+        self.db.quiet = self.quiet
+
+    def quiet(self) -> bool:
+        """Nothing else to do here but one run or one request: the database may then do its I/O in
+        the loop's thread (generation/store.py, `Database.quiet`)."""
+        working = self.working
+        return working.taken <= 1 and not working.waiting and self.intake_first.accepting <= 1

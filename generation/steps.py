@@ -71,10 +71,12 @@ class StepJournal:
         *,
         shielded: bool = False,
         also: dict[str, Any] | None = None,
+        durable: bool = True,
     ) -> T:
         """`shielded` for paid calls: a cancellation (a stopping process) waits until the call's
         result is journaled, so the next run finds it instead of paying again. `also`: more steps
-        journaled in the same transaction as this one's result."""
+        journaled in the same transaction as this one's result. `durable=False`: the run goes on once
+        the result is committed, without waiting for it to be on disk (`Database.direct_writes`)."""
         done = await self.load()
         if name in done:
             return done[name]  # type: ignore[no-any-return]
@@ -85,10 +87,7 @@ class StepJournal:
 
         async def call_and_record() -> None:
             result = await fn()
-            if also:
-                await self.record_many({name: result, **also})
-            else:
-                await self.record(name, result)
+            await self.record_many({name: result, **also} if also else {name: result}, durable=durable)
 
         task = self._running[name] = asyncio.ensure_future(call_and_record())
         try:
@@ -202,9 +201,10 @@ class StepJournal:
         taken = {name for name in rows if name not in added}
         self._done.update({name: result for name, result in journaled if name in taken})
 
-    async def record_many(self, results: dict[str, Any]) -> None:
-        """Journal several steps at once (one INSERT, atomic by itself); each keeps a first result."""
-        async with self.db.direct_writes() as direct:
+    async def record_many(self, results: dict[str, Any], *, durable: bool = True) -> None:
+        """Journal several steps at once (one INSERT, atomic by itself); each keeps a first result.
+        `durable=False`: see `Database.direct_writes`."""
+        async with self.db.direct_writes(durable=durable) as direct:
             await self.add_many(direct, results)
 
     async def record(self, name: str, result: Any) -> None:

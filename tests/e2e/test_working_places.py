@@ -7,6 +7,7 @@ runs of their process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from app import App
 from fallback.inline import InlineRunner
@@ -112,3 +113,31 @@ async def _waiting_places(places: Places, count: int) -> bool:
 
 async def _statuses_are(app: App, statuses: list[str]) -> bool:
     return [generation.status for generation in await generations_of(app)] == statuses
+
+
+async def test_the_database_is_told_when_the_process_has_nothing_else_to_do(make_app: AppFactory) -> None:
+    """With one run working or one request being accepted at most, the process is quiet: the database
+    then does its I/O in the loop's thread (generation/store.py, `Database.quiet`)."""
+    app = await make_app()
+    assert app.services is not None
+    services = app.services
+    quiet = services.db.quiet
+    assert quiet()
+    async with services.working.held():
+        assert quiet()  # one run working
+        async with services.intake_first.accepting_one():
+            assert quiet()  # and one request
+            async with services.intake_first.accepting_one():
+                assert not quiet()  # two requests at once
+        async with services.working.held():
+            assert not quiet()  # two runs
+    places = services.pace.most = services.working.size  # the pace must not add a place meanwhile
+    async with contextlib.AsyncExitStack() as holding:
+        for _ in range(places):
+            await holding.enter_async_context(services.working.held())
+        waiting = asyncio.create_task(services.working.take())
+        await wait_until(lambda: _waiting_places(services.working, 1))
+        assert not quiet()  # a run waiting for a place
+    await waiting
+    services.working.give_back()
+    assert quiet()

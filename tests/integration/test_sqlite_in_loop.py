@@ -75,11 +75,13 @@ class Syncs:
     def __init__(self) -> None:
         self.done = 0
         self.begun = 0
+        self.threads: list[int] = []  # where each sync ran
         self._gate: threading.Event | None = None
         self._failure: OSError | None = None
 
     def __call__(self, wal: str) -> None:
         self.begun += 1
+        self.threads.append(threading.get_ident())
         if self._gate is not None:
             self._gate.wait(10)
             self._gate.clear()
@@ -210,6 +212,71 @@ async def test_a_failed_sync_fails_its_writers_and_the_next_block_syncs_again(
     with pytest.raises(OSError, match="Input/output error"):
         async with db.direct_writes() as direct:
             await direct.execute(_ADD, {"user_id": user_id, "stars": 1})
+    async with db.direct_writes() as direct:
+        await direct.execute(_ADD, {"user_id": user_id, "stars": 1})
+    assert syncs.done == 1
+
+
+async def test_a_quiet_process_syncs_in_the_loops_thread_unless_a_sync_is_under_way(
+    db: Database, syncs: Syncs
+) -> None:
+    user_id = await _user(db, 0)
+    loop_thread = threading.get_ident()
+
+    async def add_one() -> None:
+        async with db.direct_writes() as direct:
+            await direct.execute(_ADD, {"user_id": user_id, "stars": 1})
+
+    await add_one()
+    assert syncs.threads[-1] != loop_thread  # a busy process (the default): in a thread
+    db.quiet = lambda: True
+    await add_one()
+    assert syncs.threads[-1] == loop_thread  # quiet: the loop syncs itself, no trip to a thread
+    db.quiet = lambda: False
+    syncs.hold()
+    busy = asyncio.create_task(add_one())
+    await syncs.started(3)
+    db.quiet = lambda: True
+    quiet = asyncio.create_task(add_one())  # its commit is not covered by the sync under way
+    await asyncio.sleep(0.05)
+    assert not quiet.done()
+    syncs.release()
+    await asyncio.wait_for(busy, 5)
+    syncs._gate = None  # the next sync runs in the loop's thread: it must not wait for a release
+    await asyncio.wait_for(quiet, 5)
+    assert syncs.done == 4 and syncs.threads[-1] == loop_thread
+    async with db.direct_reads() as reads:
+        assert (await reads.execute(_BALANCE, {"user_id": user_id})).scalar() == 4
+
+
+async def test_a_quiet_process_records_in_the_loops_thread(
+    db: Database, count_sqlite_trips: Callable[[], Trips], syncs: Syncs
+) -> None:
+    """The accept path's writes (`urgent`) go through a connection's thread, unless nothing else is
+    going on: then they run in the loop's thread as a running generation's do."""
+    user_id = await _user(db, 0)
+    trips = count_sqlite_trips()
+    async with db.direct_writes(urgent=True) as direct:
+        assert not isinstance(direct, SqliteLoopWrites)
+        await direct.execute(_ADD, {"user_id": user_id, "stars": 1})
+    assert trips.count == 1 and syncs.begun == 0  # FULL: synced inside its COMMIT, in that thread
+    db.quiet = lambda: True
+    async with db.direct_writes(urgent=True) as direct:
+        assert isinstance(direct, SqliteLoopWrites)
+        await direct.in_one_trip(lambda trip: trip.execute(_ADD, {"user_id": user_id, "stars": 1}))
+    assert trips.count == 1 and syncs.threads == [threading.get_ident()]
+    async with db.direct_reads() as reads:
+        assert (await reads.execute(_BALANCE, {"user_id": user_id})).scalar() == 2
+
+
+async def test_a_block_that_need_not_be_durable_ends_unsynced_and_the_next_sync_covers_it(
+    db: Database, path: Path, syncs: Syncs
+) -> None:
+    user_id = await _user(db, 0)
+    async with db.direct_writes(durable=False) as direct:
+        await direct.execute(_ADD, {"user_id": user_id, "stars": 1})
+    assert syncs.begun == 0
+    assert _read_elsewhere(path, user_id) == 1  # committed all the same
     async with db.direct_writes() as direct:
         await direct.execute(_ADD, {"user_id": user_id, "stars": 1})
     assert syncs.done == 1
