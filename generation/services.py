@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from generation.catalog import Catalog
@@ -31,6 +32,9 @@ class Services:
     # share one event loop in `aibot run`): as many as that loop keeps up with (generation/pace.py).
     working: Places = field(init=False)
     pace: Pace = field(init=False)
+    # How many requests each channel is handling now (the HTTP server's that take work, Telegram's
+    # updates), each registered by the channel as it is built: part of what keeps the process busy.
+    requests_in_flight: list[Callable[[], int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.working = Places(FIRST)
@@ -39,6 +43,12 @@ class Services:
 
     def quiet(self) -> bool:
         """Nothing else to do here but one run or one request: the database may then do its I/O in
-        the loop's thread (generation/store.py, `Database.quiet`)."""
+        the loop's thread (generation/store.py, `Database.quiet`). A request counts from its arrival
+        (a burst's updates are all in before the first is recorded), a run while it works."""
         working = self.working
-        return working.taken <= 1 and not working.waiting and self.intake_first.accepting <= 1
+        return (
+            working.taken <= 1
+            and not working.waiting
+            and self.intake_first.accepting <= 1
+            and all(count() <= 1 for count in self.requests_in_flight)
+        )

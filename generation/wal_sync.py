@@ -52,9 +52,16 @@ class WalSync:
         fdatasync took 0.2 ms here, its trip to the default executor and back 0.65 ms, all of it on
         the way of the writer's next step. With others at work, a thread's sync lets them run meanwhile
         and serves all the commits they write."""
+        yielded = False
         while self._synced < commit:
             syncing = self._syncing
             if here and syncing is None:
+                if not yielded:
+                    # What is ready runs first (a download just started sends its request), so that
+                    # the sync overlaps it instead of holding it back.
+                    yielded = True
+                    await asyncio.sleep(0)
+                    continue
                 covered = self._written
                 sync_file(self._wal)
                 self._synced = max(self._synced, covered)

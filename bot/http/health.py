@@ -40,6 +40,10 @@ class Readiness:
         # Requests that take new work, being handled now: a drain waits for them.
         self.taking_work: set[asyncio.Task[Any]] = set()
 
+    def in_flight(self) -> int:
+        """Requests that take new work being handled now."""
+        return len(self.taking_work)
+
     async def not_ready_because(self) -> str | None:
         if self.draining:
             return "draining"

@@ -30,6 +30,7 @@ def build_web_app(
     """`readiness`: what /readyz answers and where the process says it drains (by default: ready
     while the database answers). `web_chat`: serve the browser chat under /chat."""
     readiness = readiness or health.Readiness({"database": services.db.ping})
+    services.requests_in_flight.append(readiness.in_flight)
     new_work = {"/api/generation/{kind}", "/webhooks/telegram/{bot_name}", *web_chat_routes.TAKING_WORK}
     app = web.Application(
         client_max_size=MAX_BODY,

@@ -63,8 +63,10 @@ def build_bot_dispatcher(
     # Conversation state lives in the database: it survives restarts and is shared by every process.
     bot_names = {bot.id: name for name, bot in bots.items()}
     # Each update in its turn: a burst does not slow down everything else the process answers.
+    turns = Turns()
+    services.requests_in_flight.append(turns.in_flight)
     dispatcher = TurnTakingDispatcher(
-        turns=Turns(),
+        turns=turns,
         storage=DatabaseStorage(services.db, bot_names),
         services=services,
         generations=generations,

@@ -38,6 +38,10 @@ class Turns:
         self.places = Places(at_once)
         self.longest = longest
 
+    def in_flight(self) -> int:
+        """Updates being handled or waiting for their turn."""
+        return self.places.taken + self.places.waiting
+
     @asynccontextmanager
     async def turn(self, first: bool = False) -> AsyncIterator[None]:
         """Hold a turn, waited for (`first`: before those that are not) and given back at the end, or

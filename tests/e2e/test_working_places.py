@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import cast
 
 from app import App
+from bot.telegram.turns import TurnTakingDispatcher
 from fallback.inline import InlineRunner
 from generation.places import Places
 from tests.conftest import AppFactory, wait_until
@@ -131,6 +133,17 @@ async def test_the_database_is_told_when_the_process_has_nothing_else_to_do(make
                 assert not quiet()  # two requests at once
         async with services.working.held():
             assert not quiet()  # two runs
+    turns = cast(TurnTakingDispatcher, app.bot_dispatcher).turns
+    async with turns.turn():
+        assert quiet()  # one Telegram update being handled
+        async with turns.turn():
+            assert not quiet()  # two
+    assert app.readiness is not None
+    requests = [asyncio.create_task(asyncio.sleep(0)) for _ in range(2)]
+    app.readiness.taking_work.update(requests)
+    assert not quiet()  # two HTTP requests that take work
+    app.readiness.taking_work.clear()
+    await asyncio.gather(*requests)
     places = services.pace.most = services.working.size  # the pace must not add a place meanwhile
     async with contextlib.AsyncExitStack() as holding:
         for _ in range(places):
