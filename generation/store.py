@@ -470,7 +470,7 @@ class Database:
         commits are written, which a crash of the process does not lose, and they are synced with the
         next block's that waits (the status message's id: lost to a power cut, it leaves that message
         in the chat, where waiting for the sync held up the run's next step for 0.7 ms)."""
-        quiet = self.quiet()
+        quiet = isinstance(self._direct_writes, SqliteLoopWrites) and self.quiet()
         writes = self._accept_writes if urgent and not quiet else self._direct_writes
         if not isinstance(writes, SqliteLoopWrites):
             async with self._write_turn(urgent):
