@@ -22,7 +22,7 @@ def _routers(router: Router) -> list[Router]:
 
 def test_no_filter_or_handler_runs_in_a_thread() -> None:
     # Building the routers reads only the settings; nothing here runs a handler.
-    services: Any = SimpleNamespace(db=None, settings=Settings(admin_ids=[1]))
+    services: Any = SimpleNamespace(db=None, settings=Settings(admin_ids=[1]), requests_in_flight=[])
     generations: Any = None
     dispatcher = build_bot_dispatcher(services, generations, bots={})
     in_threads = []
