@@ -411,12 +411,12 @@ class Database:
         # flight ran whole in one turn of it: a newcomer's 202 waited 0.32-0.33 s while a burst of
         # 400 was being accepted, against 0.05 s this way.
         self._accept_writes = intake or Direct(self.engine)
-        # Whether this process has nothing else to do now (no more than one run working, one request
-        # being accepted): generation/services.py tells. Then, on a SQLite file, the accept path's
-        # record runs in the loop's thread as a running generation's writes do, and the loop syncs
-        # commits itself (generation/wal_sync.py): one request at a time, a record took 1.6 ms through
-        # the connection's thread, and each sync 0.65 ms through the default executor, against 0.2 ms
-        # in the loop. A burst keeps the threads (see above).
+        # Whether this process has nothing else to do now (`Services.quiet`: one run working, one
+        # request in hand at most). Then, on a SQLite file, the accept path's record runs in the
+        # loop's thread as a running generation's writes do, and the loop syncs commits itself
+        # (generation/wal_sync.py): one request at a time, a record took 1.6 ms through the
+        # connection's thread and a sync 0.65 ms through the default executor, where the record's
+        # statements take 0.4 in the loop and an fdatasync 0.2-0.7. A burst keeps the threads (above).
         self.quiet: Callable[[], bool] = _never
 
     @asynccontextmanager

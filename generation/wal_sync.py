@@ -48,10 +48,11 @@ class WalSync:
         every writer waiting on it; the next writer tries again.
 
         `here`: with no sync under way, sync in the calling thread (the event loop's) rather than hand
-        it to a thread. For a process with nothing else to do (store.py, `Database.quiet`): an
-        fdatasync took 0.2 ms here, its trip to the default executor and back 0.65 ms, all of it on
-        the way of the writer's next step. With others at work, a thread's sync lets them run meanwhile
-        and serves all the commits they write."""
+        it to a thread. For a process with nothing else to do (store.py, `Database.quiet`): on an idle
+        loop an fdatasync took 0.2 ms in its thread and 0.65 ms through the default executor and back
+        (0.5-0.7 ms in the loop on the benchmark's WAL file), all of it on the way of the writer's
+        next step. With others at work, a thread's sync lets them run meanwhile and serves all the
+        commits they write."""
         yielded = False
         while self._synced < commit:
             syncing = self._syncing
