@@ -2,17 +2,21 @@
 ends, for the benchmarks.
 
 The count is kept in a small file shared by memory map (``BENCH_COUNTER_FILE``): two little-endian
-64-bit integers, the COMMITs and the ROLLBACKs SQLAlchemy issued on any engine of the process. The
-benchmark reads the file whenever it likes, without disturbing the process. Everything else is the
+64-bit integers, the transactions the process committed and those it rolled back, a write that
+commits by itself (autocommit) counting as one committed. The benchmark reads the file whenever it
+likes, without disturbing the process. Everything else is the
 product's own console script (the ``aibot`` entry point), unchanged; with ``BENCH_PROFILE_FILE`` it
 runs under cProfile and leaves its statistics there at exit; with ``BENCH_STATEMENTS_FILE`` it writes
 there at exit every SQL statement it executed, counted, most frequent first (marked when SQLAlchemy
 compiled it rather than taking it from its cache); with ``BENCH_GC_FILE`` it writes there at exit
 every garbage collection it made: the generation collected, when, and how long it held the process.
 
-On SQLite the product begins every transaction itself (BEGIN / BEGIN IMMEDIATE), so every commit
-counted is a COMMIT the database executed; on PostgreSQL the benchmark also reads the server's own
-count (pg_stat_database.xact_commit), which additionally sees statements run outside a transaction.
+Much of the product's hot path runs its statements on the driver's connection, past SQLAlchemy's
+Connection (generation/direct_statements.py), where SQLAlchemy's commit events do not fire. So on
+SQLite every connection the process opens is traced (each COMMIT, each ROLLBACK, each write outside
+a transaction), whoever drives it; on PostgreSQL the count is SQLAlchemy's commits and rollbacks
+outside autocommit plus every write run in autocommit, and the benchmark also reads the server's own
+count (pg_stat_database.xact_commit), which additionally sees each read run outside a transaction.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from __future__ import annotations
 import atexit
 import mmap
 import os
+import re
 import struct
 import sys
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -52,17 +58,87 @@ def install_counter(path: Path) -> None:
     os.close(descriptor)
     counts = [0, 0]
 
-    def on_commit(_connection: Any) -> None:
+    def committed() -> None:
         counts[0] += 1
         COUNTER.pack_into(shared, 0, counts[0], counts[1])
 
-    def on_rollback(_connection: Any) -> None:
+    def rolled_back() -> None:
         counts[1] += 1
         COUNTER.pack_into(shared, 0, counts[0], counts[1])
+
+    if os.environ.get("DATABASE_URL", "").startswith("sqlite"):
+        _count_sqlite_transactions(committed, rolled_back)
+    else:
+        _count_engine_transactions(committed, rolled_back)
+
+
+# A statement that writes: when run outside a transaction, it is a transaction (and a commit) of its own.
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+_A_WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
+
+
+def _writes(statement: str) -> bool:
+    first = statement.lstrip()[:7].upper()
+    if first.startswith(_WRITES):
+        return True
+    # WITH ... AS (UPDATE ...): a common table expression in front of a write, or holding one.
+    return first.startswith("WITH") and _A_WRITE.search(statement) is not None
+
+
+def _count_sqlite_transactions(committed: Callable[[], None], rolled_back: Callable[[], None]) -> None:
+    """Every COMMIT and ROLLBACK SQLite runs, and every write that commits by itself, on every
+    connection the process opens (SQLAlchemy's, and those the product drives itself in the event
+    loop's thread, past SQLAlchemy): each connection's trace callback sees each statement as it starts,
+    whoever runs it."""
+    import sqlite3
+
+    connect = sqlite3.connect
+
+    def traced_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        connection: sqlite3.Connection = connect(*args, **kwargs)
+
+        def on_statement(statement: str) -> None:
+            head = statement.lstrip()[:8].upper()
+            if head.startswith(("COMMIT", "END")):
+                committed()
+            elif head.startswith("ROLLBACK") and " TO " not in statement.upper():
+                rolled_back()
+            elif not connection.in_transaction and _writes(statement):
+                committed()
+
+        connection.set_trace_callback(on_statement)
+        return connection
+
+    sqlite3.connect = traced_connect  # type: ignore[assignment]
+
+
+def _count_engine_transactions(committed: Callable[[], None], rolled_back: Callable[[], None]) -> None:
+    """PostgreSQL: the transactions SQLAlchemy's connections commit or roll back, and every write run in
+    autocommit, which commits by itself (the hot path's statements run on the driver's connection,
+    past SQLAlchemy's Connection: generation/direct_statements.py; its listeners still see them)."""
+
+    def in_autocommit(connection: Any) -> bool:
+        if connection is None:  # the hot path's own statements: always autocommit on PostgreSQL
+            return True
+        dbapi = getattr(connection.connection, "dbapi_connection", None)
+        return bool(getattr(dbapi, "autocommit", False))
+
+    def on_commit(connection: Any) -> None:
+        if not in_autocommit(connection):
+            committed()
+
+    def on_rollback(connection: Any) -> None:
+        if not in_autocommit(connection):
+            rolled_back()
+
+    def on_execute(connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if _writes(statement) and in_autocommit(connection):
+            committed()
 
     # Listening on the Engine class reaches every engine the process makes, async ones included.
     event.listen(Engine, "commit", on_commit)
     event.listen(Engine, "rollback", on_rollback)
+    event.listen(Engine, "before_cursor_execute", on_execute)
 
 
 def install_statement_census(path: Path) -> None:
