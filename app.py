@@ -410,6 +410,7 @@ class App(Process):
         if self.queue is not None and settings.embedded_worker:
             self.worker = SupervisedWorker(settings, services)
             self.queue.on_enqueued = self.worker.nudge
+            self.queue.enqueued_here = self.worker.enqueued_here
             self._run_in_background(self.worker.run(), name="embedded-worker")
             logger.info("embedded arq worker started")
         await self._start_bots()

@@ -326,7 +326,23 @@ def configure_logging(settings: Settings) -> None:
     # DEBUG, where each line's cost is accepted.
     quiet = logger.level(settings.log_level).no > logger.level("DEBUG").no
     logging.getLogger("aiogram.event").setLevel(logging.WARNING if quiet else logging.NOTSET)
+    # Likewise arq's lines as each job starts and ends: the product's own ("running, attempt 1",
+    # "done") say the same of a Plan A generation, and were two of its five lines.
+    arq_worker = logging.getLogger("arq.worker")
+    arq_worker.removeFilter(_job_started_or_ended)
+    if quiet:
+        arq_worker.addFilter(_job_started_or_ended)
     logging.getLogger("aiohttp.server").addFilter(_malformed_requests_in_one_line)
+
+
+# arq's formats for a job's start ("0.98s → id:run_generation(...)") and end ("0.08s ← id ● 'done'");
+# its other lines (a retry, an abort, a failure, the worker's start and stop) are all kept.
+_ARQ_JOB_STARTED_OR_ENDED = frozenset({"%6.2fs → %s(%s)%s", "%6.2fs ← %s ● %s"})
+
+
+def _job_started_or_ended(record: logging.LogRecord) -> bool:
+    """False for arq's line as a job starts or ends (kept at DEBUG only)."""
+    return record.msg not in _ARQ_JOB_STARTED_OR_ENDED
 
 
 def _malformed_requests_in_one_line(record: logging.LogRecord) -> bool:

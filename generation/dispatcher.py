@@ -48,7 +48,9 @@ from metrics import InFlight
 class JobQueue(Protocol):
     """Plan A's transport (jobs/queue.py): enqueue a generation id as a job whose id is that id."""
 
-    async def enqueue(self, generation_id: str) -> None: ...
+    async def enqueue(self, generation_id: str, recorded: Generation | None = None) -> None:
+        """`recorded`: the generation as just recorded, for a worker of this process to take."""
+        ...
 
     async def ping(self) -> bool: ...
 
@@ -181,7 +183,7 @@ class Dispatcher:
         plan = Plan(generation.plan)
         log = logger.bind(generation=generation.id, kind=generation.kind, user=valid.request.telegram_id)
         if plan is Plan.A:
-            if await self._enqueue(generation.id):
+            if await self._enqueue(generation):
                 log.bind(plan="A").info("recorded and enqueued")
                 return Submission(generation=generation, created=True, plan=Plan.A)
             if not await lifecycle.move_to_plan_b(self.db, generation.id):
@@ -401,12 +403,14 @@ class Dispatcher:
                 logger.bind(generation=generation_id).warning("could not abort the job: {!r}", error)
         return canceled
 
-    async def _enqueue(self, generation_id: str) -> bool:
+    async def _enqueue(self, generation: Generation) -> bool:
         assert self.queue is not None
         try:
-            await asyncio.wait_for(self.queue.enqueue(generation_id), timeout=self.settings.redis_timeout)
+            await asyncio.wait_for(
+                self.queue.enqueue(generation.id, generation), timeout=self.settings.redis_timeout
+            )
         except Exception as error:  # connection refused, timeout, Redis errors: the queue is unhealthy
-            logger.bind(generation=generation_id).warning("enqueue failed: {!r}", error)
+            logger.bind(generation=generation.id).warning("enqueue failed: {!r}", error)
             if self.breaker.record_failure():
                 await self._announce("A", "B", f"queue unavailable: {type(error).__name__}")
             return False

@@ -185,7 +185,13 @@ async def _run_claimed(
             can_defer=can_defer,
             idle=idle,
         )
-        log.info("running, attempt {}", generation.attempts)
+        # With how long it waited since its record (a queue's wait, on Plan A): arq's own line as the
+        # job starts told that, and is written at DEBUG only (logs.py).
+        log.info(
+            "running, attempt {}, {:.2f}s after its record",
+            generation.attempts,
+            metrics.since(_recorded_at(generation)),
+        )
         async with _working_alongside(context):
             delivered = await spec.pipeline(context)
         delivered_at = time.time()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import unquote
@@ -14,6 +15,7 @@ from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix,
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 
+from generation.store import Generation
 from jobs.limits import LINES, PREFIX
 from metrics import InFlight
 from settings import Settings
@@ -106,15 +108,44 @@ async def connect(settings: Settings) -> ArqRedis:
     return pool
 
 
+class EnqueuedHere:
+    """The Plan A generations this process just recorded and enqueued, as recorded, for the worker it
+    embeds (jobs/runner.py): a job's first try takes its generation from here instead of reading it
+    from the database again (one read per job). What a first try needs of it does not change meanwhile
+    (its user, model, kind, when it was recorded). Its status may: a cancellation made here drops it
+    (`ArqQueue.stop`), and one made by another process is settled by the claim, which reads the
+    status as it is (the job then ends, its slots given back). An enqueue that looked failed, after
+    which the generation may move to Plan B, puts nothing here. A later try reads, and so does a job
+    run by another process or taken after `MOST` newer enqueues."""
+
+    MOST = 1024
+
+    def __init__(self) -> None:
+        self._recorded: OrderedDict[str, Generation] = OrderedDict()
+
+    def put(self, generation: Generation) -> None:
+        self._recorded[generation.id] = generation
+        if len(self._recorded) > self.MOST:
+            self._recorded.popitem(last=False)
+
+    def take(self, generation_id: str) -> Generation | None:
+        return self._recorded.pop(generation_id, None)
+
+    def __len__(self) -> int:
+        return len(self._recorded)
+
+
 class ArqQueue:
     def __init__(self, pool: ArqRedis, timeout: float = 1.0) -> None:
         self.pool = pool
         self.timeout = timeout  # for a health look: a hung Redis must not hang /healthz or /plan
         # Told of each enqueue: the worker this process embeds, which then looks for it at once.
         self.on_enqueued: Callable[[], None] | None = None
+        # That worker's, when there is one: where it takes the generations enqueued here from.
+        self.enqueued_here: EnqueuedHere | None = None
         self._enqueue_script = pool.register_script(_ENQUEUE)
 
-    async def enqueue(self, generation_id: str) -> None:
+    async def enqueue(self, generation_id: str, recorded: Generation | None = None) -> None:
         """arq's `enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)` in one trip to Redis.
 
         The job id is the generation id: a job whose key or result is still there is not enqueued
@@ -131,6 +162,8 @@ class ArqQueue:
             self.pool.default_queue_name,
         ]
         await self._enqueue_script(keys=keys, args=[self.pool.expires_extra_ms, job, now_ms, generation_id])
+        if recorded is not None and self.enqueued_here is not None:
+            self.enqueued_here.put(recorded)
         if self.on_enqueued is not None:
             self.on_enqueued()
 
@@ -149,6 +182,8 @@ class ArqQueue:
             await self.pool.zadd(self.pool.default_queue_name, dict(arrivals), xx=True, lt=True)
 
     async def stop(self, generation_id: str) -> None:
+        if self.enqueued_here is not None:
+            self.enqueued_here.take(generation_id)  # settled: its job must read it as it is now
         if await self.pool.exists(in_progress_key_prefix + generation_id):
             # Running: arq cancels it at its next look at the abort set (workers allow aborts).
             await self.pool.zadd(abort_jobs_ss, {generation_id: int(time.time() * 1000)})

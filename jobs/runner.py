@@ -39,6 +39,7 @@ from jobs.queue import (
     RECONCILE_TIMEOUT,
     WAKE_SWEEP_TIMEOUT,
     ArqQueue,
+    EnqueuedHere,
     deserialize,
     redis_settings_for,
     serialize,
@@ -126,6 +127,8 @@ async def _run_try(ctx: dict[str, Any], services: Services, generation: Generati
 # than read again, and the log context it set, for `_stop_following` to end.
 _READ_AT_START = "generation_read_at_start"
 _LOG_CONTEXT = "log_context"
+# In the worker's ctx when its process enqueues jobs too (`aibot run`'s embedded worker).
+_ENQUEUED_HERE = "enqueued_here"
 
 
 async def _follow_the_job(ctx: dict[str, Any]) -> None:
@@ -133,12 +136,17 @@ async def _follow_the_job(ctx: dict[str, Any]) -> None:
     its own), so the generation's fields set here stay for that task: arq's own lines about the job
     ("→ started", "↻ retrying", "← done") carry them like the job's own lines, and the task, which
     ends with the job, takes them to no other job. A job's id is its generation's id; a cron job's
-    is not one."""
+    is not one. The generation is read, unless this process just enqueued it (`EnqueuedHere`)."""
     job_id = str(ctx.get("job_id", ""))
     if not _is_generation_id(job_id):
         return
+    enqueued_here: EnqueuedHere | None = ctx.get(_ENQUEUED_HERE)
+    generation = None
+    if enqueued_here is not None and ctx.get("job_try", 1) == 1:
+        generation = enqueued_here.take(job_id)
     try:
-        generation = await get_generation(ctx["services"].db, job_id)
+        if generation is None:
+            generation = await get_generation(ctx["services"].db, job_id)
     except Exception:  # the job's own read will report it; its lines carry the id at least
         generation = None
     context = contextlib.ExitStack()
@@ -350,9 +358,13 @@ class PromptWorker(Worker):
                 await asyncio.wait_for(self._nudged.wait(), timeout=self.poll_delay_s)
 
 
-def build_worker(settings: Settings, services: Services) -> PromptWorker:
+def build_worker(
+    settings: Settings, services: Services, enqueued_here: EnqueuedHere | None = None
+) -> PromptWorker:
     options = worker_options(settings)
     options["ctx"]["services"] = services
+    if enqueued_here is not None:
+        options["ctx"][_ENQUEUED_HERE] = enqueued_here
     return PromptWorker(**options, handle_signals=False)
 
 
@@ -374,12 +386,15 @@ class SupervisedWorker:
         self._stopping = asyncio.Event()
         self._handed_back = asyncio.Event()
         self._ended = asyncio.Event()
+        # The generations this process enqueues, when it does (`ArqQueue.enqueued_here`), for the
+        # jobs of its worker to take: kept across the workers built anew.
+        self.enqueued_here = EnqueuedHere()
 
     async def run(self) -> None:
         """Run workers until `drain` (or a cancellation) stops them."""
         try:
             while not self._stopping.is_set():
-                worker = self.worker = build_worker(self.settings, self.services)
+                worker = self.worker = build_worker(self.settings, self.services, self.enqueued_here)
                 try:
                     await worker.async_run()
                 except asyncio.CancelledError:

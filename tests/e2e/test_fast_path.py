@@ -1,19 +1,22 @@
 """The fast path of Plan B: a generation whose slots have room is recorded already claimed by the
 process's runner, so its run writes nothing of its own before the provider's call; one that must wait
-its turn is recorded queued and claimed when its turn comes, as before."""
+its turn is recorded queued and claimed when its turn comes, as before. On Plan A, the worker `aibot
+run` embeds takes the generations its process just enqueued as they were recorded, without reading
+them again; what changed meanwhile (a cancellation) is settled by the claim."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
 from sqlalchemy import event, select
 
-from generation.store import User
+from generation.store import Database, Generation, User, get_generation
+from jobs import limits
 from tests.conftest import AppFactory, wait_until
 from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of, journal_of
 from tests.fakes.replicate import FakeReplicate, Outcome
@@ -232,3 +235,77 @@ async def test_a_create_that_waited_counts_against_a_jobs_wait_budget(
     await wait_until(released, timeout=10)
     # 0.2 s of the budget were left: about 10 polls 20 ms apart; the whole budget would be about 100.
     assert 1 <= len(replicate.polls) <= 40
+
+
+async def test_a_plan_a_job_enqueued_here_takes_its_generation_as_recorded_not_read_again(
+    make_app: AppFactory,
+    telegram: FakeTelegram,
+    replicate: FakeReplicate,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reads: list[str] = []
+    read = get_generation
+
+    async def counted(db: Database, generation_id: str) -> Generation | None:
+        reads.append(generation_id)
+        return await read(db, generation_id)
+
+    monkeypatch.setattr("jobs.runner.get_generation", counted)
+    app = await make_app(redis_url=redis_url)
+    assert app.worker is not None
+    chat = Chat(telegram)
+    chat.send("/image 1 a fox")
+    [done] = await all_settled(app, 1)
+    assert (done.plan, done.status, done.attempts) == ("A", "done", 1)
+    assert reads == []  # neither as its job started nor before its claim
+    assert len(app.worker.enqueued_here) == 0  # taken, not kept
+    assert len(chat.albums()) == 1
+    assert await balance_and_ledger_sum(app) == (9, 9)
+
+
+async def test_a_plan_a_generation_cancelled_before_its_job_ran_is_not_run_from_its_record(
+    make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate, redis_url: str
+) -> None:
+    """A cancellation made in this process drops the generation its worker would take as recorded.
+    One made by another process cannot: the job then takes it as recorded (queued), and the claim
+    finds it settled, so nothing reaches the provider, its slots are given back, and the refund made
+    by the cancellation is the only one."""
+    app = await make_app(redis_url=redis_url)
+    embedded = app.worker
+    assert embedded is not None and app.queue is not None
+
+    def holds(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return condition()
+
+        return check
+
+    await wait_until(holds(lambda: embedded.worker is not None and embedded.worker.main_task is not None))
+    worker = embedded.worker
+    assert worker is not None
+    worker.allow_pick_jobs = False  # the job waits in the queue until the cancellation is made
+    chat = Chat(telegram)
+    chat.send("/image 2 a fox")
+    await wait_until(holds(lambda: len(embedded.enqueued_here) == 1))
+    [recorded] = await generations_of(app)
+    assert recorded.status == "queued"
+    chat.send("/cancel")
+    await chat.reply("Canceled. 2 ⭐ returned. Balance: 10 ⭐")
+    assert len(embedded.enqueued_here) == 0  # dropped by the cancellation
+    embedded.enqueued_here.put(recorded)  # as if another process had cancelled it
+    worker.allow_pick_jobs = True
+    await wait_until(holds(lambda: len(embedded.enqueued_here) == 0))  # its job took it
+    await wait_until(holds(lambda: worker.jobs_complete + worker.jobs_failed >= 1))
+    [generation] = await all_settled(app, 1)
+    assert (generation.plan, generation.status, generation.refunded) == ("A", "canceled", 2)
+    assert replicate.creates == []
+    pool = app.queue.pool
+    # Its slots and its place in any line are given back. (The window of creates per minute keeps it
+    # for that minute, counted as a create: the price of not reading before the slots are taken.)
+    rate_windows = {f"{limits.PREFIX}rate:replicate"}
+    for key in await pool.keys(f"{limits.PREFIX}*"):
+        if key.decode() not in {limits.LINES, *rate_windows}:  # the others: sorted sets of ids
+            assert await pool.zscore(key, generation.id) is None, key
+    assert chat.albums() == []
+    assert await balance_and_ledger_sum(app) == (10, 10)

@@ -42,9 +42,9 @@ class JsonLogs:
     def __init__(self, capfd: pytest.CaptureFixture[str]) -> None:
         self.capfd = capfd
 
-    def start(self) -> None:
+    def start(self, log_level: str = "INFO") -> None:
         # In the test's body: stderr is then the one capfd reads.
-        configure_logging(load_settings(_env_file=None, log_format="json"))
+        configure_logging(load_settings(_env_file=None, log_format="json", log_level=log_level))
         logging.getLogger("httpx").setLevel(logging.INFO)
 
     def lines(self) -> Lines:
@@ -173,7 +173,8 @@ async def test_plan_a_lines_carry_their_own_generation_arqs_included(
     replicate: FakeReplicate,
     redis_url: str,
 ) -> None:
-    json_logs.start()
+    # At DEBUG: arq's lines as a job starts and ends are written at that level only (logs.py).
+    json_logs.start(log_level="DEBUG")
     app = await make_app(redis_url=redis_url)
     handled = await run_two_at_once(app, telegram, replicate, cat_through_api=True)
     assert {one.generation.plan for one in handled} == {"A"}

@@ -212,6 +212,35 @@ def test_aiogram_s_line_for_every_update_is_written_at_debug_only(
     assert "Update id=2 is handled" in capfd.readouterr().err
 
 
+def test_arq_s_lines_as_a_job_starts_and_ends_are_written_at_debug_only(
+    configure: Configure, capfd: pytest.CaptureFixture[str]
+) -> None:
+    worker = logging.getLogger("arq.worker")
+
+    def job_lines(job: str) -> None:
+        # arq's own calls, as arq.worker makes them for a job that starts, is retried, and ends.
+        worker.info("%6.2fs → %s(%s)%s", 0.98, f"{job}:run_generation", f"'{job}'", "")
+        worker.info("%6.2fs ↻ %s retrying job in %0.2fs", 0.5, f"{job}:run_generation", 2.0)
+        worker.info("%6.2fs ← %s ● %s", 0.08, f"{job}:run_generation", "'done'")
+
+    configure()
+    job_lines("job1")
+    written = capfd.readouterr().err
+    assert "job1:run_generation retrying job in 2.00s" in written  # a retry is still told
+    assert "→ job1" not in written and "← job1" not in written
+
+    configure(log_level="DEBUG")
+    job_lines("job2")
+    written = capfd.readouterr().err
+    assert (
+        "0.98s → job2:run_generation('job2')" in written and "0.08s ← job2:run_generation ● 'done'" in written
+    )
+
+    configure()  # configured again: quiet again
+    job_lines("job3")
+    assert "→ job3" not in capfd.readouterr().err
+
+
 def test_texts_stored_or_shown_are_masked_with_the_settings_secrets_too(configure: Configure) -> None:
     assert logs.redact(f"key {SECRET_HALF}") == f"key {SECRET_HALF}"  # not a shape: only known from settings
     configure()
