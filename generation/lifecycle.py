@@ -112,8 +112,12 @@ async def claim(db: Database, generation_id: str, plan: Plan, owner: str, lease:
         "claim_now": now,
         "claim_until": now + lease,
     }
-    # The UPDATE is the claim, atomic by itself; what is read after it belongs to the claimant.
-    async with db.direct_writes() as direct:
+    # The UPDATE is the claim, atomic by itself; what is read after it belongs to the claimant. It is
+    # not waited on to reach the disk (on a SQLite file: `durable=False`): every other process sees it
+    # once committed, and a power cut that loses it leaves the generation queued, to be claimed again.
+    # The run's first write that matters (a provider job's id, journaled before it is awaited) waits
+    # for its sync, which covers the claim, written before it.
+    async with db.direct_writes(durable=False) as direct:
         if not db.is_postgresql:  # the claim, its user and its journal in one trip to SQLite's thread
             taken = await direct.in_one_trip(lambda trip: _claim_in_trip(trip, values))
             if taken is None:

@@ -19,9 +19,10 @@ import pytest
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from generation import direct_statements, wal_sync
+from generation import direct_statements, lifecycle, wal_sync
 from generation.direct_statements import Prepared, SqliteLoopReads, SqliteLoopWrites, Trip
-from generation.store import Database, Generation, GenerationStatus, User
+from generation.steps import StepJournal
+from generation.store import Database, Generation, GenerationStatus, Plan, User
 from generation.wal_sync import sync_file as wal_sync_file
 from migrations.runner import upgrade
 from tests.integration.conftest import Trips
@@ -280,6 +281,34 @@ async def test_a_block_that_need_not_be_durable_ends_unsynced_and_the_next_sync_
     async with db.direct_writes() as direct:
         await direct.execute(_ADD, {"user_id": user_id, "stars": 1})
     assert syncs.done == 1
+
+
+async def test_a_claim_is_not_waited_on_to_reach_the_disk_and_the_runs_next_journal_write_syncs_it(
+    db: Database, path: Path, syncs: Syncs
+) -> None:
+    """A claim lost to a power cut leaves its generation queued, to be claimed again: a run does not
+    wait for its sync. What the run journals next (a provider job's id, before it is awaited) does
+    wait, and that sync covers the claim, written before it."""
+    user_id = await _user(db, 10)
+    generation_id = uuid.uuid4().hex
+    async with db.direct_writes() as direct:
+        await direct.execute(
+            _GENERATION,
+            {"generation_id": generation_id, "request_key": f"test:{generation_id}", "user_id": user_id},
+        )
+    synced_before = syncs.done
+    claim = await lifecycle.claim(db, generation_id, Plan.B, "runner-1", lease=30)
+    assert claim is not None and claim.generation.status == GenerationStatus.running
+    assert syncs.begun == synced_before  # not waited on
+    connection = sqlite3.connect(path)  # another process sees it claimed at once
+    try:
+        assert connection.execute(
+            "SELECT status FROM generations WHERE id = ?", (generation_id,)
+        ).fetchone() == ("running",)
+    finally:
+        connection.close()
+    await StepJournal(db, generation_id).record("prediction:id", "p1")
+    assert syncs.done == synced_before + 1
 
 
 async def test_an_error_is_sqlalchemys_and_its_transaction_is_rolled_back(db: Database) -> None:
