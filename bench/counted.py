@@ -4,19 +4,20 @@ ends, for the benchmarks.
 The count is kept in a small file shared by memory map (``BENCH_COUNTER_FILE``): two little-endian
 64-bit integers, the transactions the process committed and those it rolled back, a write that
 commits by itself (autocommit) counting as one committed. The benchmark reads the file whenever it
-likes, without disturbing the process. Everything else is the
-product's own console script (the ``aibot`` entry point), unchanged; with ``BENCH_PROFILE_FILE`` it
-runs under cProfile and leaves its statistics there at exit; with ``BENCH_STATEMENTS_FILE`` it writes
-there at exit every SQL statement it executed, counted, most frequent first (marked when SQLAlchemy
-compiled it rather than taking it from its cache); with ``BENCH_GC_FILE`` it writes there at exit
-every garbage collection it made: the generation collected, when, and how long it held the process.
+likes, without disturbing the process. Everything else is the product's own console script (the
+``aibot`` entry point), unchanged; with ``BENCH_PROFILE_FILE`` it runs under cProfile and leaves its
+statistics there at exit; with ``BENCH_STATEMENTS_FILE`` it writes there at exit every SQL statement
+it executed, counted, most frequent first (marked when SQLAlchemy compiled it rather than taking it
+from its cache); with ``BENCH_GC_FILE`` it writes there at exit every garbage collection it made:
+the generation collected, when, and how long it held the process.
 
 Much of the product's hot path runs its statements on the driver's connection, past SQLAlchemy's
 Connection (generation/direct_statements.py), where SQLAlchemy's commit events do not fire. So on
 SQLite every connection the process opens counts what it is handed (each COMMIT, each ROLLBACK, each
-write outside a transaction), whoever drives it; on PostgreSQL the count is SQLAlchemy's commits and rollbacks
-outside autocommit plus every write run in autocommit, and the benchmark also reads the server's own
-count (pg_stat_database.xact_commit), which additionally sees each read run outside a transaction.
+write outside a transaction), whoever drives it; on PostgreSQL the count is SQLAlchemy's commits and
+rollbacks outside autocommit plus every write run in autocommit, and the benchmark also reads the
+server's own count (pg_stat_database.xact_commit), which additionally sees each read run outside a
+transaction.
 """
 
 from __future__ import annotations
