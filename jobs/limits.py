@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from arq.connections import ArqRedis
 
 from generation.limits import Limits
+from jobs.batched_scripts import BatchedScript
 
 PREFIX = "aibot:limits:"
 LINE_PREFIX = PREFIX + "line:"
@@ -155,8 +156,9 @@ class ConcurrencyLimiter:
         self.redis = redis
         self.limits = limits
         self.slot_ttl = slot_ttl
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._release = redis.register_script(_RELEASE)
+        # Every running job calls these two: those under way at once go to Redis together.
+        self._acquire = BatchedScript(redis, _ACQUIRE)
+        self._release = BatchedScript(redis, _RELEASE)
         self._sweep = redis.register_script(_SWEEP)
 
     def _slots(self, user_id: int, provider: str) -> list[tuple[str, int]]:

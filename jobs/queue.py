@@ -16,6 +16,7 @@ from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 
 from generation.store import Generation
+from jobs.batched_scripts import BatchedScript
 from jobs.limits import LINES, PREFIX
 from metrics import InFlight
 from settings import Settings
@@ -143,7 +144,8 @@ class ArqQueue:
         self.on_enqueued: Callable[[], None] | None = None
         # That worker's, when there is one: where it takes the generations enqueued here from.
         self.enqueued_here: EnqueuedHere | None = None
-        self._enqueue_script = pool.register_script(_ENQUEUE)
+        # Enqueues made while one is on its way go to Redis together (a burst's intakes).
+        self._enqueue_script = BatchedScript(pool, _ENQUEUE)
 
     async def enqueue(self, generation_id: str, recorded: Generation | None = None) -> None:
         """arq's `enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)` in one trip to Redis.

@@ -21,7 +21,6 @@ from arq.cron import cron
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from loguru import logger
-from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 import metrics
@@ -33,6 +32,7 @@ from generation.log_context import about_generation
 from generation.places import Place
 from generation.services import Services
 from generation.store import Generation, GenerationStatus, Plan, as_utc, get_generation
+from jobs.batched_scripts import BatchedScript
 from jobs.limits import ConcurrencyLimiter
 from jobs.queue import (
     JOB_FUNCTION,
@@ -290,7 +290,7 @@ class PromptWorker(Worker):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._nudged = asyncio.Event()
-        self._take: AsyncScript | None = None  # registered on the pool at the first start
+        self._take: BatchedScript | None = None  # registered on the pool at the first start
 
     def nudge(self) -> None:
         # Only an idle worker: a busy one looks again as its jobs end, and a burst of enqueues must
@@ -299,36 +299,57 @@ class PromptWorker(Worker):
             self._nudged.set()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's `start_jobs`, but each job is taken in one trip to Redis instead of four.
+        """arq's `start_jobs`, but the due jobs are taken in one trip to Redis where arq takes each in
+        four.
 
         arq takes a due job under WATCH of its in-progress key: EXISTS of that key, ZSCORE of the job
-        in the queue, then the key set in MULTI/EXEC, each a round trip. `_TAKE` makes the same
-        checks and the same write, atomic as a script is."""
-        for job_id_b in job_ids:
-            await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
-                self.sem.release()
-                return
-            self.job_counter += 1
-            job_id = job_id_b.decode()
-            if self._take is None:
-                self._take = self.pool.register_script(_TAKE)
-            score = None
-            try:
-                score = await self._take(
-                    keys=[in_progress_key_prefix + job_id, self.queue_name],
-                    args=[job_id, timestamp_ms(), int(self.in_progress_timeout_s * 1000)],
-                )
-            finally:
-                if score is None:  # not taken, or Redis failed to answer: its place is free again
-                    self.job_counter -= 1
+        in the queue, then the key set in MULTI/EXEC, each a round trip, one job after the other.
+        `_TAKE` makes the same checks and the same write, atomic as a script is; the jobs this look
+        found room for are taken together (jobs/batched_scripts.py), then started in the queue's order."""
+        waiting = [job_id_b.decode() for job_id_b in job_ids]
+        while waiting:
+            taking: list[str] = []
+            for job_id in waiting:
+                # arq's count of the places: its semaphore has one more than `max_jobs`, so this never
+                # waits; a place is held from here until the job ends or was not taken.
+                await self.sem.acquire()
+                if self.job_counter >= self.max_jobs:
                     self.sem.release()
-            if score is None:
-                logger.debug("job {} already running elsewhere", job_id)
+                    break
+                self.job_counter += 1
+                taking.append(job_id)
+            if not taking:  # every place is busy: the rest wait for a later look
+                break
+            waiting = waiting[len(taking) :]
+            failure = await self._take_and_start(taking)
+            if failure is not None:  # as arq's would: the worker's loop hears of it
+                raise failure
+
+    async def _take_and_start(self, taking: list[str]) -> BaseException | None:
+        """Take these jobs, whose places are held, in one trip; start those taken, in this order, and
+        give back the places of the others. Redis's error, if it failed to answer."""
+        if self._take is None:
+            self._take = BatchedScript(self.pool, _TAKE)
+        now = timestamp_ms()
+        in_progress_ms = int(self.in_progress_timeout_s * 1000)
+        calls = [
+            ([in_progress_key_prefix + job_id, self.queue_name], [job_id, now, in_progress_ms])
+            for job_id in taking
+        ]
+        failure: BaseException | None = None
+        for job_id, score in zip(taking, await self._take.many(calls), strict=True):
+            if score is None or isinstance(score, BaseException):
+                self.job_counter -= 1
+                self.sem.release()
+                if score is None:
+                    logger.debug("job {} already running elsewhere", job_id)
+                else:
+                    failure = failure or score
                 continue
             task = self.loop.create_task(self.run_job(job_id, int(float(score))))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+        return failure
 
     async def _cancel_aborted_jobs(self) -> None:
         # arq asks Redis for the jobs asked to abort at every look at the queue (every 20 ms by

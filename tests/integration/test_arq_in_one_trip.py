@@ -69,7 +69,7 @@ async def test_a_job_still_there_or_with_its_result_is_not_enqueued_again(pool: 
     assert not await pool.exists(job_key_prefix + "c" * 32)
 
 
-def worker_on(pool: ArqRedis, ran: list[str]) -> PromptWorker:
+def worker_on(pool: ArqRedis, ran: list[str], max_jobs: int = 10) -> PromptWorker:
     async def remember(ctx: dict[str, Any], name: str) -> None:
         ran.append(name)
 
@@ -80,6 +80,7 @@ def worker_on(pool: ArqRedis, ran: list[str]) -> PromptWorker:
         handle_signals=False,
         job_serializer=serialize,
         job_deserializer=deserialize,
+        max_jobs=max_jobs,
     )
 
 
@@ -100,6 +101,32 @@ async def test_a_worker_takes_a_due_job_only_and_marks_it_in_progress(pool: ArqR
     assert worker.job_counter == 0 and worker.sem._value == free  # every place given back
     assert not await pool.exists(in_progress_key_prefix + "later")
     assert await pool.pttl(in_progress_key_prefix + "elsewhere") > 50_000  # not the other's mark touched
+
+
+async def test_a_look_takes_the_jobs_it_has_places_for_in_one_trip(pool: ArqRedis) -> None:
+    names = [f"look-{number}" for number in range(12)]
+    for name in names:
+        await pool.enqueue_job("remember", name, _job_id=name)
+    ran: list[str] = []
+    worker = worker_on(pool, ran, max_jobs=10)
+    trips = [0]
+    connections: Any = pool.connection_pool
+    real_get_connection = connections.get_connection
+
+    async def get_connection(*args: Any, **kwargs: Any) -> Any:
+        trips[0] += 1  # a command, or a pipeline of them, sent
+        return await real_get_connection(*args, **kwargs)
+
+    connections.get_connection = get_connection
+    try:
+        await worker.start_jobs([name.encode() for name in names])
+        assert trips[0] == 1  # ten taken in one trip (the jobs have not run yet)
+    finally:
+        connections.get_connection = real_get_connection
+    assert list(worker.tasks) == names[:10]  # in the queue's order; no place for the last two
+    await asyncio.gather(*worker.tasks.values())
+    assert sorted(ran) == sorted(names[:10])
+    assert not await pool.exists(in_progress_key_prefix + names[10])  # left for a later look
 
 
 async def test_the_mark_a_taken_job_gets_lasts_the_workers_in_progress_time(pool: ArqRedis) -> None:
@@ -124,7 +151,8 @@ async def test_two_workers_taking_the_same_jobs_at_once_run_each_once(pool: ArqR
     for name in names:
         await pool.enqueue_job("remember", name, _job_id=name)
     ran: list[str] = []
-    first, second = worker_on(pool, ran), worker_on(pool, ran)
+    # Each has a place for every job: both try to take all of them, in one trip each.
+    first, second = worker_on(pool, ran, len(names)), worker_on(pool, ran, len(names))
     ids = [name.encode() for name in names]
 
     await asyncio.gather(first.start_jobs(ids), second.start_jobs(list(reversed(ids))))
