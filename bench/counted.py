@@ -1,15 +1,16 @@
 """Runs an `aibot` command (``python -m bench.counted run``) and counts the database transactions it
 ends, for the benchmarks.
 
-The count is kept in a small file shared by memory map (``BENCH_COUNTER_FILE``): two little-endian
-64-bit integers, the transactions the process committed and those it rolled back, a write that
-commits by itself (autocommit) counting as one committed. The benchmark reads the file whenever it
-likes, without disturbing the process. Everything else is the product's own console script (the
-``aibot`` entry point), unchanged; with ``BENCH_PROFILE_FILE`` it runs under cProfile and leaves its
-statistics there at exit; with ``BENCH_STATEMENTS_FILE`` it writes there at exit every SQL statement
-it executed, counted, most frequent first (marked when SQLAlchemy compiled it rather than taking it
-from its cache); with ``BENCH_GC_FILE`` it writes there at exit every garbage collection it made:
-the generation collected, when, and how long it held the process.
+The count is kept in a small file shared by memory map (``BENCH_COUNTER_FILE``): three little-endian
+64-bit integers, the transactions the process committed and those it rolled back, a write that commits
+by itself (autocommit) counting as one committed, and its round trips to Redis (a command sent alone, or
+a pipeline of them, takes a connection from redis-py's pool once: each such checkout counts). The
+benchmark reads the file whenever it likes, without disturbing the process. Everything else is the
+product's own console script (the ``aibot`` entry point), unchanged; with ``BENCH_PROFILE_FILE`` it runs
+under cProfile and leaves its statistics there at exit; with ``BENCH_STATEMENTS_FILE`` it writes there
+at exit every SQL statement it executed, counted, most frequent first (marked when SQLAlchemy compiled
+it rather than taking it from its cache); with ``BENCH_GC_FILE`` it writes there at exit every garbage
+collection it made: the generation collected, when, and how long it held the process.
 
 Much of the product's hot path runs its statements on the driver's connection, past SQLAlchemy's
 Connection (generation/direct_statements.py), where SQLAlchemy's commit events do not fire. So on
@@ -37,19 +38,19 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import CacheStats
 
-COUNTER = struct.Struct("<qq")
+COUNTER = struct.Struct("<qqq")
 
 
-def read_counter(path: Path) -> tuple[int, int]:
-    """(commits, rollbacks) so far; (0, 0) before the process made the file."""
+def read_counter(path: Path) -> tuple[int, int, int]:
+    """(commits, rollbacks, Redis round trips) so far; zeros before the process made the file."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return 0, 0
+        return 0, 0, 0
     if len(data) < COUNTER.size:
-        return 0, 0
-    commits, rollbacks = COUNTER.unpack_from(data)
-    return int(commits), int(rollbacks)
+        return 0, 0, 0
+    commits, rollbacks, redis_trips = COUNTER.unpack_from(data)
+    return int(commits), int(rollbacks), int(redis_trips)
 
 
 def install_counter(path: Path) -> None:
@@ -57,20 +58,40 @@ def install_counter(path: Path) -> None:
     descriptor = os.open(path, os.O_RDWR)
     shared = mmap.mmap(descriptor, COUNTER.size)
     os.close(descriptor)
-    counts = [0, 0]
+    counts = [0, 0, 0]
 
     def committed() -> None:
         counts[0] += 1
-        COUNTER.pack_into(shared, 0, counts[0], counts[1])
+        COUNTER.pack_into(shared, 0, *counts)
 
     def rolled_back() -> None:
         counts[1] += 1
-        COUNTER.pack_into(shared, 0, counts[0], counts[1])
+        COUNTER.pack_into(shared, 0, *counts)
+
+    def went_to_redis() -> None:
+        counts[2] += 1
+        COUNTER.pack_into(shared, 0, *counts)
+
+    _count_redis_round_trips(went_to_redis)
 
     if os.environ.get("DATABASE_URL", "").startswith("sqlite"):
         _count_sqlite_transactions(committed, rolled_back)
     else:
         _count_engine_transactions(committed, rolled_back)
+
+
+def _count_redis_round_trips(went: Callable[[], None]) -> None:
+    """redis-py's asyncio pool hands out a connection for every command sent alone and for every
+    pipeline (arq's, the product's): one checkout per round trip."""
+    from redis.asyncio.connection import ConnectionPool
+
+    checkout = ConnectionPool.get_connection
+
+    async def get_connection(self: ConnectionPool, *args: Any, **kwargs: Any) -> Any:
+        went()
+        return await checkout(self, *args, **kwargs)
+
+    ConnectionPool.get_connection = get_connection  # type: ignore[method-assign]
 
 
 # A statement that writes: when run outside a transaction, it is a transaction (and a commit) of its own.

@@ -386,9 +386,14 @@ class Product:
     def cpu(self) -> float:
         return sum(cpu_seconds(child.pid) for child in self.processes)
 
-    def commits(self) -> tuple[int, int]:
+    def commits(self) -> tuple[int, int, int]:
+        """Commits, rollbacks and Redis round trips so far, over the product's processes."""
         counts = [read_counter(path) for path in self.counter_files]
-        return sum(commit for commit, _ in counts), sum(rollback for _, rollback in counts)
+        return (
+            sum(count[0] for count in counts),
+            sum(count[1] for count in counts),
+            sum(count[2] for count in counts),
+        )
 
     def peak_rss(self) -> float:
         return sum(peak_rss_mib(child.pid) for child in self.processes)
@@ -586,6 +591,7 @@ async def measure_sequential(
         "cpu_ms_per_generation": 1000 * (cpu_after - cpu_before) / count,
         "commits_per_generation": (commits_after[0] - commits_before[0]) / count,
         "rollbacks_per_generation": (commits_after[1] - commits_before[1]) / count,
+        "redis_round_trips_per_generation": (commits_after[2] - commits_before[2]) / count,
         "timeline_ms": timeline(steps, count),
         "calibration_ms_before_after": [calibration_before, calibration_after],
     }
@@ -696,6 +702,7 @@ async def measure_burst(
         "bench_cpu_ms_per_generation": 1000 * (own_after - own_before) / done,
         "commits_per_generation": (commits_after[0] - commits_before[0]) / done,
         "rollbacks_per_generation": (commits_after[1] - commits_before[1]) / done,
+        "redis_round_trips_per_generation": (commits_after[2] - commits_before[2]) / done,
         "listen_queue_overflows": listen_overflows() - overflows_before,
         "calibration_ms_before_after": [calibration_before, calibration_after],
         "fake_calls_per_generation": {
@@ -1081,6 +1088,10 @@ def rows(options: Options) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
                 per_generation("telegram_burst", "cpu_ms_per_generation", "ms"),
             ),
             ("commits / rollbacks per generation (that burst)", transactions("telegram_burst")),
+            (
+                "Redis round trips per generation (that burst)",
+                per_generation("telegram_burst", "redis_round_trips_per_generation", "count"),
+            ),
             ("PostgreSQL connections opened (that burst)", connections_opened),
         ]
         if options.probe_ms > 0:
@@ -1098,6 +1109,10 @@ def rows(options: Options) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
                 per_generation("http_burst", "cpu_ms_per_generation", "ms"),
             ),
             ("commits / rollbacks per generation (that burst)", transactions("http_burst")),
+            (
+                "Redis round trips per generation (that burst)",
+                per_generation("http_burst", "redis_round_trips_per_generation", "count"),
+            ),
         ]
 
     def strays(result: dict[str, Any]) -> str:
