@@ -16,9 +16,15 @@ from typing import Any
 
 from arq import Retry
 from arq.connections import create_pool
-from arq.constants import in_progress_key_prefix
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
 from arq.cron import cron
-from arq.utils import timestamp_ms
+from arq.utils import timestamp_ms, to_ms
 from arq.worker import Worker, func
 from loguru import logger
 from redis.exceptions import RedisError
@@ -282,6 +288,34 @@ return score
 """
 
 
+# KEYS: the job's in-progress key, its result's key, its retry count's key, the job's key, the set of
+# jobs asked to abort, the queue. ARGV: the job's id; how long its in-progress mark stays (ms; empty:
+# deleted); 1 when the job is finished; 1 when it has a result; the result; the result's time to live
+# (ms; empty: forever); what to add to its score when it is not finished (empty: nothing). The writes
+# of arq's `finish_job`, in its order, atomic as its MULTI/EXEC is.
+_FINISH = """
+local deletes = {}
+if ARGV[2] == '' then table.insert(deletes, KEYS[1]) else redis.call('pexpire', KEYS[1], ARGV[2]) end
+if ARGV[3] == '1' then
+  if ARGV[4] == '1' then
+    if ARGV[6] == '' then
+      redis.call('set', KEYS[2], ARGV[5])
+    else
+      redis.call('set', KEYS[2], ARGV[5], 'px', ARGV[6])
+    end
+  end
+  table.insert(deletes, KEYS[3])
+  table.insert(deletes, KEYS[4])
+  redis.call('zrem', KEYS[5], ARGV[1])
+  redis.call('zrem', KEYS[6], ARGV[1])
+elseif ARGV[7] ~= '' then
+  redis.call('zincrby', KEYS[6], ARGV[7], ARGV[1])
+end
+if #deletes > 0 then redis.call('del', unpack(deletes)) end
+return 1
+"""
+
+
 class PromptWorker(Worker):
     """arq's worker, which looks for due jobs every `poll_delay`, and also at once when `nudge`d while
     idle: the worker `aibot run` embeds is nudged by its own front's enqueue, so a job it enqueued
@@ -290,7 +324,9 @@ class PromptWorker(Worker):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._nudged = asyncio.Event()
-        self._take: BatchedScript | None = None  # registered on the pool at the first start
+        # Registered on the pool at the first use (arq opens it in `main`).
+        self._take: BatchedScript | None = None
+        self._finish: BatchedScript | None = None
 
     def nudge(self) -> None:
         # Only an idle worker: a busy one looks again as its jobs end, and a burst of enqueues must
@@ -350,6 +386,40 @@ class PromptWorker(Worker):
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
         return failure
+
+    async def finish_job(
+        self,
+        job_id: str,
+        finish: bool,
+        result_data: bytes | None,
+        result_timeout_s: float | None,
+        keep_result_forever: bool,
+        incr_score: int | None,
+        keep_in_progress: float | None,
+    ) -> None:
+        """arq's `finish_job` as one script (`_FINISH`, the same writes), so that the jobs ending at
+        once end in one round trip (jobs/batched_scripts.py), where each sent a MULTI/EXEC of its own."""
+        if self._finish is None:
+            self._finish = BatchedScript(self.pool, _FINISH)
+        keys = [
+            in_progress_key_prefix + job_id,
+            result_key_prefix + job_id,
+            retry_key_prefix + job_id,
+            job_key_prefix + job_id,
+            abort_jobs_ss,
+            self.queue_name,
+        ]
+        expire = None if keep_result_forever else result_timeout_s
+        arguments: list[str | bytes | int] = [
+            job_id,
+            "" if keep_in_progress is None else to_ms(keep_in_progress),
+            1 if finish else 0,
+            1 if result_data else 0,
+            result_data or b"",
+            "" if expire is None else to_ms(expire),
+            incr_score or "",
+        ]
+        await self._finish(keys=keys, args=arguments)
 
     async def _cancel_aborted_jobs(self) -> None:
         # arq asks Redis for the jobs asked to abort at every look at the queue (every 20 ms by

@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.constants import (
+    abort_jobs_ss,
+    default_queue_name,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
 from arq.jobs import Job
 from arq.utils import timestamp_ms
-from arq.worker import func
+from arq.worker import Worker, func
 
 from jobs.queue import JOB_FUNCTION, ArqQueue, deserialize, serialize
 from jobs.runner import PromptWorker
@@ -213,3 +221,45 @@ async def test_an_idle_worker_does_not_ask_for_aborted_jobs_and_a_running_one_is
         pool.pipeline = real_pipeline  # type: ignore[method-assign]
         for task in worker.tasks.values():
             task.cancel()
+
+
+FINISHES = {
+    "done, its result kept an hour": (True, b"result", 3600.0, False, None, None),
+    "done, its result kept for ever": (True, b"result", 3600.0, True, None, None),
+    "done, no result to keep": (True, None, 3600.0, False, None, None),
+    "deferred, its score moved on": (False, None, None, False, 5_000, None),
+    "not finished, nothing moved": (False, None, None, False, None, None),
+    "a cron job, its mark kept a while": (True, b"result", 3600.0, False, None, 60.0),
+}
+
+
+@pytest.mark.parametrize("case", list(FINISHES))
+async def test_a_job_ends_with_the_writes_of_arqs_own_finish(pool: ArqRedis, case: str) -> None:
+    finish, result_data, result_timeout_s, forever, incr_score, keep_in_progress = FINISHES[case]
+    worker = worker_on(pool, [])
+
+    async def state_of(job_id: str) -> dict[str, Any]:
+        async def ttl(key: str) -> str:
+            left = await pool.pttl(key)  # -2: no key, -1: no expiry; else rounded to the minute
+            return str(left) if left < 0 else f"~{round(left / 60_000)} min"
+
+        return {
+            "in progress": await ttl(in_progress_key_prefix + job_id),
+            "job": await ttl(job_key_prefix + job_id),
+            "retry": await ttl(retry_key_prefix + job_id),
+            "result": (await pool.get(result_key_prefix + job_id), await ttl(result_key_prefix + job_id)),
+            "queued": await pool.zscore(default_queue_name, job_id),
+            "asked to abort": await pool.zscore(abort_jobs_ss, job_id) is not None,
+        }
+
+    states = []
+    for job_id, finish_job in (("ours", worker.finish_job), ("arqs", partial(Worker.finish_job, worker))):
+        await pool.enqueue_job("remember", job_id, _job_id=job_id, _defer_until=None)
+        await pool.zadd(default_queue_name, {job_id: 1_000})
+        await pool.psetex(in_progress_key_prefix + job_id, 30_000, b"1")
+        await pool.incr(retry_key_prefix + job_id)
+        await pool.expire(retry_key_prefix + job_id, 88_400)
+        await pool.zadd(abort_jobs_ss, {job_id: 1})
+        await finish_job(job_id, finish, result_data, result_timeout_s, forever, incr_score, keep_in_progress)
+        states.append(await state_of(job_id))
+    assert states[0] == states[1]
