@@ -372,8 +372,15 @@ class PromptWorker(Worker):
             ([in_progress_key_prefix + job_id, self.queue_name], [job_id, now, in_progress_ms])
             for job_id in taking
         ]
+        try:
+            scores = await self._take.many(calls)
+        except BaseException:  # cancelled (the worker stops): none starts, every place is free again
+            self.job_counter -= len(taking)
+            for _ in taking:
+                self.sem.release()
+            raise
         failure: BaseException | None = None
-        for job_id, score in zip(taking, await self._take.many(calls), strict=True):
+        for job_id, score in zip(taking, scores, strict=True):
             if score is None or isinstance(score, BaseException):
                 self.job_counter -= 1
                 self.sem.release()

@@ -104,55 +104,50 @@ async def test_a_script_redis_forgot_is_loaded_again(client: aioredis.Redis) -> 
     assert answers == [f"{n}!".encode() for n in range(5)]
 
 
+@pytest.fixture
+async def proxied(redis_proxy: TcpProxy, client: aioredis.Redis) -> AsyncIterator[aioredis.Redis]:
+    """A client of the same Redis database, through a proxy that can hang (`redis_proxy`)."""
+    database = client.connection_pool.connection_kwargs["db"]
+    through_proxy = aioredis.from_url(f"{redis_proxy.url}/{database}")
+    yield through_proxy
+    await through_proxy.aclose()
+
+
 async def test_a_call_cancelled_before_its_batch_left_is_not_made(
-    redis_proxy: TcpProxy, client: aioredis.Redis
+    redis_proxy: TcpProxy, proxied: aioredis.Redis, client: aioredis.Redis
 ) -> None:
-    through_proxy = aioredis.from_url(
-        redis_proxy.url + "/" + str(client.connection_pool.connection_kwargs["db"])
-    )
-    try:
-        script = BatchedScript(through_proxy, SET_AND_ANSWER)
-        await script(keys=["batched:warm"], args=["warm"])
-        await redis_proxy.hang()
-        first = asyncio.create_task(script(keys=["batched:first"], args=["1"]))
-        await asyncio.sleep(0.1)  # on its way, unanswered
-        waiting = asyncio.create_task(script(keys=["batched:cancelled"], args=["2"]))
-        await asyncio.sleep(0.05)
-        waiting.cancel()
-        await redis_proxy.restore()  # drops the connection the first call is on
-        with pytest.raises(RedisError):
-            await first
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        assert await script(keys=["batched:after"], args=["3"]) == b"3!"  # and it goes on
-        assert await client.get("batched:cancelled") is None
-    finally:
-        await through_proxy.aclose()
+    script = BatchedScript(proxied, SET_AND_ANSWER)
+    await script(keys=["batched:warm"], args=["warm"])
+    await redis_proxy.hang()
+    first = asyncio.create_task(script(keys=["batched:first"], args=["1"]))
+    await asyncio.sleep(0.1)  # on its way, unanswered
+    waiting = asyncio.create_task(script(keys=["batched:cancelled"], args=["2"]))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    await redis_proxy.restore()  # drops the connection the first call is on
+    with pytest.raises(RedisError):
+        await first
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await script(keys=["batched:after"], args=["3"]) == b"3!"  # and it goes on
+    assert await client.get("batched:cancelled") is None
 
 
 async def test_a_hung_redis_fails_the_calls_in_time_and_they_work_again_once_it_answers(
-    redis_proxy: TcpProxy, client: aioredis.Redis
+    redis_proxy: TcpProxy, proxied: aioredis.Redis
 ) -> None:
-    through_proxy = aioredis.from_url(
-        redis_proxy.url + "/" + str(client.connection_pool.connection_kwargs["db"])
+    script = BatchedScript(proxied, SET_AND_ANSWER, within=0.5)
+    await script(keys=["batched:warm"], args=["warm"])
+    await redis_proxy.hang()
+    began = asyncio.get_running_loop().time()
+    outcomes = await asyncio.gather(
+        *(script(keys=[f"batched:hung:{n}"], args=[str(n)]) for n in range(10)), return_exceptions=True
     )
-    try:
-        script = BatchedScript(through_proxy, SET_AND_ANSWER, within=0.5)
-        await script(keys=["batched:warm"], args=["warm"])
-        await redis_proxy.hang()
-        began = asyncio.get_running_loop().time()
-        outcomes = await asyncio.gather(
-            *(script(keys=[f"batched:hung:{n}"], args=[str(n)]) for n in range(10)), return_exceptions=True
-        )
-        waited = asyncio.get_running_loop().time() - began
-        # The first failed on its own, then the nine that waited for it, as one batch, in time.
-        assert all(isinstance(outcome, RedisError) for outcome in outcomes), outcomes
-        assert all(isinstance(outcome, RedisTimeoutError) for outcome in outcomes[1:]), outcomes
-        assert waited < 5
-        await redis_proxy.restore()
-        answers = await asyncio.gather(
-            *(script(keys=[f"batched:back:{n}"], args=[str(n)]) for n in range(10))
-        )
-        assert answers == [f"{n}!".encode() for n in range(10)]
-    finally:
-        await through_proxy.aclose()
+    waited = asyncio.get_running_loop().time() - began
+    # The first failed on its own, then the nine that waited for it, as one batch, in time.
+    assert all(isinstance(outcome, RedisError) for outcome in outcomes), outcomes
+    assert all(isinstance(outcome, RedisTimeoutError) for outcome in outcomes[1:]), outcomes
+    assert waited < 5
+    await redis_proxy.restore()
+    answers = await asyncio.gather(*(script(keys=[f"batched:back:{n}"], args=[str(n)]) for n in range(10)))
+    assert answers == [f"{n}!".encode() for n in range(10)]
