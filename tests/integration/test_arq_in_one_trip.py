@@ -25,6 +25,7 @@ from arq.worker import Worker, func
 
 from jobs.queue import JOB_FUNCTION, ArqQueue, deserialize, serialize
 from jobs.runner import PromptWorker
+from tests.integration.redis_trips import count_round_trips
 
 # arq's worker keeps a job's in-progress mark this long (ms): its job timeout plus 10 s.
 JOB_TIMEOUT = 30
@@ -111,26 +112,17 @@ async def test_a_worker_takes_a_due_job_only_and_marks_it_in_progress(pool: ArqR
     assert await pool.pttl(in_progress_key_prefix + "elsewhere") > 50_000  # not the other's mark touched
 
 
-async def test_a_look_takes_the_jobs_it_has_places_for_in_one_trip(pool: ArqRedis) -> None:
+async def test_a_look_takes_the_jobs_it_has_places_for_in_one_trip(
+    pool: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     names = [f"look-{number}" for number in range(12)]
     for name in names:
         await pool.enqueue_job("remember", name, _job_id=name)
     ran: list[str] = []
     worker = worker_on(pool, ran, max_jobs=10)
-    trips = [0]
-    connections: Any = pool.connection_pool
-    real_get_connection = connections.get_connection
-
-    async def get_connection(*args: Any, **kwargs: Any) -> Any:
-        trips[0] += 1  # a command, or a pipeline of them, sent
-        return await real_get_connection(*args, **kwargs)
-
-    connections.get_connection = get_connection
-    try:
-        await worker.start_jobs([name.encode() for name in names])
-        assert trips[0] == 1  # ten taken in one trip (the jobs have not run yet)
-    finally:
-        connections.get_connection = real_get_connection
+    trips = count_round_trips(pool, monkeypatch)
+    await worker.start_jobs([name.encode() for name in names])
+    assert trips[0] == 1  # ten taken in one trip (the jobs have not run yet)
     assert list(worker.tasks) == names[:10]  # in the queue's order; no place for the last two
     await asyncio.gather(*worker.tasks.values())
     assert sorted(ran) == sorted(names[:10])

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,6 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.batched_scripts import BatchedScript
 from tests.fakes.tcp_proxy import TcpProxy
+from tests.integration.redis_trips import count_round_trips
 
 # Sets its key to its argument and answers "<argument>!", or fails when the argument is "bad".
 SET_AND_ANSWER = """
@@ -32,26 +32,13 @@ async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await redis.aclose()
 
 
-def count_round_trips(redis: aioredis.Redis) -> list[int]:
-    """Each command or pipeline sent takes a connection from the pool once: counted here."""
-    taken = [0]
-    pool: Any = redis.connection_pool
-    real = pool.get_connection
-
-    async def get_connection(*args: Any, **kwargs: Any) -> Any:
-        taken[0] += 1
-        return await real(*args, **kwargs)
-
-    pool.get_connection = get_connection
-    return taken
-
-
 async def test_calls_made_at_once_share_round_trips_and_each_gets_its_own_answer(
     client: aioredis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     script = BatchedScript(client, SET_AND_ANSWER)
     await script(keys=["batched:warm"], args=["warm"])  # loaded once, as any script
-    trips = count_round_trips(client)
+    trips = count_round_trips(client, monkeypatch)
 
     answers = await asyncio.gather(*(script(keys=[f"batched:{n}"], args=[f"v{n}"]) for n in range(100)))
 
@@ -61,18 +48,20 @@ async def test_calls_made_at_once_share_round_trips_and_each_gets_its_own_answer
     assert await client.mget([f"batched:{n}" for n in range(100)]) == [f"v{n}".encode() for n in range(100)]
 
 
-async def test_a_call_alone_goes_alone(client: aioredis.Redis) -> None:
+async def test_a_call_alone_goes_alone(client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     script = BatchedScript(client, SET_AND_ANSWER)
-    trips = count_round_trips(client)
+    trips = count_round_trips(client, monkeypatch)
     assert await script(keys=["batched:alone"], args=["one"]) == b"one!"
     assert await script(keys=["batched:alone"], args=["two"]) == b"two!"
     assert trips[0] == 2 and script.batches == 0  # one trip each, no pipeline (and the script loaded)
 
 
-async def test_many_calls_go_in_one_round_trip(client: aioredis.Redis) -> None:
+async def test_many_calls_go_in_one_round_trip(
+    client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     script = BatchedScript(client, SET_AND_ANSWER)
     await script(keys=["batched:warm"], args=["warm"])
-    trips = count_round_trips(client)
+    trips = count_round_trips(client, monkeypatch)
     answers = await script.many([([f"batched:many:{n}"], [str(n)]) for n in range(20)])
     assert answers == [f"{n}!".encode() for n in range(20)]
     assert trips[0] == 1
