@@ -17,6 +17,7 @@ from typing import Any
 from arq import Retry
 from arq.connections import create_pool
 from arq.constants import (
+    abort_job_max_age,
     abort_jobs_ss,
     in_progress_key_prefix,
     job_key_prefix,
@@ -342,7 +343,9 @@ class PromptWorker(Worker):
         in the queue, then the key set in MULTI/EXEC, each a round trip, one job after the other.
         `_TAKE` makes the same checks and the same write, atomic as a script is; the jobs this look
         found room for are taken together (jobs/batched_scripts.py), then started in the queue's order."""
-        waiting = [job_id_b.decode() for job_id_b in job_ids]
+        # A job runs until it ends still in the queue, so each look finds the jobs running here again:
+        # those are known to be in progress (arq would ask Redis, a trip for nothing each time).
+        waiting = [job_id for job_id_b in job_ids if not self._running_here(job_id := job_id_b.decode())]
         while waiting:
             taking: list[str] = []
             for job_id in waiting:
@@ -360,6 +363,10 @@ class PromptWorker(Worker):
             failure = await self._take_and_start(taking)
             if failure is not None:  # as arq's would: the worker's loop hears of it
                 raise failure
+
+    def _running_here(self, job_id: str) -> bool:
+        task = self.tasks.get(job_id)
+        return task is not None and not task.done()
 
     async def _take_and_start(self, taking: list[str]) -> BaseException | None:
         """Take these jobs, whose places are held, in one trip; start those taken, in this order, and
@@ -428,6 +435,35 @@ class PromptWorker(Worker):
         ]
         await self._finish(keys=keys, args=arguments)
 
+    async def _poll_iteration(self) -> None:
+        """arq's look at the queue, but with jobs running here and places free, the due jobs and the
+        jobs asked to abort are read in one trip to Redis where arq makes two, one after the other:
+        a busy worker looks every `poll_delay` (20 ms by default), so this is most of its trips."""
+        looks = self.allow_pick_jobs and self.job_counter < self.max_jobs
+        if self.burst or not (looks and self.allow_abort_jobs and self.job_tasks):
+            await super()._poll_iteration()
+            return
+        async with self.pool.pipeline(transaction=True) as pipe:
+            pipe.zrangebyscore(
+                self.queue_name,
+                min=float("-inf"),
+                start=self._queue_read_offset,
+                num=self.queue_read_limit,
+                max=timestamp_ms(),
+            )
+            # arq's `_cancel_aborted_jobs`' two commands, in the same transaction as it sends them.
+            pipe.zrange(abort_jobs_ss, start=0, end=-1)
+            pipe.zremrangebyscore(abort_jobs_ss, min=timestamp_ms() + abort_job_max_age, max=float("inf"))
+            job_ids, abort_job_ids, _ = await pipe.execute()
+        await self.start_jobs(job_ids)
+        await self._cancel_these(abort_job_ids)
+        # The rest of arq's look, as it does it.
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # a failure of `run_job` itself reaches the worker's loop
+        await self.heart_beat()
+
     async def _cancel_aborted_jobs(self) -> None:
         # arq asks Redis for the jobs asked to abort at every look at the queue (every 20 ms by
         # default), to cancel those running here. With none running here there is nothing to cancel
@@ -435,6 +471,16 @@ class PromptWorker(Worker):
         # makes one round trip per look instead of two.
         if self.job_tasks:
             await super()._cancel_aborted_jobs()
+
+    async def _cancel_these(self, abort_job_ids: list[bytes]) -> None:
+        """The end of arq's `_cancel_aborted_jobs`, for the ids it read: cancel those running here and
+        take them off the set of jobs asked to abort."""
+        aborted = {job_id for job_id_b in abort_job_ids if (job_id := job_id_b.decode()) in self.job_tasks}
+        for job_id in aborted:
+            self.job_tasks[job_id].cancel()
+        if aborted:
+            self.aborting_tasks.update(aborted)
+            await self.pool.zrem(abort_jobs_ss, *aborted)
 
     async def main(self) -> None:
         # arq's own `main`, but for the wait between looks at the queue (arq sleeps a fixed step).

@@ -255,3 +255,48 @@ async def test_a_job_ends_with_the_writes_of_arqs_own_finish(pool: ArqRedis, cas
         await finish_job(job_id, finish, result_data, result_timeout_s, forever, incr_score, keep_in_progress)
         states.append(await state_of(job_id))
     assert states[0] == states[1]
+
+
+async def test_a_busy_worker_reads_the_due_and_the_aborted_jobs_in_one_trip(
+    pool: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = {name: asyncio.Event() for name in ("running", "to-abort", "due")}
+
+    async def wait(ctx: dict[str, Any], name: str) -> None:
+        started[name].set()
+        await asyncio.Event().wait()  # until aborted
+
+    worker = PromptWorker(
+        functions=[func(wait, name="wait")],
+        redis_pool=pool,
+        job_timeout=JOB_TIMEOUT,
+        handle_signals=False,
+        allow_abort_jobs=True,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+    )
+    try:
+        for name in ("running", "to-abort"):
+            await pool.enqueue_job("wait", name, _job_id=name)
+        await worker.start_jobs([b"running", b"to-abort"])
+        await asyncio.wait_for(asyncio.gather(started["running"].wait(), started["to-abort"].wait()), 5)
+        await worker._poll_iteration()  # the first look also records the worker's health
+
+        trips = count_round_trips(pool, monkeypatch)
+        await worker._poll_iteration()
+        assert trips[0] == 1  # nothing due, nothing to abort: one trip, where arq's look makes two
+
+        await pool.enqueue_job("wait", "due", _job_id="due")
+        await pool.zadd(abort_jobs_ss, {"to-abort": timestamp_ms()})  # what arq's `Job.abort` writes
+        await worker._poll_iteration()
+        await asyncio.wait_for(started["due"].wait(), 5)
+        await asyncio.wait_for(asyncio.wait([worker.tasks["to-abort"]]), 10)
+        assert sorted(worker.job_tasks) == ["due", "running"]  # the one asked to abort was cancelled
+        assert await pool.zscore(abort_jobs_ss, "to-abort") is None  # and is no longer asked
+        assert (await worker.tasks["to-abort"]) is None
+        result = await Job("to-abort", pool, _deserializer=deserialize).result_info()
+        assert result is not None and not result.success
+    finally:
+        for task in worker.tasks.values():
+            task.cancel()
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
