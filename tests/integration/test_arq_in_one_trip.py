@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from functools import partial
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -27,8 +26,7 @@ from arq.worker import Worker, func
 from generation.limits import Limits
 from jobs.limits import ConcurrencyLimiter
 from jobs.queue import JOB_FUNCTION, ArqQueue, deserialize, serialize
-from jobs.runner import _FREED_AT_END, PromptWorker, _limiter
-from settings import Settings
+from jobs.runner import _FREED_AT_END, PromptWorker
 from tests.integration.redis_trips import count_round_trips
 
 # arq's worker keeps a job's in-progress mark this long (ms): its job timeout plus 10 s.
@@ -333,35 +331,3 @@ async def test_a_jobs_end_frees_its_slots_in_the_same_trip_and_wakes_the_next_in
     assert await pool.zscore(default_queue_name, "running") is None
     assert await pool.zscore(default_queue_name, "waiting") == 2000  # due now, in its line's order
     assert await limiter.acquire("waiting", user_id=2, provider="replicate", arrival=2) is None
-
-
-async def test_the_jobs_of_a_worker_share_its_limiter(pool: ArqRedis) -> None:
-    """arq gives each job a copy of the worker's ctx: a limiter a job made for itself would be lost with
-    it, and its calls could never go to Redis with the other jobs' (jobs/batched_scripts.py)."""
-    seen: list[ConcurrencyLimiter] = []
-
-    async def look(ctx: dict[str, Any], name: str) -> None:
-        seen.append(_limiter(ctx, ctx["services"].settings))
-
-    worker = PromptWorker(
-        functions=[func(look, name="look")],
-        redis_pool=pool,
-        job_timeout=JOB_TIMEOUT,
-        handle_signals=False,
-        job_serializer=serialize,
-        job_deserializer=deserialize,
-        poll_delay=0.01,
-        ctx={"services": SimpleNamespace(settings=Settings())},
-    )
-    for name in ("one", "two", "three"):
-        await pool.enqueue_job("look", name, _job_id=name)
-    running = asyncio.create_task(worker.main())
-    try:
-        for _ in range(500):
-            if len(seen) == 3:
-                break
-            await asyncio.sleep(0.01)
-    finally:
-        running.cancel()
-        await asyncio.gather(running, *worker.tasks.values(), return_exceptions=True)
-    assert len(seen) == 3 and seen[0] is seen[1] is seen[2]
