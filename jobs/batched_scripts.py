@@ -12,9 +12,6 @@ for it to come back, then all go in one pipeline (not a transaction: each call i
 as a script is, and none depends on another's answer). The batch grows with the load and the round
 trip's length; under none it is one call, at no cost.
 
-A call may carry calls of other scripts with it (`with_others`): a job's end frees its limits' slots
-in the same trip as arq's writes for it, and with the other jobs ending at once.
-
 Each call still gets its own answer or its own error. A script Redis no longer knows (flushed by a
 restart) is loaded by calling it alone, as redis-py's script object does. A call cancelled while it
 waits for the batch is not sent. A batch that gets no answer within `within` seconds fails with
@@ -36,11 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 # milliseconds under load), short enough that a connection that hangs does not stall a worker.
 ANSWER_WITHIN = 10.0
 
-# One script's call: the script (redis-py's, registered), its keys and its arguments.
-_Script = Any
-_OneCall = tuple[_Script, Sequence[Any], Sequence[Any]]
-# What waits for a batch: calls that go together, and the future of their answers (one per call).
-_Group = tuple[list[_OneCall], "asyncio.Future[list[Any]]"]
+_Call = tuple[Sequence[Any], Sequence[Any], "asyncio.Future[Any]"]
 
 
 class BatchedScript:
@@ -52,79 +45,67 @@ class BatchedScript:
         self._script = redis.register_script(text)
         self._within = within
         self._on_its_way = False
-        self._waiting: list[_Group] = []
+        self._waiting: list[_Call] = []
         self._sending: asyncio.Task[None] | None = None
         self.batches = 0  # round trips that carried more than one call (for tests and benches)
 
     async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
-        (answer,) = await self._group([(self._script, keys, args)])
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
-
-    async def with_others(
-        self,
-        keys: Sequence[Any],
-        args: Sequence[Any],
-        others: Sequence[tuple[BatchedScript, Sequence[Any], Sequence[Any]]],
-    ) -> list[Any]:
-        """This call and calls of other scripts (on the same Redis), as (script, keys, args), in one
-        round trip, batched as this script's calls are. Each call's answer, or its error, in order:
-        this one's first."""
-        return await self._group([(self._script, keys, args), *((o._script, k, a) for o, k, a in others)])
+        if self._on_its_way:
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._waiting.append((keys, args, future))
+            return await future  # cancelled here before its batch left: it is not sent
+        self._on_its_way = True
+        try:
+            return await self._answered(self._script(keys=keys, args=args))
+        finally:
+            self._send_waiting()
 
     async def many(self, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
         """Several calls at once, as (keys, args): in one round trip unless a call is on its way (then
         with the calls that wait for it). Each call's answer, or its error, in their order."""
         if self._on_its_way or len(calls) < 2:
             return await asyncio.gather(*(self(keys, args) for keys, args in calls), return_exceptions=True)
-        return await self._group([(self._script, keys, args) for keys, args in calls])
-
-    async def _group(self, calls: list[_OneCall]) -> list[Any]:
-        """Calls that go together: now when nothing of this script is on its way, else with the next
-        batch. Their answers or errors."""
-        if self._on_its_way:
-            future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-            self._waiting.append((calls, future))
-            return await future  # cancelled here before its batch left: it is not sent
         self._on_its_way = True
         try:
-            return await self._answers(calls)
+            return await self._answers([(keys, args) for keys, args in calls])
         finally:
             self._send_waiting()
 
     def _send_waiting(self) -> None:
         """Once a call or a batch came back: the calls that waited for it leave now, together."""
-        batch = [group for group in self._waiting if not group[1].done()]
+        batch = [call for call in self._waiting if not call[2].done()]
         self._waiting = []
         if not batch:
             self._on_its_way = False
             return
         self._sending = asyncio.get_running_loop().create_task(self._send(batch))
 
-    async def _send(self, batch: list[_Group]) -> None:
+    async def _send(self, batch: list[_Call]) -> None:
         try:
-            answers = await self._answers([call for calls, _ in batch for call in calls])
+            answers = await self._answers([(keys, args) for keys, args, _ in batch])
         except asyncio.CancelledError:  # the loop is closing: so are the calls that waited
-            for _, future in [*batch, *self._waiting]:
+            for _, _, future in [*batch, *self._waiting]:
                 future.cancel()
             self._waiting = []
             self._on_its_way = False
             raise
-        for calls, future in batch:
-            mine, answers = answers[: len(calls)], answers[len(calls) :]
-            if not future.done():  # (its caller was cancelled meanwhile)
-                future.set_result(mine)
+        for (_, _, future), answer in zip(batch, answers, strict=True):
+            if future.done():  # its caller was cancelled meanwhile
+                continue
+            if isinstance(answer, BaseException):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
         self._send_waiting()
 
-    async def _answers(self, calls: list[_OneCall]) -> list[Any]:
+    async def _answers(self, calls: list[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
         """Each call's answer or error; one call alone, several in one pipeline."""
         if len(calls) == 1:
             return [await self._one(*calls[0])]
         self.batches += 1
         pipe = self._redis.pipeline(transaction=False)
-        for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        for keys, args in calls:
+            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
         try:
             async with pipe:
                 answers: list[Any] = await self._answered(pipe.execute(raise_on_error=False))
@@ -135,10 +116,10 @@ class BatchedScript:
                 answers[index] = await self._one(*calls[index])
         return answers
 
-    async def _one(self, script: _Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    async def _one(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """One call alone (loading the script if Redis does not know it); its error as its answer."""
         try:
-            return await self._answered(script(keys=keys, args=args))
+            return await self._answered(self._script(keys=keys, args=args))
         except Exception as error:  # handed to the caller, who raises it
             return error
 

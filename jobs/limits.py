@@ -140,10 +140,6 @@ return wake
 )
 
 
-# A release's call (`ConcurrencyLimiter.release_call`): the script, its keys, its arguments.
-ReleaseCall = tuple[BatchedScript, list[str], list[str | int]]
-
-
 @dataclass(frozen=True)
 class Refusal:
     """Which limit is full, when to look again (seconds), the place in its line (None for the
@@ -202,17 +198,11 @@ class ConcurrencyLimiter:
     async def release(self, generation_id: str, user_id: int, provider: str) -> dict[str, float]:
         """Free the generation's slots (it settled); answers the waiters now first in line for them,
         with when each was recorded (ms): woken in that order, the line keeps its order in arq's queue."""
-        script, keys, arguments = self.release_call(generation_id, user_id, provider)
-        return released(await script(keys=keys, args=arguments))
-
-    def release_call(self, generation_id: str, user_id: int, provider: str) -> ReleaseCall:
-        """`release`'s call, as (script, keys, arguments), for it to go with another (a job's end,
-        jobs/runner.py); its answer read by `released`."""
         slots = self._slots(user_id, provider)
         keys = [PREFIX + name for name, _ in slots] + [LINE_PREFIX + name for name, _ in slots] + [LINES]
         arguments: list[str | int] = [generation_id, int(time.time() * 1000), len(slots)]
         arguments += [size for _, size in slots]
-        return self._release, keys, arguments
+        return _arrivals(await self._release(keys=keys, args=arguments))
 
     async def waking_heads(self) -> dict[str, float]:
         """The waiters first in the lines of limits that have room now (the periodic sweep)."""
@@ -225,11 +215,6 @@ class ConcurrencyLimiter:
                 continue
             wake += await self._sweep(keys=[PREFIX + name, _text(line), LINES], args=[now, size])
         return _arrivals(wake)
-
-
-def released(answer: Sequence[bytes | str]) -> dict[str, float]:
-    """What a release answered: the waiters to wake, {id: arrival ms}, in line order."""
-    return _arrivals(answer)
 
 
 def _text(value: bytes | str) -> str:

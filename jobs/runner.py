@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from arq import Retry
-from arq.connections import ArqRedis, create_pool
+from arq.connections import create_pool
 from arq.constants import (
     abort_job_max_age,
     abort_jobs_ss,
@@ -40,7 +40,7 @@ from generation.places import Place
 from generation.services import Services
 from generation.store import Generation, GenerationStatus, Plan, as_utc, get_generation
 from jobs.batched_scripts import BatchedScript
-from jobs.limits import ConcurrencyLimiter, ReleaseCall, released
+from jobs.limits import ConcurrencyLimiter
 from jobs.queue import (
     JOB_FUNCTION,
     RECONCILE_TIMEOUT,
@@ -123,15 +123,10 @@ async def _run_try(ctx: dict[str, Any], services: Services, generation: Generati
         raise Retry(defer=retry.delay) from retry.cause  # still in flight: it keeps its slots
     # Done, failed or cancelled here: it is final. Not claimed: someone else may still run it.
     if result is not Result.not_claimed or await _is_final(services, generation_id):
-        freed_at_end: dict[str, ReleaseCall] | None = ctx.get(_FREED_AT_END)
-        if freed_at_end is not None and ctx.get("job_id") == generation_id:
-            # Freed as arq ends the job, in the same trip (PromptWorker.finish_job).
-            freed_at_end[generation_id] = limiter.release_call(generation.id, generation.user_id, provider)
-        else:
-            try:
-                await _wake(ctx, await limiter.release(generation.id, generation.user_id, provider))
-            except RedisError as error:  # the slots expire on their own; the generation is settled
-                logger.warning("could not free its slots: {!r}", error)
+        try:
+            await _wake(ctx, await limiter.release(generation.id, generation.user_id, provider))
+        except RedisError as error:  # the slots expire on their own; the generation is settled
+            logger.warning("could not free its slots: {!r}", error)
     return result.value
 
 
@@ -141,10 +136,6 @@ _READ_AT_START = "generation_read_at_start"
 _LOG_CONTEXT = "log_context"
 # In the worker's ctx when its process enqueues jobs too (`aibot run`'s embedded worker).
 _ENQUEUED_HERE = "enqueued_here"
-# In a PromptWorker's ctx: the slots a job frees as it ends, by job id, for `finish_job` to free.
-_FREED_AT_END = "freed_at_end"
-# The limiter's, in the worker's ctx: one for all the jobs, whose calls then go to Redis together.
-_LIMITER = "limiter"
 
 
 async def _follow_the_job(ctx: dict[str, Any]) -> None:
@@ -205,19 +196,14 @@ async def wake_waiting_job(ctx: dict[str, Any]) -> int:
 
 
 def _limiter(ctx: dict[str, Any], settings: Settings) -> ConcurrencyLimiter:
-    """The worker's (PromptWorker.main puts it in its ctx, which every job's ctx copies), or one for
-    this job on its Redis pool (arq puts it in ctx["redis"])."""
-    limiter: ConcurrencyLimiter | None = ctx.get(_LIMITER)
+    """One per worker run, on the worker's own Redis pool (arq puts it in ctx["redis"])."""
+    limiter: ConcurrencyLimiter | None = ctx.get("limiter")
     if limiter is None:
-        limiter = ctx[_LIMITER] = new_limiter(ctx["redis"], settings)
+        limits = Limits.from_settings(settings)
+        # Long enough to outlast a deferred retry or a wait between looks at the provider.
+        slot_ttl = settings.job_timeout + settings.retry_backoff_cap + settings.long_wait_poll + 30
+        limiter = ctx["limiter"] = ConcurrencyLimiter(ctx["redis"], limits, slot_ttl)
     return limiter
-
-
-def new_limiter(redis: ArqRedis, settings: Settings) -> ConcurrencyLimiter:
-    limits = Limits.from_settings(settings)
-    # Long enough to outlast a deferred retry or a wait between looks at the provider.
-    slot_ttl = settings.job_timeout + settings.retry_backoff_cap + settings.long_wait_poll + 30
-    return ConcurrencyLimiter(redis, limits, slot_ttl)
 
 
 # arq counts every run of a job as a try, waits included (a training is looked at every few seconds
@@ -342,9 +328,6 @@ class PromptWorker(Worker):
         # Registered on the pool at the first use (arq opens it in `main`).
         self._take: BatchedScript | None = None
         self._finish: BatchedScript | None = None
-        # The slots each job frees as it ends (`_run_try`), sent with arq's writes for its end.
-        self._freed_at_end: dict[str, ReleaseCall] = {}
-        self.ctx[_FREED_AT_END] = self._freed_at_end
 
     def nudge(self) -> None:
         # Only an idle worker: a busy one looks again as its jobs end, and a burst of enqueues must
@@ -450,25 +433,7 @@ class PromptWorker(Worker):
             "" if expire is None else to_ms(expire),
             incr_score or "",
         ]
-        freed = self._freed_at_end.pop(job_id, None)
-        if freed is None:
-            await self._finish(keys=keys, args=arguments)
-            return
-        finished, released_slots = await self._finish.with_others(keys, arguments, [freed])
-        await self._wake_for_freed(job_id, released_slots)
-        if isinstance(finished, BaseException):
-            raise finished
-
-    async def _wake_for_freed(self, job_id: str, answer: Any) -> None:
-        """Once a job's slots are freed: run now the jobs first in line for them (`_wake`)."""
-        try:
-            if isinstance(answer, BaseException):
-                raise answer
-            waking = released(answer)
-            if waking:
-                await ArqQueue(self.pool).wake_in_order(waking)
-        except RedisError as error:  # the slots expire on their own; the generation is settled
-            logger.bind(generation=job_id, plan=Plan.A.value).warning("could not free its slots: {!r}", error)
+        await self._finish(keys=keys, args=arguments)
 
     async def _poll_iteration(self) -> None:
         """arq's look at the queue, but with jobs running here and places free, the due jobs and the
@@ -528,9 +493,6 @@ class PromptWorker(Worker):
                 expires_extra_ms=self.expires_extra_ms,
             )
         self.ctx["redis"] = self.pool
-        services: Services | None = self.ctx.get("services")
-        if services is not None:  # one limiter for all the jobs (each job's ctx is a copy of this one)
-            self.ctx[_LIMITER] = new_limiter(self.pool, services.settings)
         if self.on_startup:
             await self.on_startup(self.ctx)
         while True:

@@ -23,10 +23,8 @@ from arq.jobs import Job
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
-from generation.limits import Limits
-from jobs.limits import ConcurrencyLimiter
 from jobs.queue import JOB_FUNCTION, ArqQueue, deserialize, serialize
-from jobs.runner import _FREED_AT_END, PromptWorker
+from jobs.runner import PromptWorker
 from tests.integration.redis_trips import count_round_trips
 
 # arq's worker keeps a job's in-progress mark this long (ms): its job timeout plus 10 s.
@@ -302,32 +300,3 @@ async def test_a_busy_worker_reads_the_due_and_the_aborted_jobs_in_one_trip(
         for task in worker.tasks.values():
             task.cancel()
         await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
-
-
-async def test_a_jobs_end_frees_its_slots_in_the_same_trip_and_wakes_the_next_in_line(
-    pool: ArqRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    limits = Limits(per_user=5, per_provider={"replicate": 1}, overall=100, creates_per_minute={})
-    limiter = ConcurrencyLimiter(pool, limits, slot_ttl=30)
-    worker = worker_on(pool, [])
-    assert await limiter.acquire("running", user_id=1, provider="replicate", arrival=1) is None
-    refused = await limiter.acquire("waiting", user_id=2, provider="replicate", arrival=2)
-    assert refused is not None and refused.place == 1
-    await pool.enqueue_job("remember", "waiting", _job_id="waiting", _defer_by=300)  # deferred, as it waits
-    await pool.enqueue_job("remember", "running", _job_id="running")
-    # Both scripts loaded (the provider's slot still taken: nobody to wake).
-    await worker.finish_job("warm", True, b"", 60, False, None, None)
-    assert await limiter.release("nobody", user_id=3, provider="replicate") == {}
-    worker.ctx[_FREED_AT_END]["running"] = limiter.release_call("running", user_id=1, provider="replicate")
-
-    trips = count_round_trips(pool, monkeypatch)
-    await worker.finish_job("running", True, b"result", 60, False, None, None)
-
-    # One trip for arq's writes and the slots freed; one more to wake the job first in line.
-    assert trips[0] == 2
-    assert not worker.ctx[_FREED_AT_END]
-    assert await pool.get(result_key_prefix + "running") == b"result"
-    assert not await pool.exists(job_key_prefix + "running")
-    assert await pool.zscore(default_queue_name, "running") is None
-    assert await pool.zscore(default_queue_name, "waiting") == 2000  # due now, in its line's order
-    assert await limiter.acquire("waiting", user_id=2, provider="replicate", arrival=2) is None

@@ -140,37 +140,3 @@ async def test_a_hung_redis_fails_the_calls_in_time_and_they_work_again_once_it_
     await redis_proxy.restore()
     answers = await asyncio.gather(*(script(keys=[f"batched:back:{n}"], args=[str(n)]) for n in range(10)))
     assert answers == [f"{n}!".encode() for n in range(10)]
-
-
-# Answers its key's value and deletes the key.
-TAKE_AND_DELETE = """
-local value = redis.call('GET', KEYS[1])
-redis.call('DEL', KEYS[1])
-return value
-"""
-
-
-async def test_a_call_carries_calls_of_another_script_in_its_trip_and_its_batch(
-    client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    script = BatchedScript(client, SET_AND_ANSWER)
-    other = BatchedScript(client, TAKE_AND_DELETE)
-    await script(keys=["batched:warm"], args=["warm"])
-    await other(keys=["batched:warm"])
-    await client.mset({f"batched:other:{n}": f"kept{n}" for n in range(3)})
-    trips = count_round_trips(client, monkeypatch)
-
-    alone = await script.with_others(["batched:with:0"], ["a"], [(other, ["batched:other:0"], [])])
-    assert alone == [b"a!", b"kept0"] and trips[0] == 1  # both scripts, one trip
-
-    together = await asyncio.gather(
-        script.with_others(["batched:with:1"], ["b"], [(other, ["batched:other:1"], [])]),
-        script.with_others(["batched:with:2"], ["bad"], [(other, ["batched:other:2"], [])]),
-        script(keys=["batched:with:3"], args=["c"]),
-    )
-    # The first went alone; the two that came meanwhile went together, each with its own answers.
-    assert trips[0] == 3
-    assert together[0] == [b"b!", b"kept1"]
-    assert isinstance(together[1][0], ResponseError) and together[1][1] == b"kept2"
-    assert together[2] == b"c!"
-    assert await client.exists("batched:other:0", "batched:other:1", "batched:other:2") == 0
