@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from arq import Retry
-from arq.connections import create_pool
+from arq.connections import ArqRedis, create_pool
 from arq.constants import (
     abort_job_max_age,
     abort_jobs_ss,
@@ -136,6 +136,8 @@ _READ_AT_START = "generation_read_at_start"
 _LOG_CONTEXT = "log_context"
 # In the worker's ctx when its process enqueues jobs too (`aibot run`'s embedded worker).
 _ENQUEUED_HERE = "enqueued_here"
+# In the worker's ctx: its limiter, one for all its jobs rather than one built by each job.
+_LIMITER = "limiter"
 
 
 async def _follow_the_job(ctx: dict[str, Any]) -> None:
@@ -196,14 +198,19 @@ async def wake_waiting_job(ctx: dict[str, Any]) -> int:
 
 
 def _limiter(ctx: dict[str, Any], settings: Settings) -> ConcurrencyLimiter:
-    """One per worker run, on the worker's own Redis pool (arq puts it in ctx["redis"])."""
-    limiter: ConcurrencyLimiter | None = ctx.get("limiter")
+    """The worker's (PromptWorker.main puts it in the worker's ctx, which arq copies into each job's),
+    or one made here on the job's Redis pool (arq puts it in ctx["redis"]) for a job run otherwise."""
+    limiter: ConcurrencyLimiter | None = ctx.get(_LIMITER)
     if limiter is None:
-        limits = Limits.from_settings(settings)
-        # Long enough to outlast a deferred retry or a wait between looks at the provider.
-        slot_ttl = settings.job_timeout + settings.retry_backoff_cap + settings.long_wait_poll + 30
-        limiter = ctx["limiter"] = ConcurrencyLimiter(ctx["redis"], limits, slot_ttl)
+        limiter = ctx[_LIMITER] = new_limiter(ctx["redis"], settings)
     return limiter
+
+
+def new_limiter(redis: ArqRedis, settings: Settings) -> ConcurrencyLimiter:
+    limits = Limits.from_settings(settings)
+    # Long enough to outlast a deferred retry or a wait between looks at the provider.
+    slot_ttl = settings.job_timeout + settings.retry_backoff_cap + settings.long_wait_poll + 30
+    return ConcurrencyLimiter(redis, limits, slot_ttl)
 
 
 # arq counts every run of a job as a try, waits included (a training is looked at every few seconds
@@ -493,6 +500,9 @@ class PromptWorker(Worker):
                 expires_extra_ms=self.expires_extra_ms,
             )
         self.ctx["redis"] = self.pool
+        services: Services | None = self.ctx.get("services")
+        if services is not None:  # each job's ctx is a copy of this one: one limiter for them all
+            self.ctx[_LIMITER] = new_limiter(self.pool, services.settings)
         if self.on_startup:
             await self.on_startup(self.ctx)
         while True:

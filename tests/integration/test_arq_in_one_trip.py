@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,8 +24,10 @@ from arq.jobs import Job
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
+from jobs.limits import ConcurrencyLimiter
 from jobs.queue import JOB_FUNCTION, ArqQueue, deserialize, serialize
-from jobs.runner import PromptWorker
+from jobs.runner import PromptWorker, _limiter
+from settings import Settings
 from tests.integration.redis_trips import count_round_trips
 
 # arq's worker keeps a job's in-progress mark this long (ms): its job timeout plus 10 s.
@@ -300,3 +303,35 @@ async def test_a_busy_worker_reads_the_due_and_the_aborted_jobs_in_one_trip(
         for task in worker.tasks.values():
             task.cancel()
         await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+
+
+async def test_the_jobs_of_a_worker_share_its_limiter(pool: ArqRedis) -> None:
+    """arq gives each job a copy of the worker's ctx: a limiter a job made for itself would be made anew
+    by every job (its scripts registered again each time)."""
+    seen: list[ConcurrencyLimiter] = []
+
+    async def look(ctx: dict[str, Any], name: str) -> None:
+        seen.append(_limiter(ctx, ctx["services"].settings))
+
+    worker = PromptWorker(
+        functions=[func(look, name="look")],
+        redis_pool=pool,
+        job_timeout=JOB_TIMEOUT,
+        handle_signals=False,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        poll_delay=0.01,
+        ctx={"services": SimpleNamespace(settings=Settings())},
+    )
+    for name in ("one", "two", "three"):
+        await pool.enqueue_job("look", name, _job_id=name)
+    running = asyncio.create_task(worker.main())
+    try:
+        for _ in range(500):
+            if len(seen) == 3:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, *worker.tasks.values(), return_exceptions=True)
+    assert len(seen) == 3 and seen[0] is seen[1] is seen[2]
