@@ -81,19 +81,24 @@ async def test_a_job_still_there_or_with_its_result_is_not_enqueued_again(pool: 
     assert not await pool.exists(job_key_prefix + "c" * 32)
 
 
-def worker_on(pool: ArqRedis, ran: list[str], max_jobs: int = 10) -> PromptWorker:
-    async def remember(ctx: dict[str, Any], name: str) -> None:
-        ran.append(name)
-
+def prompt_worker(pool: ArqRedis, function: Any, name: str, **options: Any) -> PromptWorker:
+    """A worker on `pool` for one job function, with the product's job (de)serializer."""
     return PromptWorker(
-        functions=[func(remember, name="remember")],
+        functions=[func(function, name=name)],
         redis_pool=pool,
         job_timeout=JOB_TIMEOUT,
         handle_signals=False,
         job_serializer=serialize,
         job_deserializer=deserialize,
-        max_jobs=max_jobs,
+        **options,
     )
+
+
+def worker_on(pool: ArqRedis, ran: list[str], max_jobs: int = 10) -> PromptWorker:
+    async def remember(ctx: dict[str, Any], name: str) -> None:
+        ran.append(name)
+
+    return prompt_worker(pool, remember, "remember", max_jobs=max_jobs)
 
 
 async def test_a_worker_takes_a_due_job_only_and_marks_it_in_progress(pool: ArqRedis) -> None:
@@ -139,9 +144,7 @@ async def test_the_mark_a_taken_job_gets_lasts_the_workers_in_progress_time(pool
         await hold.wait()
 
     await pool.enqueue_job("wait", _job_id="held")
-    worker = PromptWorker(
-        functions=[func(wait, name="wait")], redis_pool=pool, job_timeout=JOB_TIMEOUT, handle_signals=False
-    )
+    worker = prompt_worker(pool, wait, "wait")
     await worker.start_jobs([b"held"])
     ttl = await pool.pttl(in_progress_key_prefix + "held")
     hold.set()
@@ -174,15 +177,7 @@ async def test_an_idle_worker_does_not_ask_for_aborted_jobs_and_a_running_one_is
         started.set()
         await asyncio.Event().wait()  # until aborted
 
-    worker = PromptWorker(
-        functions=[func(wait, name="wait")],
-        redis_pool=pool,
-        job_timeout=JOB_TIMEOUT,
-        handle_signals=False,
-        allow_abort_jobs=True,
-        job_serializer=serialize,
-        job_deserializer=deserialize,
-    )
+    worker = prompt_worker(pool, wait, "wait", allow_abort_jobs=True)
     asked: list[str] = []
     real_pipeline = pool.pipeline
 
@@ -269,15 +264,7 @@ async def test_a_busy_worker_reads_the_due_and_the_aborted_jobs_in_one_trip(
         started[name].set()
         await asyncio.Event().wait()  # until aborted
 
-    worker = PromptWorker(
-        functions=[func(wait, name="wait")],
-        redis_pool=pool,
-        job_timeout=JOB_TIMEOUT,
-        handle_signals=False,
-        allow_abort_jobs=True,
-        job_serializer=serialize,
-        job_deserializer=deserialize,
-    )
+    worker = prompt_worker(pool, wait, "wait", allow_abort_jobs=True)
     try:
         for name in ("running", "to-abort"):
             await pool.enqueue_job("wait", name, _job_id=name)
@@ -313,15 +300,8 @@ async def test_the_jobs_of_a_worker_share_its_limiter(pool: ArqRedis) -> None:
     async def look(ctx: dict[str, Any], name: str) -> None:
         seen.append(_limiter(ctx, ctx["services"].settings))
 
-    worker = PromptWorker(
-        functions=[func(look, name="look")],
-        redis_pool=pool,
-        job_timeout=JOB_TIMEOUT,
-        handle_signals=False,
-        job_serializer=serialize,
-        job_deserializer=deserialize,
-        poll_delay=0.01,
-        ctx={"services": SimpleNamespace(settings=Settings())},
+    worker = prompt_worker(
+        pool, look, "look", poll_delay=0.01, ctx={"services": SimpleNamespace(settings=Settings())}
     )
     for name in ("one", "two", "three"):
         await pool.enqueue_job("look", name, _job_id=name)
