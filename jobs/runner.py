@@ -444,8 +444,8 @@ class PromptWorker(Worker):
 
     async def _poll_iteration(self) -> None:
         """arq's look at the queue, but with jobs running here and places free, the due jobs and the
-        jobs asked to abort are read in one trip to Redis where arq makes two, one after the other:
-        a busy worker looks every `poll_delay` (20 ms by default), so this is most of its trips."""
+        jobs asked to abort are read in one trip to Redis where arq makes two, one after the other
+        (a busy worker looks every `poll_delay`, 20 ms by default)."""
         looks = self.allow_pick_jobs and self.job_counter < self.max_jobs
         if self.burst or not (looks and self.allow_abort_jobs and self.job_tasks):
             await super()._poll_iteration()
@@ -458,9 +458,7 @@ class PromptWorker(Worker):
                 num=self.queue_read_limit,
                 max=timestamp_ms(),
             )
-            # arq's `_cancel_aborted_jobs`' two commands, in the same transaction as it sends them.
-            pipe.zrange(abort_jobs_ss, start=0, end=-1)
-            pipe.zremrangebyscore(abort_jobs_ss, min=timestamp_ms() + abort_job_max_age, max=float("inf"))
+            _read_aborted(pipe)
             job_ids, abort_job_ids, _ = await pipe.execute()
         await self.start_jobs(job_ids)
         await self._cancel_these(abort_job_ids)
@@ -472,16 +470,19 @@ class PromptWorker(Worker):
         await self.heart_beat()
 
     async def _cancel_aborted_jobs(self) -> None:
-        # arq asks Redis for the jobs asked to abort at every look at the queue (every 20 ms by
-        # default), to cancel those running here. With none running here there is nothing to cancel
-        # (a job asked to abort before it starts is found by arq's `run_job`), so an idle worker
-        # makes one round trip per look instead of two.
-        if self.job_tasks:
-            await super()._cancel_aborted_jobs()
+        """arq's: the jobs asked to abort, read, and those running here cancelled. arq asks at every
+        look at the queue; with none running here there is nothing to cancel (a job asked to abort
+        before it starts is found by arq's `run_job`), so an idle worker does not ask."""
+        if not self.job_tasks:
+            return
+        async with self.pool.pipeline(transaction=True) as pipe:
+            _read_aborted(pipe)
+            abort_job_ids, _ = await pipe.execute()
+        await self._cancel_these(abort_job_ids)
 
     async def _cancel_these(self, abort_job_ids: list[bytes]) -> None:
-        """The end of arq's `_cancel_aborted_jobs`, for the ids it read: cancel those running here and
-        take them off the set of jobs asked to abort."""
+        """Cancel those of these jobs asked to abort that run here, and take them off the set of jobs
+        asked to abort (as arq's `_cancel_aborted_jobs` does with what it read)."""
         aborted = {job_id for job_id_b in abort_job_ids if (job_id := job_id_b.decode()) in self.job_tasks}
         for job_id in aborted:
             self.job_tasks[job_id].cancel()
@@ -510,6 +511,13 @@ class PromptWorker(Worker):
             await self._poll_iteration()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._nudged.wait(), timeout=self.poll_delay_s)
+
+
+def _read_aborted(pipe: Any) -> None:
+    """arq's two commands of `_cancel_aborted_jobs`: the jobs asked to abort, and those asked too long
+    ago forgotten."""
+    pipe.zrange(abort_jobs_ss, start=0, end=-1)
+    pipe.zremrangebyscore(abort_jobs_ss, min=timestamp_ms() + abort_job_max_age, max=float("inf"))
 
 
 def build_worker(
