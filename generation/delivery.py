@@ -7,6 +7,7 @@ which is final; flood control and network trouble are DeliveryRetryLater (with T
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,6 +52,14 @@ class ChatDelivery(Protocol):
     ) -> int: ...
 
     async def send_images(self, bot_name: str, chat_id: int, images: list[Media]) -> list[int]: ...
+
+    async def send_image_urls(
+        self, bot_name: str, chat_id: int, urls: list[str], fetch: Callable[[str], Awaitable[bytes]]
+    ) -> list[int]:
+        """The images at `urls` as one album (or one photo), fetched by the chat's service itself
+        where it can: their bytes then never pass through this process. Where it cannot (a URL it
+        cannot reach, a file it will not take by URL) each is fetched with `fetch` and uploaded."""
+        ...
 
     async def send_video(
         self, bot_name: str, chat_id: int, video: Media, caption: str | None = None
@@ -97,6 +106,11 @@ class NoDelivery:
         raise DeliveryRefused(f"no bot {bot_name!r} in this process")
 
     async def send_images(self, bot_name: str, chat_id: int, images: list[Media]) -> list[int]:
+        raise DeliveryRefused(f"no bot {bot_name!r} in this process")
+
+    async def send_image_urls(
+        self, bot_name: str, chat_id: int, urls: list[str], fetch: Callable[[str], Awaitable[bytes]]
+    ) -> list[int]:
         raise DeliveryRefused(f"no bot {bot_name!r} in this process")
 
     async def send_video(self, bot_name: str, chat_id: int, video: Media, caption: str | None = None) -> int:

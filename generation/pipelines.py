@@ -9,7 +9,6 @@ pipeline alike.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -58,27 +57,9 @@ class PipelineContext:
     # the runs working at once in its process (fallback/inline.py) meanwhile.
     idle: Idle = nullcontext
 
-    # Outputs being fetched ahead (`prefetch`), by URL, until `fetch` takes them.
-    prefetched: dict[str, asyncio.Task[bytes]] = field(default_factory=dict, repr=False)
-
     @property
     def request(self) -> dict[str, Any]:
         return self.generation.request
-
-    def prefetch(self, urls: list[str]) -> None:
-        """Start fetching outputs now, alongside whatever the run writes meanwhile (the prediction's
-        id): `fetch` takes them. A fetch that fails raises there; one never taken (the run failed
-        first) ends by itself, its bytes dropped with this context."""
-        for url in urls:
-            if url not in self.prefetched:
-                task = asyncio.ensure_future(self.services.replicate.download(url))
-                task.add_done_callback(_seen)  # never "exception was never retrieved" for one not taken
-                self.prefetched[url] = task
-
-    async def fetch(self, url: str) -> bytes:
-        """An output's bytes: prefetched, or fetched now."""
-        prefetched = self.prefetched.pop(url, None)
-        return await (prefetched if prefetched is not None else self.services.replicate.download(url))
 
     @property
     def can_deliver(self) -> bool:
@@ -97,11 +78,6 @@ class PipelineContext:
         if not settings.webhook_base_url or settings.replicate_webhook_secret is None:
             return None
         return f"{settings.webhook_base_url}/webhooks/replicate?generation={self.generation.id}&step={step}"
-
-
-def _seen(task: asyncio.Task[bytes]) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 @dataclass
@@ -182,15 +158,13 @@ async def run_replicate_prediction(
     *,
     version: str | None = None,
     step: str = "prediction",
-    prefetch: bool = False,
 ) -> PredictionState:
     """Create the prediction once (id journaled, even when the process is stopping), then wait for it;
     a rerun waits on the same id. `version` overrides the model's ref (a user's trained LoRA).
 
     A model with a `wait` (catalog.toml) has Replicate hold the create's answer until the prediction
     ends, for that long at most and never beyond this try's wait budget: a prediction that ends
-    sooner is journaled with its id, and is not polled for; with `prefetch` (images, small) its
-    outputs are fetched while the id is journaled (`PipelineContext.fetch` takes them)."""
+    sooner is journaled with its id, and is not polled for."""
     replicate = ctx.services.replicate
     ref = version or ctx.model.ref
     wait = min(ctx.model.wait, int(ctx.wait_budget))
@@ -208,11 +182,6 @@ async def run_replicate_prediction(
         if state.is_terminal:
             # Free to read again, so kept for the id's own write rather than written apart.
             await ctx.steps.keep(f"{step}:result", state.as_json())
-            if prefetch and state.status == "succeeded" and ctx.can_deliver:
-                # Nothing after the paid call may raise before its id is journaled: an output of an
-                # unexpected shape is reported by the delivery instead.
-                with contextlib.suppress(ProviderFailed):
-                    ctx.prefetch(output_urls(state.output))
         return state.id
 
     async def find_lost(since: float) -> str | None:
@@ -367,18 +336,18 @@ async def handing_over(ctx: PipelineContext) -> AsyncIterator[None]:
 
 
 async def deliver_images(ctx: PipelineContext, urls: list[str]) -> Delivered:
-    """Fetch the images and send them as one album (or one photo); the user pays for what arrived."""
+    """Send the images as one album (or one photo), by their URLs where the chat's service fetches
+    them itself, else fetched here and uploaded; the user pays for what arrived."""
     if not urls:
         raise ProviderFailed("the prediction succeeded with no output")
     if not ctx.can_deliver:
         return Delivered(units=len(urls), result={"urls": urls})
     generation = ctx.generation
+    delivery, download = ctx.services.delivery, ctx.services.replicate.download
 
     async def send() -> list[int]:
-        images = await asyncio.gather(*(ctx.fetch(url) for url in urls))
-        media = [Media(content=image, filename=f"{generation.id}-{i}.png") for i, image in enumerate(images)]
         async with handing_over(ctx):
-            return await ctx.services.delivery.send_images(generation.bot_name, ctx.chat_id, media)
+            return await delivery.send_image_urls(generation.bot_name, ctx.chat_id, urls, download)
 
     message_ids: list[int] = await ctx.steps.run("deliver", send)
     return Delivered(

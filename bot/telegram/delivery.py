@@ -2,12 +2,21 @@
 
 Maps aiogram's errors to the pipeline's: flood control and network trouble are retryable (with
 Telegram's retry_after), a blocked bot or a missing chat is final.
+
+Images are sent as their provider's URLs, which Telegram fetches itself: the bytes of a result never
+pass through this process, which saves a download and an upload of each image (their time, CPU and
+traffic). Telegram refuses a URL it cannot fetch or will not take (a host it cannot reach, such as a
+provider on a private network or the web chat's in-memory bot; a photo over 5 MB): the images are
+then fetched here and uploaded, and that bot sends the host's images as uploads for a while.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiogram import Bot
@@ -20,7 +29,14 @@ from aiogram.exceptions import (
     TelegramServerError,
     TelegramUnauthorizedError,
 )
-from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup, InputMediaPhoto
+from aiogram.types import (
+    BufferedInputFile,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputFile,
+    InputMediaPhoto,
+)
+from loguru import logger
 
 from generation.delivery import (
     DOWNLOAD_LIMIT,
@@ -33,11 +49,17 @@ from generation.delivery import (
 
 # Part of Telegram's description of a 400 answered to an edit that would change nothing.
 NOT_MODIFIED = "message is not modified"
+# How long a bot uploads the images of a host after Telegram could not take one of its URLs (and
+# the upload that followed went through: the URL was at fault, not the chat).
+UPLOADS_AFTER_URL_REFUSED = 600.0
 
 
 class TelegramDelivery:
-    def __init__(self, bots: dict[str, Bot]) -> None:
+    def __init__(self, bots: dict[str, Bot], clock: Callable[[], float] = time.monotonic) -> None:
         self.bots = bots
+        self.clock = clock
+        # (bot name, host) -> until when that bot uploads that host's images instead of their URLs.
+        self._uploads_until: dict[tuple[str, str], float] = {}
 
     def can_deliver(self, bot_name: str) -> bool:
         return bot_name in self.bots
@@ -50,14 +72,55 @@ class TelegramDelivery:
         return message.message_id
 
     async def send_images(self, bot_name: str, chat_id: int, images: list[Media]) -> list[int]:
-        bot = self._bot(bot_name)
         files = [BufferedInputFile(image.content, filename=image.filename) for image in images]
         async with _mapped_errors():
-            if len(files) == 1:
-                message = await bot.send_photo(chat_id, files[0])
-                return [message.message_id]
-            # An album: one message per image, shown together (Telegram takes 2-10 in one group).
-            messages = await bot.send_media_group(chat_id, [InputMediaPhoto(media=file) for file in files])
+            return await self._send_photos(bot_name, chat_id, files)
+
+    async def send_image_urls(
+        self, bot_name: str, chat_id: int, urls: list[str], fetch: Callable[[str], Awaitable[bytes]]
+    ) -> list[int]:
+        hosts = {(bot_name, urlsplit(url).hostname or "") for url in urls}
+        refusal: str | None = None
+        if self._by_url(urls, hosts):
+            async with _mapped_errors():
+                try:
+                    return await self._send_photos(bot_name, chat_id, list(urls))
+                except TelegramBadRequest as error:
+                    refusal = error.message  # uploaded below: a chat at fault refuses that too
+        images = await asyncio.gather(*(fetch(url) for url in urls))
+        named = [
+            Media(content, _filename(url, index))
+            for index, (url, content) in enumerate(zip(urls, images, strict=True))
+        ]
+        message_ids = await self.send_images(bot_name, chat_id, named)
+        if refusal is not None:
+            until = self.clock() + UPLOADS_AFTER_URL_REFUSED
+            self._uploads_until.update(dict.fromkeys(hosts, until))
+            logger.bind(bot=bot_name).info(
+                "Telegram did not take images by URL from {} ({}); uploading them for {:.0f} minutes",
+                ", ".join(sorted(host for _, host in hosts)),
+                refusal,
+                UPLOADS_AFTER_URL_REFUSED / 60,
+            )
+        return message_ids
+
+    def _by_url(self, urls: list[str], hosts: set[tuple[str, str]]) -> bool:
+        """Whether to hand Telegram the URLs themselves: web URLs of hosts it did not refuse lately."""
+        now = self.clock()
+        for key in hosts:
+            until = self._uploads_until.get(key)
+            if until is not None and until <= now:
+                del self._uploads_until[key]
+        web = all(urlsplit(url).scheme in ("http", "https") for url in urls)
+        return web and not any(key in self._uploads_until for key in hosts)
+
+    async def _send_photos(self, bot_name: str, chat_id: int, photos: Sequence[str | InputFile]) -> list[int]:
+        """One photo, or an album of them (Telegram takes 2-10 in one group): uploads or URLs."""
+        bot = self._bot(bot_name)
+        if len(photos) == 1:
+            message = await bot.send_photo(chat_id, photos[0])
+            return [message.message_id]
+        messages = await bot.send_media_group(chat_id, [InputMediaPhoto(media=photo) for photo in photos])
         return [message.message_id for message in messages]
 
     async def send_video(self, bot_name: str, chat_id: int, video: Media, caption: str | None = None) -> int:
@@ -138,6 +201,10 @@ def _markup(buttons: list[Button] | None) -> InlineKeyboardMarkup | None:
             [InlineKeyboardButton(text=button.text, callback_data=button.callback_data)] for button in buttons
         ]
     )
+
+
+def _filename(url: str, index: int) -> str:
+    return urlsplit(url).path.rsplit("/", 1)[-1] or f"image-{index}.png"
 
 
 def _file(media: Media) -> BufferedInputFile:

@@ -15,7 +15,7 @@ from providers.replicate import output_urls
 
 
 async def text_to_image(ctx: PipelineContext) -> Delivered:
-    state = await run_replicate_prediction(ctx, ctx.model.build_input(ctx.request), prefetch=True)
+    state = await run_replicate_prediction(ctx, ctx.model.build_input(ctx.request))
     return await deliver_images(ctx, output_urls(state.output))
 
 

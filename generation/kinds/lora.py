@@ -201,7 +201,7 @@ async def neuro_photo(ctx: PipelineContext) -> Delivered:
         raise ProviderRejected("the request names no trained model")
     prompt = prompt_with_trigger_word(str(ctx.request["prompt"]), str(trigger_word))
     model_input = ctx.model.build_input({**ctx.request, "prompt": prompt})
-    state = await run_replicate_prediction(ctx, model_input, version=str(version), prefetch=True)
+    state = await run_replicate_prediction(ctx, model_input, version=str(version))
     return await deliver_images(ctx, output_urls(state.output))
 
 

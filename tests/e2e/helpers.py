@@ -94,9 +94,9 @@ def album_images(call: Call) -> list[bytes]:
         return [image]
     images = []
     for item in call.params["media"]:
-        media = item["media"]
-        assert isinstance(media, str) and media.startswith("attach://")
-        images.append(call.files[media.removeprefix("attach://")])
+        image = call.media(item["media"])  # uploaded, or sent as a URL that Telegram fetched
+        assert image is not None
+        images.append(image)
     return images
 
 

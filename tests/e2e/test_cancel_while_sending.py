@@ -126,15 +126,15 @@ async def test_a_cancel_before_the_hand_over_still_refunds_in_full_and_sends_not
     plan: str,
 ) -> None:
     app = await make_app(database_url=database_url, **plan_settings(plan, redis_url))
-    downloaded = asyncio.Event()
-    replicate.hold_downloads = downloaded  # the images are fetched, not yet handed over
+    answered = asyncio.Event()
+    replicate.hold_create_answers = answered  # the images exist, not yet handed over
     chat = Chat(telegram)
     chat.send("/image 2 not after all")
     status = await chat.reply("Working on it")
-    await asyncio.wait_for(replicate.download_started.wait(), 15)
+    await replicate.wait_for_create(1)
     telegram.press_button(chat.token, user_id=chat.user_id, message=status.result, data=cancel_data(status))
     assert await callback_answer(telegram) == "✖ Canceled. 2 ⭐ returned. Balance: 10 ⭐"
-    downloaded.set()
+    answered.set()
 
     [generation] = await all_settled(app, 1)
     # Interrupted by the cancellation, or (had the interruption come late) stopped at the hand-over.
@@ -157,16 +157,16 @@ async def test_a_run_the_cancellation_could_not_stop_sends_nothing_once_cancelle
     lost with Redis leaves a Plan A job running): the run goes on to its hand-over, finds the
     generation cancelled, and sends nothing, as the user was refunded in full."""
     app = await make_app(**plan_settings(plan, redis_url))
-    downloaded = asyncio.Event()
-    replicate.hold_downloads = downloaded
+    answered = asyncio.Event()
+    replicate.hold_create_answers = answered  # the image exists, not yet handed over
     chat = Chat(telegram)
     chat.send("/image cancelled elsewhere")
-    await asyncio.wait_for(replicate.download_started.wait(), 15)
+    await replicate.wait_for_create(1)
     [running] = await generations_of(app)
     assert app.services is not None
     canceled = await cancel_generation(app.services, running.id)  # refunds; stops no runner
     assert canceled is not None and canceled.refund == 1
-    downloaded.set()
+    answered.set()
 
     assert await run_ended(app, running.id, plan) == "canceled"
     [generation] = await all_settled(app, 1)

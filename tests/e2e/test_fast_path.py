@@ -18,7 +18,14 @@ from sqlalchemy import event, select
 from generation.store import Database, Generation, User, get_generation
 from jobs import limits
 from tests.conftest import AppFactory, wait_until
-from tests.e2e.helpers import Chat, all_settled, balance_and_ledger_sum, generations_of, journal_of
+from tests.e2e.helpers import (
+    Chat,
+    album_images,
+    all_settled,
+    balance_and_ledger_sum,
+    generations_of,
+    journal_of,
+)
 from tests.fakes.replicate import FakeReplicate, Outcome
 from tests.fakes.telegram import FakeTelegram
 
@@ -156,34 +163,45 @@ async def test_a_quick_prediction_comes_with_its_create_and_is_not_polled(
     assert await balance_and_ledger_sum(app) == (8, 8)
 
 
-async def test_a_quick_predictions_images_are_fetched_while_its_id_is_journaled(
+async def test_a_predictions_images_go_to_telegram_as_their_urls(
     make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate, database_url: str
 ) -> None:
-    """The images of a prediction that came back finished are fetched alongside the write of its id,
-    not after it: held here by a lock on the journal's table, that write waits while the download
-    arrives; the photo follows once it is written."""
+    """Telegram fetches the images itself: the album carries the provider's URLs, no file, and the
+    only downloads of them are the fake Telegram's."""
     app = await make_app(database_url=database_url)
     chat = Chat(telegram)
-    chat.send("/start")
-    await chat.reply("Hi,")
-    create_answered = asyncio.Event()
-    replicate.hold_create_answers = create_answered
-    chat.send("/image 1 a fox")
-    await replicate.wait_for_create(1)
-    async with journal_locked(database_url):
-        create_answered.set()
-
-        async def downloaded() -> bool:
-            return len(replicate.downloads) == 1
-
-        await wait_until(downloaded)
-        [running] = await generations_of(app)
-        assert "prediction:id" not in await journal_of(app, running.id)  # its write still waits
-        assert chat.albums() == []
+    chat.send("/image 2 a fox")
     [done] = await all_settled(app, 1)
     assert done.status == "done"
-    assert len(chat.albums()) == 1
-    assert len(replicate.downloads) == 1  # fetched once
+    [album] = chat.albums()
+    urls = [item["media"] for item in album.params["media"]]
+    assert all(url.startswith(f"{replicate.url}/delivery/") for url in urls)
+    assert album.files == {}
+    assert album_images(album) == [replicate.png_bytes(0), replicate.png_bytes(1)]
+    assert len(replicate.downloads) == 2  # Telegram's, one per image
+
+
+async def test_an_image_telegram_cannot_take_by_url_is_uploaded_and_so_is_that_hosts_next(
+    make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate
+) -> None:
+    """A URL Telegram refuses (a host it cannot reach): the image is fetched and uploaded, the user
+    gets it and pays once, and the bot's next images from that host go as uploads at once."""
+    app = await make_app()
+    telegram.fail_next("sendPhoto", error_code=400, description="Bad Request: failed to get HTTP URL content")
+    chat = Chat(telegram)
+    chat.send("/image a fox")
+    [first] = await all_settled(app, 1)
+    assert first.status == "done"
+    refused, uploaded = telegram.sent(chat.token, methods=["sendPhoto"], include_failed=True)
+    assert not refused.ok and str(refused.params["photo"]).startswith(f"{replicate.url}/delivery/")
+    assert uploaded.ok and uploaded.upload("photo") == replicate.png_bytes(0) and uploaded.files
+
+    chat.send("/image another fox")
+    await all_settled(app, 2)
+    *_, again = telegram.sent(chat.token, methods=["sendPhoto"], include_failed=True)
+    assert again.ok and again.files  # uploaded straight away: no second try by URL
+    assert len(telegram.sent(chat.token, methods=["sendPhoto"], include_failed=True)) == 3
+    assert await balance_and_ledger_sum(app) == (8, 8)
 
 
 @contextlib.asynccontextmanager

@@ -22,7 +22,12 @@ Deliberate choices worth knowing:
   403 "Forbidden: bot can't send messages to bots".
 * file_ids are per bot, as on Telegram: a file_id minted by the fake for one bot is refused
   ("wrong file identifier/HTTP URL specified") when another bot uses it. A file_id the fake never
-  minted is accepted as an opaque id (its bytes are unknown). URLs are accepted, never fetched.
+  minted is accepted as an opaque id (its bytes are unknown).
+* A file sent as an HTTP URL is fetched, as Telegram fetches it, when the URL is on loopback (no test
+  reaches beyond this machine): an answer other than 200 or a connection that fails answers 400
+  "failed to get HTTP URL content", a photo that is not an image "wrong type of the web page
+  content", one over 5 MB (Telegram's limit by URL; 20 MB for other files) "failed to get HTTP URL
+  content". The bytes fetched are in :attr:`Call.fetched`. Other URLs are accepted, never fetched.
 * Photo bytes are not decoded; PNG/JPEG/GIF/WebP headers give width and height when present.
 * ``getUpdates`` only forgets updates it has handed out and that a later ``offset`` confirms, so
   :meth:`FakeTelegram.push_update` redelivers an update even after aiogram moved its offset past it.
@@ -70,7 +75,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
 JSON = dict[str, Any]
 
@@ -96,6 +101,20 @@ MAX_TEXT: Final = 4096
 MAX_CAPTION: Final = 1024
 MAX_UPLOAD: Final = 50 * 1024 * 1024
 MAX_PHOTO: Final = 10 * 1024 * 1024
+# What Telegram fetches of a file sent as an HTTP URL: 5 MB for a photo, 20 MB for other files.
+MAX_PHOTO_BY_URL: Final = 5 * 1024 * 1024
+MAX_FILE_BY_URL: Final = 20 * 1024 * 1024
+# The hosts whose URLs the fake fetches: loopback only, as no test may reach beyond this machine.
+LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
+# The parameter that carries the file of each method sending one.
+MEDIA_PARAMS: Final = {
+    "sendPhoto": "photo",
+    "sendVideo": "video",
+    "sendVoice": "voice",
+    "sendAudio": "audio",
+    "sendDocument": "document",
+    "sendAnimation": "animation",
+}
 MAX_DOWNLOAD: Final = 20 * 1024 * 1024
 FIRST_UPDATE_ID: Final = 700_000_000
 MAX_INVOICE_TITLE: Final = 32
@@ -279,6 +298,8 @@ class Call:
     """What the fake answered on success (the Message dict, True, ...); None for an error."""
     error: JSON | None = None
     """The error body answered (``{"ok": false, "error_code": ...}``), None on success."""
+    fetched: dict[str, bytes] = field(default_factory=dict)
+    """Files sent as HTTP URLs that the fake fetched (loopback ones), keyed by URL."""
 
     @property
     def ok(self) -> bool:
@@ -295,11 +316,20 @@ class Call:
         return value if isinstance(value, str) else None
 
     def upload(self, param: str) -> bytes | None:
-        """Bytes uploaded for ``param`` (through ``attach://name`` or a part named ``param``)."""
+        """Bytes uploaded for ``param`` (through ``attach://name`` or a part named ``param``), or
+        fetched from the URL it gave."""
         value = self.params.get(param)
         if isinstance(value, str) and value.startswith("attach://"):
             return self.files.get(value.removeprefix("attach://"))
+        if isinstance(value, str) and value in self.fetched:
+            return self.fetched[value]
         return self.files.get(param)
+
+    def media(self, value: str) -> bytes | None:
+        """The bytes of one file the call sent (an ``attach://`` reference or a fetched URL)."""
+        if value.startswith("attach://"):
+            return self.files.get(value.removeprefix("attach://"))
+        return self.fetched.get(value)
 
 
 @dataclass(frozen=True)
@@ -452,10 +482,17 @@ class _Bot:
 class _Req:
     """Parameters of one request with Telegram-like readers."""
 
-    def __init__(self, params: dict[str, Any], files: dict[str, bytes], filenames: dict[str, str]) -> None:
+    def __init__(
+        self,
+        params: dict[str, Any],
+        files: dict[str, bytes],
+        filenames: dict[str, str],
+        fetched: dict[str, bytes] | None = None,
+    ) -> None:
         self.params = params
         self.files = files
         self.filenames = filenames
+        self.fetched = fetched or {}
 
     def get(self, name: str) -> Any:
         value = self.params.get(name)
@@ -1083,6 +1120,7 @@ class FakeTelegram:
         self._changed = asyncio.Event()
         self._closing = False
         self._runner: web.AppRunner | None = None
+        self._fetching: ClientSession | None = None
         self._methods: dict[str, _Handler] = {
             "getMe": self._get_me,
             "getUpdates": self._get_updates,
@@ -1138,6 +1176,9 @@ class FakeTelegram:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._fetching is not None:
+            await self._fetching.close()
+            self._fetching = None
 
     async def __aenter__(self) -> FakeTelegram:
         await self.start()
@@ -1582,7 +1623,8 @@ class FakeTelegram:
             if hold is not None and not hold.release.is_set() and (hold.only is None or hold.only(params)):
                 hold.arrived.set()
                 await hold.release.wait()
-            result = await handler(bot, _Req(params, files, filenames))
+            call.fetched = await self._fetch_urls(method, params)
+            result = await handler(bot, _Req(params, files, filenames, call.fetched))
         except _ApiError as error:
             body = call.error = error.body()
             self._record(call)
@@ -1608,6 +1650,37 @@ class FakeTelegram:
 
     async def _handle_unknown_path(self, request: web.Request) -> web.Response:
         return web.json_response(_ApiError(404, "Not Found").body(), status=404)
+
+    async def _fetch_urls(self, method: str, params: dict[str, Any]) -> dict[str, bytes]:
+        """The files the request sends as loopback HTTP URLs, fetched as Telegram fetches them."""
+        refs: list[tuple[Any, Any]] = []  # (kind, file) as sent: the method itself checks them
+        if method in MEDIA_PARAMS:
+            refs.append((MEDIA_PARAMS[method], params.get(MEDIA_PARAMS[method])))
+        elif method == "sendMediaGroup" and isinstance(params.get("media"), list):
+            refs.extend(
+                (item.get("type"), item.get("media")) for item in params["media"] if isinstance(item, dict)
+            )
+        fetched: dict[str, bytes] = {}
+        for kind, ref in refs:
+            if isinstance(ref, str) and ref not in fetched and _loopback_url(ref):
+                fetched[ref] = await self._fetch(ref, kind == "photo")
+        return fetched
+
+    async def _fetch(self, url: str, photo: bool) -> bytes:
+        limit = MAX_PHOTO_BY_URL if photo else MAX_FILE_BY_URL
+        if self._fetching is None:
+            self._fetching = ClientSession(timeout=ClientTimeout(total=10))
+        try:
+            async with self._fetching.get(url) as response:
+                content = await response.content.read(limit + 1)
+                status, content_type = response.status, response.content_type
+        except (ClientError, TimeoutError):
+            raise _bad("failed to get HTTP URL content") from None
+        if status != 200 or len(content) > limit:
+            raise _bad("failed to get HTTP URL content")
+        if photo and not content_type.startswith("image/"):
+            raise _bad("wrong type of the web page content")
+        return content
 
     async def _read_request(
         self, request: web.Request
@@ -1858,6 +1931,8 @@ class FakeTelegram:
             content, filename = req.files[field], req.filenames.get(field)
         elif ref in (None, "") or not isinstance(ref, str):
             raise _bad(missing)
+        if content is None and isinstance(ref, str) and ref in req.fetched:
+            content, filename = req.fetched[ref], urlsplit(ref).path.rsplit("/", 1)[-1] or None
         if content is not None:
             return self._upload(bot, kind, content, filename)
         assert isinstance(ref, str)
@@ -2559,3 +2634,8 @@ class FakeTelegram:
             "date": int(time.time()),
             side: partner,
         }
+
+
+def _loopback_url(value: str) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and parts.hostname in LOOPBACK_HOSTS
