@@ -195,6 +195,13 @@ async def _run_claimed(
         async with _working_alongside(context):
             delivered = await spec.pipeline(context)
         delivered_at = time.time()
+    except asyncio.CancelledError:
+        # Stopped (a process stopping, an aborted job): what the run owes its journal (a finished
+        # prediction's id) is written first, so the next run finds it rather than looking for it;
+        # a write that fails leaves that to the next run's look (pipelines.create_once).
+        with contextlib.suppress(Exception):
+            await asyncio.shield(steps.flush())
+        raise
     except lifecycle.NotRunning:
         # A cancellation came just before the hand-over; it refunded and told the user.
         log.info("canceled before its delivery; nothing sent")
@@ -214,6 +221,7 @@ async def _run_claimed(
             )
             log.warning("try failed ({} of {}), retrying in {:.1f}s: {}", failures, max_tries, delay, error)
             metrics.RETRIES.labels(generation.kind, plan.value, metrics.error_reason(error)).inc()
+            await steps.flush()  # before another runner may take it
             await lifecycle.release(db, generation.id, owner, failed=True)
             await progress.update(status, progress.Stage.queued)  # not "rendering" while it waits
             raise RetryLater(delay, error) from error

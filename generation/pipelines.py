@@ -170,9 +170,10 @@ async def run_replicate_prediction(
     wait = min(ctx.model.wait, int(ctx.wait_budget))
 
     waited = 0.0
+    finished = False
 
     async def create() -> str:
-        nonlocal waited
+        nonlocal waited, finished
         # While Replicate holds the answer the run only waits, as between polls; and the time counts
         # against the try's wait budget, so a job holds its worker's slot no longer than before.
         asked_at = time.monotonic()
@@ -182,13 +183,16 @@ async def run_replicate_prediction(
         if state.is_terminal:
             # Free to read again, so kept for the id's own write rather than written apart.
             await ctx.steps.keep(f"{step}:result", state.as_json())
+            finished = True
         return state.id
 
     async def find_lost(since: float) -> str | None:
         return await replicate.find_prediction(ref, input, since, lambda job_id: job_taken(ctx, step, job_id))
 
     deadline = ctx.services.settings.generation_deadline
-    await create_once(ctx, step, create, find_lost, deadline=deadline)
+    # A prediction that came back finished is not awaited: its id goes with the run's next write (the
+    # delivery's mark, or a failure's settling), one commit fewer before the result is sent.
+    await create_once(ctx, step, create, find_lost, deadline=deadline, owe_if=lambda: finished)
     state = await await_provider_job(
         ctx, step, replicate.get_prediction, replicate.cancel, deadline, waited=waited
     )
@@ -207,9 +211,12 @@ async def create_once(
     find_lost: Callable[[float], Awaitable[str | None]],
     *,
     deadline: float | None = None,
+    owe_if: Callable[[], bool] | None = None,
 ) -> str:
     """Start a paid provider job at most once and journal its id as `<step>:id` (with the moment the
-    wait for it gives up, `<step>:deadline`, in the same transaction).
+    wait for it gives up, `<step>:deadline`, in the same transaction). `owe_if`: asked once the job
+    started; when True its id is owed to the journal (StepJournal.owe), written with the run's next
+    write rather than by a transaction of its own.
 
     No write comes before the call (the fast path). A run that is not the generation's first may
     follow one killed after the provider accepted the job but before its id was journaled: it looks
@@ -233,7 +240,7 @@ async def create_once(
         return await create()
 
     also = {f"{step}:deadline": time.time() + deadline} if deadline is not None else None
-    job_id: str = await ctx.steps.run(f"{step}:id", adopt_or_create, shielded=True, also=also)
+    job_id: str = await ctx.steps.run(f"{step}:id", adopt_or_create, shielded=True, also=also, owe_if=owe_if)
     return job_id
 
 

@@ -35,6 +35,9 @@ class StepJournal:
         self._running: dict[str, asyncio.Future[Any]] = {}
         # Results kept (`keep`) and not yet written: they go with the journal's next write.
         self._kept: dict[str, Any] = {}
+        # Results owed to the journal (`owe`): they go with its next write, gated or not, and with
+        # `flush` when the run ends before one.
+        self._owed: dict[str, Any] = {}
 
     async def load(self) -> dict[str, Any]:
         if self._done is None:
@@ -72,11 +75,14 @@ class StepJournal:
         shielded: bool = False,
         also: dict[str, Any] | None = None,
         durable: bool = True,
+        owe_if: Callable[[], bool] | None = None,
     ) -> T:
         """`shielded` for paid calls: a cancellation (a stopping process) waits until the call's
         result is journaled, so the next run finds it instead of paying again. `also`: more steps
         journaled in the same transaction as this one's result. `durable=False`: the run goes on once
-        the result is committed, without waiting for it to be on disk (`Database.direct_writes`)."""
+        the result is committed, without waiting for it to be on disk (`Database.direct_writes`).
+        `owe_if`: asked once the call returned; when True the result is owed (`owe`) instead of
+        written now, as the run's next write follows at once."""
         done = await self.load()
         if name in done:
             return done[name]  # type: ignore[no-any-return]
@@ -87,7 +93,11 @@ class StepJournal:
 
         async def call_and_record() -> None:
             result = await fn()
-            await self.record_many({name: result, **also} if also else {name: result}, durable=durable)
+            results = {name: result, **also} if also else {name: result}
+            if owe_if is not None and owe_if():
+                await self.owe(results)
+            else:
+                await self.record_many(results, durable=durable)
 
         task = self._running[name] = asyncio.ensure_future(call_and_record())
         try:
@@ -119,6 +129,33 @@ class StepJournal:
             done[name] = self._kept[name] = result
         return done[name]
 
+    async def owe(self, results: dict[str, Any]) -> None:
+        """Save steps' results for this run now, and in the journal with its next write, whatever
+        that is: gated (`add_many_if`) or not, and even when its gate refuses the rest. For results
+        that must be journaled, but whose own transaction would only come a moment before the next
+        one (a provider job that answered finished, whose delivery's mark follows): `flush` writes
+        them when the run ends without another write (cancelled, or a retry). A crash in between
+        loses them, as a crash before their own write would."""
+        done = await self.load()
+        for name, result in results.items():
+            if name not in done:
+                done[name] = self._owed[name] = result
+
+    async def flush(self) -> None:
+        """Write what is owed to the journal (`owe`), if anything."""
+        if self._owed:
+            await self.record_many({})
+
+    def _pending(self, results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The rows of the journal's next write: the kept and owed results, then `results`; and the
+        owed ones among them, taken off the books (`_owe_again` puts them back if the write fails)."""
+        rows, owed = {**self._kept, **self._owed, **results}, self._owed
+        self._kept, self._owed = {}, {}
+        return rows, owed
+
+    def _owe_again(self, owed: dict[str, Any]) -> None:
+        self._owed = {**owed, **self._owed}
+
     async def add(self, session: AsyncSession, name: str, result: Any) -> None:
         """Journal a step inside the caller's transaction (so it commits with what it is part of); a
         step journaled already keeps its first result. Kept results go in the same transaction."""
@@ -129,15 +166,19 @@ class StepJournal:
         statement of its own on `Direct`): one INSERT of them all. A step journaled already (by
         another runner) keeps its first result."""
         await self.load()
-        rows, self._kept = {**self._kept, **results}, {}
+        rows, owed = self._pending(results)
         if not rows:
             return
         connection = session if isinstance(session, Direct) else await statements(session)
-        inserted = await run(
-            connection,
-            _journal_insert(connection.dialect.name, len(rows)),
-            {"generation_id": self.generation_id, **_step_values(rows)},
-        )
+        try:
+            inserted = await run(
+                connection,
+                _journal_insert(connection.dialect.name, len(rows)),
+                {"generation_id": self.generation_id, **_step_values(rows)},
+            )
+        except BaseException:
+            self._owe_again(owed)
+            raise
         await self._note_written(connection, rows, set(inserted.scalars()))
 
     async def add_many_if(
@@ -149,10 +190,16 @@ class StepJournal:
         only when the gate answers the id, all or none, with whatever the gate itself changes. Answers
         whether it did. Run in autocommit, that is one round trip where a transaction would be four."""
         await self.load()
-        rows, self._kept = {**self._kept, **results}, {}
+        rows, owed = self._pending(results)
         values = {**gate_values, **_step_values(rows)}
-        passed, *added = (await connection.execute(_gated_insert(gate, len(rows)), values)).one()
+        try:
+            passed, *added = (await connection.execute(_gated_insert(gate, len(rows)), values)).one()
+        except BaseException:
+            self._owe_again(owed)
+            raise
         if passed is None:
+            if owed:  # written all the same, on their own
+                await self.add_many(connection, owed)
             return False
         await self._note_written(connection, rows, set(added[0] or ()) if added else set())
         return True
@@ -165,11 +212,13 @@ class StepJournal:
         kept results, all or none, as one transaction in ONE trip to the connection's thread
         (`Direct.in_one_trip`) where a session takes one per statement and one more to commit."""
         await self.load()
-        rows, self._kept = {**self._kept, **results}, {}
+        rows, owed = self._pending(results)
         generation = {"generation_id": self.generation_id}
 
         def gated(trip: Trip) -> tuple[set[str], list[tuple[Any, ...]]] | None:
             if trip.execute(gate, gate_values).first() is None:
+                if owed:  # written all the same, on their own
+                    trip.execute(_journal_insert("sqlite", len(owed)), {**generation, **_step_values(owed)})
                 return None
             if not rows:
                 return set(), []
@@ -177,7 +226,11 @@ class StepJournal:
             added = set(written.scalars())
             return added, [] if added == set(rows) else trip.execute(STEPS_OF, generation).rows
 
-        outcome = await direct.in_one_trip(gated)
+        try:
+            outcome = await direct.in_one_trip(gated)
+        except BaseException:
+            self._owe_again(owed)
+            raise
         if outcome is None:
             return False
         added, journaled = outcome

@@ -181,6 +181,24 @@ async def test_a_predictions_images_go_to_telegram_as_their_urls(
     assert len(replicate.downloads) == 2  # Telegram's, one per image
 
 
+async def test_a_finished_predictions_id_is_journaled_with_the_delivery_mark_before_the_photo(
+    make_app: AppFactory, telegram: FakeTelegram, database_url: str
+) -> None:
+    """A create that answered with the prediction finished: its id is owed to the journal and goes
+    with the delivery's mark, in one write, which is on disk before the photo is sent."""
+    app = await make_app(database_url=database_url)
+    upload = telegram.hold("sendPhoto")
+    chat = Chat(telegram)
+    chat.send("/image a fox")
+    await asyncio.wait_for(upload.arrived.wait(), 15)
+    [running] = await generations_of(app)
+    journal = await journal_of(app, running.id)
+    assert {"prediction:id", "prediction:deadline", "prediction:result", "delivering"} <= set(journal)
+    upload.release.set()
+    [done] = await all_settled(app, 1)
+    assert done.status == "done"
+
+
 async def test_an_image_telegram_cannot_take_by_url_is_uploaded_and_so_is_that_hosts_next(
     make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate
 ) -> None:
