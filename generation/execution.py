@@ -112,7 +112,16 @@ async def execute(
     async with _heartbeat(db, generation_id, owner, lease), working or nullcontext():
         idle: Idle = working.given_up if working is not None else nullcontext
         return await _run_claimed(
-            services, claim, plan, owner, max_tries, wait_budget, can_defer, retry_policy, idle
+            services,
+            claim,
+            plan,
+            owner,
+            max_tries,
+            wait_budget,
+            can_defer,
+            retry_policy,
+            idle,
+            told=claimed is not None,
         )
 
 
@@ -156,7 +165,11 @@ async def _run_claimed(
     can_defer: bool,
     retry_policy: RetryPolicy | None,
     idle: Idle,
+    *,
+    told: bool = False,
 ) -> Result:
+    """`told`: the generation's record said it runs at once (Plan B's "recorded; running inline"):
+    its start is not told again, but at DEBUG."""
     db = services.db
     generation, user = claim.generation, claim.user
     log = logger.bind(
@@ -187,7 +200,7 @@ async def _run_claimed(
         )
         # With how long it waited since its record (a queue's wait, on Plan A): arq's own line as the
         # job starts told that, and is written at DEBUG only (logs.py).
-        log.info(
+        (log.debug if told else log.info)(
             "running, attempt {}, {:.2f}s after its record",
             generation.attempts,
             metrics.since(_recorded_at(generation)),
@@ -278,6 +291,9 @@ async def _show_working(context: PipelineContext) -> None:
     for each try."""
     if not context.can_deliver:
         return
+    # One turn of the loop first: the pipeline's first call (a provider's create) is built and sent
+    # before this message is, which takes the loop about half a millisecond.
+    await asyncio.sleep(0)
     generation = context.generation
     await progress.show_started(context, resuming=await provider_job_started(context.steps))
     action = CHAT_ACTIONS.get(Kind(generation.kind))

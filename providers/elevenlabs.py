@@ -15,7 +15,7 @@ from elevenlabs.client import AsyncElevenLabs
 from elevenlabs.core.api_error import ApiError
 
 import metrics
-from providers.aiohttp_transport import AiohttpTransport
+from providers.aiohttp_transport import AiohttpTransport, without_cookies
 from providers.errors import (
     ProviderMisconfigured,
     ProviderQuotaExceeded,
@@ -53,7 +53,7 @@ class ElevenLabsProvider:
 
     def __init__(self, api_key: str | None, base_url: str) -> None:
         self._api_key = api_key
-        self._http = httpx.AsyncClient(timeout=60.0, transport=AiohttpTransport())
+        self._http = without_cookies(httpx.AsyncClient(timeout=60.0, transport=AiohttpTransport()))
         self.client = AsyncElevenLabs(api_key=api_key or "", base_url=base_url, httpx_client=self._http)
 
     async def speak(self, text: str, voice_id: str, model_id: str, output_format: str) -> bytes:

@@ -21,7 +21,7 @@ from replicate.client import Client as ReplicateClient
 from replicate.exceptions import ReplicateError
 
 import metrics
-from providers.aiohttp_transport import AiohttpTransport
+from providers.aiohttp_transport import AiohttpTransport, without_cookies
 from providers.errors import (
     ProviderFailed,
     ProviderMisconfigured,
@@ -83,8 +83,11 @@ class ReplicateProvider:
             event_hooks={"response": [self._remember_retry_after]},
             transport=self._api_transport,
         )
-        self._downloads = httpx.AsyncClient(
-            timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True, transport=AiohttpTransport()
+        without_cookies(self.client._async_client)
+        self._downloads = without_cookies(
+            httpx.AsyncClient(
+                timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True, transport=AiohttpTransport()
+            )
         )
 
     async def _remember_retry_after(self, response: httpx.Response) -> None:

@@ -107,7 +107,8 @@ def assert_followed(lines: Lines, handled: list[Handled]) -> None:
         own = [line for line in lines if line["extra"].get("generation") == one.generation.id]
         assert all(context_of(line) == expected for line in own), [context_of(line) for line in own]
         ours = [line for line in own if line["name"] == "generation.execution"]
-        assert any(line["message"].startswith("running, attempt") for line in ours)
+        # Its start is told by the record's line on Plan B ("recorded; running inline"), its end here.
+        assert any(line["message"].startswith("done:") for line in ours)
         requests = [
             line for line in lines if line["name"].startswith("httpx") and one.prediction in line["message"]
         ]

@@ -12,7 +12,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from providers.aiohttp_transport import AiohttpTransport
+from providers.aiohttp_transport import AiohttpTransport, without_cookies
+from providers.elevenlabs import ElevenLabsProvider
+from providers.replicate import ReplicateProvider
 from tests.conftest import closed_port
 
 
@@ -29,6 +31,12 @@ async def echo(request: web.Request) -> web.Response:
         headers={"X-Answer": "1"},
         status=201,
     )
+
+
+async def with_a_cookie(request: web.Request) -> web.Response:
+    response = web.Response(text="ok")
+    response.set_cookie("session", "abc")
+    return response
 
 
 async def gzipped(request: web.Request) -> web.Response:
@@ -68,6 +76,7 @@ async def server() -> AsyncIterator[TestServer]:
     app = web.Application()
     app.router.add_route("*", "/echo", echo)
     app.router.add_get("/gzip", gzipped)
+    app.router.add_get("/cookie", with_a_cookie)
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/slow", slow)
     app.router.add_get("/large", large)
@@ -163,3 +172,22 @@ async def test_a_cancellation_passes_as_it_is(client: httpx.AsyncClient) -> None
     with pytest.raises(asyncio.CancelledError):
         await request
     assert (await client.get("/echo")).status_code == 201  # the client goes on working
+
+
+async def test_a_client_without_cookies_keeps_none_and_never_reads_them(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    without_cookies(client)
+    reads: list[object] = []
+    monkeypatch.setattr(httpx.Cookies, "extract_cookies", lambda self, response: reads.append(response))
+    response = await client.get("/cookie")
+    assert response.headers["Set-Cookie"].startswith("session=abc")
+    assert reads == [] and not client.cookies
+
+
+def test_the_providers_clients_keep_no_cookies() -> None:
+    """Checks that httpx still keeps its client's jar where `without_cookies` replaces it."""
+    replicate = ReplicateProvider("r8_token", "http://127.0.0.1:1")
+    elevenlabs = ElevenLabsProvider("sk_key", "http://127.0.0.1:1")
+    for http in (replicate.client._async_client, replicate._downloads, elevenlabs._http):
+        assert type(http.cookies).__name__ == "_NoCookies"
