@@ -40,7 +40,7 @@ from generation.recording import RECORDED_COLUMNS, Flags, record_and_charge
 from generation.registry import spec_of
 from generation.requests import ValidRequest
 from generation.services import Services
-from generation.store import Generation, GenerationStatus, Plan, User, statements
+from generation.store import Generation, GenerationStatus, Plan, User, statements, unattached
 from generation.users import ensure_user, read_user
 from metrics import InFlight
 
@@ -334,27 +334,30 @@ class Dispatcher:
         claimed = reservation is not None
         request = valid.request
         recorded_at = datetime.now(UTC)  # to the microsecond: the order of the lines for a slot
-        generation = Generation(
-            id=generation_id,
-            request_key=request_key,
-            kind=valid.kind.value,
-            user_id=user.id,
-            bot_name=bot_name,
-            chat_id=request.target_chat,
-            model=valid.model.id,
-            request=request.model_dump(mode="json"),
-            plan=plan.value,
-            status=GenerationStatus.running if claimed else GenerationStatus.queued,
-            attempts=1 if claimed else 0,
-            lease_owner=self.inline.owner if claimed else None,
-            lease_expires_at=time.time() + self.settings.lease_seconds if claimed else None,
-            failures=0,
-            units=request.units(),
-            unit_price=valid.model.price,
-            price=valid.price,
-            refunded=0,
-            created_at=recorded_at,
-            updated_at=recorded_at,
+        generation = unattached(
+            Generation,
+            dict(
+                id=generation_id,
+                request_key=request_key,
+                kind=valid.kind.value,
+                user_id=user.id,
+                bot_name=bot_name,
+                chat_id=request.target_chat,
+                model=valid.model.id,
+                request=request.model_dump(mode="json"),
+                plan=plan.value,
+                status=GenerationStatus.running if claimed else GenerationStatus.queued,
+                attempts=1 if claimed else 0,
+                lease_owner=self.inline.owner if claimed else None,
+                lease_expires_at=time.time() + self.settings.lease_seconds if claimed else None,
+                failures=0,
+                units=request.units(),
+                unit_price=valid.model.price,
+                price=valid.price,
+                refunded=0,
+                created_at=recorded_at,
+                updated_at=recorded_at,
+            ),
         )
         return generation, reservation
 
