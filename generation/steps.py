@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from sqlalchemy import CTE, String, Subquery, bindparam, func, select, true, union_all
@@ -146,15 +146,17 @@ class StepJournal:
         if self._owed:
             await self.record_many({})
 
-    def _pending(self, results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The rows of the journal's next write: the kept and owed results, then `results`; and the
-        owed ones among them, taken off the books (`_owe_again` puts them back if the write fails)."""
+    @contextlib.contextmanager
+    def _pending(self, results: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """Around the journal's next write: its rows (the kept and owed results, then `results`) and
+        the owed ones among them, taken off the books; owed again when the write fails."""
         rows, owed = {**self._kept, **self._owed, **results}, self._owed
         self._kept, self._owed = {}, {}
-        return rows, owed
-
-    def _owe_again(self, owed: dict[str, Any]) -> None:
-        self._owed = {**owed, **self._owed}
+        try:
+            yield rows, owed
+        except BaseException:
+            self._owed = {**owed, **self._owed}
+            raise
 
     async def add(self, session: AsyncSession, name: str, result: Any) -> None:
         """Journal a step inside the caller's transaction (so it commits with what it is part of); a
@@ -166,19 +168,15 @@ class StepJournal:
         statement of its own on `Direct`): one INSERT of them all. A step journaled already (by
         another runner) keeps its first result."""
         await self.load()
-        rows, owed = self._pending(results)
-        if not rows:
-            return
-        connection = session if isinstance(session, Direct) else await statements(session)
-        try:
+        with self._pending(results) as (rows, _):
+            if not rows:
+                return
+            connection = session if isinstance(session, Direct) else await statements(session)
             inserted = await run(
                 connection,
                 _journal_insert(connection.dialect.name, len(rows)),
                 {"generation_id": self.generation_id, **_step_values(rows)},
             )
-        except BaseException:
-            self._owe_again(owed)
-            raise
         await self._note_written(connection, rows, set(inserted.scalars()))
 
     async def add_many_if(
@@ -190,13 +188,9 @@ class StepJournal:
         only when the gate answers the id, all or none, with whatever the gate itself changes. Answers
         whether it did. Run in autocommit, that is one round trip where a transaction would be four."""
         await self.load()
-        rows, owed = self._pending(results)
-        values = {**gate_values, **_step_values(rows)}
-        try:
+        with self._pending(results) as (rows, owed):
+            values = {**gate_values, **_step_values(rows)}
             passed, *added = (await connection.execute(_gated_insert(gate, len(rows)), values)).one()
-        except BaseException:
-            self._owe_again(owed)
-            raise
         if passed is None:
             if owed:  # written all the same, on their own
                 await self.add_many(connection, owed)
@@ -212,25 +206,25 @@ class StepJournal:
         kept results, all or none, as one transaction in ONE trip to the connection's thread
         (`Direct.in_one_trip`) where a session takes one per statement and one more to commit."""
         await self.load()
-        rows, owed = self._pending(results)
         generation = {"generation_id": self.generation_id}
+        with self._pending(results) as (rows, owed):
 
-        def gated(trip: Trip) -> tuple[set[str], list[tuple[Any, ...]]] | None:
-            if trip.execute(gate, gate_values).first() is None:
-                if owed:  # written all the same, on their own
-                    trip.execute(_journal_insert("sqlite", len(owed)), {**generation, **_step_values(owed)})
-                return None
-            if not rows:
-                return set(), []
-            written = trip.execute(_journal_insert("sqlite", len(rows)), {**generation, **_step_values(rows)})
-            added = set(written.scalars())
-            return added, [] if added == set(rows) else trip.execute(STEPS_OF, generation).rows
+            def gated(trip: Trip) -> tuple[set[str], list[tuple[Any, ...]]] | None:
+                if trip.execute(gate, gate_values).first() is None:
+                    if owed:  # written all the same, on their own
+                        trip.execute(
+                            _journal_insert("sqlite", len(owed)), {**generation, **_step_values(owed)}
+                        )
+                    return None
+                if not rows:
+                    return set(), []
+                written = trip.execute(
+                    _journal_insert("sqlite", len(rows)), {**generation, **_step_values(rows)}
+                )
+                added = set(written.scalars())
+                return added, [] if added == set(rows) else trip.execute(STEPS_OF, generation).rows
 
-        try:
             outcome = await direct.in_one_trip(gated)
-        except BaseException:
-            self._owe_again(owed)
-            raise
         if outcome is None:
             return False
         added, journaled = outcome
