@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     generation_deadline: float = Field(default=900.0, gt=0)
     training_deadline: float = Field(default=4 * 3600.0, gt=0)
     # Plan A waits on a provider inside a job this long, then frees the worker slot and looks again
-    # after about `long_wait_poll` seconds (spread ±20 %; sooner when a webhook arrives). Short: a job
+    # after about `long_wait_poll` seconds (spread ±50 %; sooner when a webhook arrives). Short: a job
     # polling a slow prediction holds one of WORKER_MAX_JOBS slots that others could use meanwhile.
     job_wait_budget: float = Field(default=5.0, gt=0)
     long_wait_poll: float = Field(default=15.0, gt=0)

@@ -67,6 +67,18 @@ class Result(StrEnum):
     not_claimed = "not_claimed"  # someone else runs it, it is on the other plan, or it is finished
 
 
+# How far a long wait's next look falls from its nominal delay, either way, as a share of it. Wide:
+# generations held together (a burst) must not poll the provider together, in waves, round after
+# round. ±20 % kept a burst's 100 held generations within a few seconds of each other for minutes
+# (bench/waiting.py: every one of them polled in the same second).
+LONG_WAIT_SPREAD = 0.5
+
+
+def spread_long_wait(delay: float) -> float:
+    """When a generation still running at the provider is looked at again (Plan A frees its slot)."""
+    return delay * random.uniform(1 - LONG_WAIT_SPREAD, 1 + LONG_WAIT_SPREAD)
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     base: float = 1.0
@@ -223,8 +235,7 @@ async def _run_claimed(
         log.debug("provider still working; back in {:.0f}s", waiting.delay)
         metrics.DEFERRALS.labels(generation.kind, plan.value, "provider_working").inc()
         await lifecycle.release(db, generation.id, owner)
-        # Spread: thousands of long waits started together must not all poll the provider at once.
-        raise RetryLater(waiting.delay * random.uniform(0.8, 1.2), waiting) from waiting
+        raise RetryLater(spread_long_wait(waiting.delay), waiting) from waiting
     except Exception as error:
         retryable = (isinstance(error, StepError) and error.retryable) or not isinstance(error, StepError)
         failures = generation.failures + 1

@@ -1,6 +1,7 @@
+import random
 import time
 
-from generation.execution import RetryPolicy
+from generation.execution import RetryPolicy, spread_long_wait
 from generation.plan import BreakerState, CircuitBreaker, PlanMode, mode_from_environment, plan_for
 from generation.store import Plan
 from settings import load_settings
@@ -39,3 +40,12 @@ def test_retry_delay_grows_is_capped_and_honours_retry_after() -> None:
     assert policy.delay(3, retry_after=30) == 30
     jittered = RetryPolicy(base=10, cap=100, jitter=0.2)
     assert all(8 <= jittered.delay(1) <= 12 for _ in range(50))
+
+
+def test_long_waits_come_back_spread_over_half_their_delay_either_way() -> None:
+    # A burst's held generations must drift apart, not poll the provider in waves: 15 s comes back
+    # anywhere from 7.5 to 22.5 s, and 400 draws reach both ends of that (a ±20 % spread would not).
+    random.seed(8)
+    delays = [spread_long_wait(15.0) for _ in range(400)]
+    assert all(7.5 <= delay <= 22.5 for delay in delays)
+    assert min(delays) < 8.5 and max(delays) > 21.5
