@@ -104,25 +104,29 @@ return {0}
 """
 )
 
-# KEYS: n slot sets, their n lines, the set of line names. ARGV: member, now (ms), n, limits.
-# Frees the member's slots and its place in any line; answers the waiters to wake.
-_RELEASE = (
+# `release(keys, argv)`. keys: n slot sets, their n lines, the set of line names. argv: member, now
+# (ms), n, limits. Frees the member's slots and its place in any line; answers the waiters to wake.
+# A function, so that a job's end (jobs/runner.py) can free its slots in the same script.
+RELEASE_FUNCTION = (
     _COMMON
     + """
-local member, now, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local wake = {}
-for i = 1, n do
-  redis.call('ZREM', KEYS[i], member)
-  redis.call('ZREM', KEYS[n + i], member)
-  if redis.call('ZCARD', KEYS[n + i]) == 0 then
-    redis.call('SREM', KEYS[2 * n + 1], KEYS[n + i])
-  else
-    heads(KEYS[n + i], free(KEYS[i], tonumber(ARGV[3 + i]), now), member, wake)
+local function release(keys, argv)
+  local member, now, n = argv[1], tonumber(argv[2]), tonumber(argv[3])
+  local wake = {}
+  for i = 1, n do
+    redis.call('ZREM', keys[i], member)
+    redis.call('ZREM', keys[n + i], member)
+    if redis.call('ZCARD', keys[n + i]) == 0 then
+      redis.call('SREM', keys[2 * n + 1], keys[n + i])
+    else
+      heads(keys[n + i], free(keys[i], tonumber(argv[3 + i]), now), member, wake)
+    end
   end
+  return wake
 end
-return wake
 """
 )
+_RELEASE = RELEASE_FUNCTION + "return release(KEYS, ARGV)\n"
 
 # KEYS: a slot set, its line, the set of line names. ARGV: now (ms), the limit. The waiters to wake.
 _SWEEP = (
@@ -188,7 +192,7 @@ class ConcurrencyLimiter:
         if full == len(keys):  # the per-minute window: the time it frees is known
             retry_in = max(float(answer[1]) / 1000, 0.5) + random.uniform(0, 0.5)
             return Refusal(limit=f"rate:{provider}", retry_in=retry_in)
-        wake = _arrivals(answer[3:])
+        wake = arrivals(answer[3:])
         return Refusal(
             limit=slots[full - 1][0],
             retry_in=WAIT_RECHECK * random.uniform(0.9, 1.1),
@@ -199,11 +203,19 @@ class ConcurrencyLimiter:
     async def release(self, generation_id: str, user_id: int, provider: str) -> dict[str, float]:
         """Free the generation's slots (it settled); answers the waiters now first in line for them,
         with when each was recorded (ms): woken in that order, the line keeps its order in arq's queue."""
+        keys, arguments = self.release_call(generation_id, user_id, provider)
+        return arrivals(await self._release(keys=keys, args=arguments))
+
+    def release_call(
+        self, generation_id: str, user_id: int, provider: str
+    ) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments of `RELEASE_FUNCTION` that free the generation's slots; its answer
+        read by `arrivals` is what `release` answers."""
         slots = self._slots(user_id, provider)
         keys = [PREFIX + name for name, _ in slots] + [LINE_PREFIX + name for name, _ in slots] + [LINES]
         arguments: list[str | int] = [generation_id, int(time.time() * 1000), len(slots)]
         arguments += [size for _, size in slots]
-        return _arrivals(await self._release(keys=keys, args=arguments))
+        return keys, arguments
 
     async def waking_heads(self) -> dict[str, float]:
         """The waiters first in the lines of limits that have room now (the periodic sweep)."""
@@ -215,16 +227,16 @@ class ConcurrencyLimiter:
             if size is None:  # a line of a limit no longer configured: nobody can free it
                 continue
             wake += await self._sweep(keys=[PREFIX + name, _text(line), LINES], args=[now, size])
-        return _arrivals(wake)
+        return arrivals(wake)
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _arrivals(flat: Sequence[bytes | str]) -> dict[str, float]:
+def arrivals(flat: Sequence[bytes | str]) -> dict[str, float]:
     """Lua's id, arrival, id, arrival... as {id: arrival ms}, in line order, each id once."""
-    arrivals: dict[str, float] = {}
+    in_order: dict[str, float] = {}
     for index in range(0, len(flat) - 1, 2):
-        arrivals.setdefault(_text(flat[index]), float(flat[index + 1]))
-    return arrivals
+        in_order.setdefault(_text(flat[index]), float(flat[index + 1]))
+    return in_order

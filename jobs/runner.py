@@ -40,7 +40,7 @@ from generation.places import Place
 from generation.services import Services
 from generation.store import Generation, GenerationStatus, Plan, as_utc, get_generation
 from jobs.batched_scripts import BatchedScript
-from jobs.limits import ConcurrencyLimiter
+from jobs.limits import RELEASE_FUNCTION, ConcurrencyLimiter, arrivals
 from jobs.queue import (
     JOB_FUNCTION,
     RECONCILE_TIMEOUT,
@@ -123,11 +123,24 @@ async def _run_try(ctx: dict[str, Any], services: Services, generation: Generati
         raise Retry(defer=retry.delay) from retry.cause  # still in flight: it keeps its slots
     # Done, failed or cancelled here: it is final. Not claimed: someone else may still run it.
     if result is not Result.not_claimed or await _is_final(services, generation_id):
-        try:
-            await _wake(ctx, await limiter.release(generation.id, generation.user_id, provider))
-        except RedisError as error:  # the slots expire on their own; the generation is settled
-            logger.warning("could not free its slots: {!r}", error)
+        await _release(ctx, limiter, generation, provider)
     return result.value
+
+
+async def _release(
+    ctx: dict[str, Any], limiter: ConcurrencyLimiter, generation: Generation, provider: str
+) -> None:
+    """Give a settled generation's slots back. In a `PromptWorker` they go with the job's end, in its
+    trip to Redis (`PromptWorker.finish_job`), where they were a trip of their own before it; a job
+    run otherwise gives them back now."""
+    releases: dict[str, tuple[list[str], list[str | int]]] | None = ctx.get(_RELEASE_AT_FINISH)
+    if releases is not None and ctx.get("job_id") == generation.id:
+        releases[generation.id] = limiter.release_call(generation.id, generation.user_id, provider)
+        return
+    try:
+        await _wake(ctx, await limiter.release(generation.id, generation.user_id, provider))
+    except RedisError as error:  # the slots expire on their own; the generation is settled
+        logger.warning("could not free its slots: {!r}", error)
 
 
 # What `_follow_the_job` leaves in a job's ctx: the generation it read, for the job to use rather
@@ -138,6 +151,9 @@ _LOG_CONTEXT = "log_context"
 _ENQUEUED_HERE = "enqueued_here"
 # In the worker's ctx: its limiter, one for all its jobs rather than one built by each job.
 _LIMITER = "limiter"
+# In a PromptWorker's ctx: the slots its settled jobs give back as they end (by job id: the keys and
+# arguments of the limiter's release).
+_RELEASE_AT_FINISH = "release_at_finish"
 
 
 async def _follow_the_job(ctx: dict[str, Any]) -> None:
@@ -301,7 +317,7 @@ return score
 # deleted); 1 when the job is finished; 1 when it has a result; the result; the result's time to live
 # (ms; empty: forever); what to add to its score when it is not finished (empty: nothing). The writes
 # of arq's `finish_job`, in its order, atomic as its MULTI/EXEC is.
-_FINISH = """
+_FINISH_WRITES = """
 local deletes = {}
 if ARGV[2] == '' then table.insert(deletes, KEYS[1]) else redis.call('pexpire', KEYS[1], ARGV[2]) end
 if ARGV[3] == '1' then
@@ -320,8 +336,20 @@ elseif ARGV[7] ~= '' then
   redis.call('zincrby', KEYS[6], ARGV[7], ARGV[1])
 end
 if #deletes > 0 then redis.call('del', unpack(deletes)) end
-return 1
 """
+_FINISH = _FINISH_WRITES + "return 1\n"
+# The same, then the settled generation's slots freed (jobs/limits.py's release): KEYS and ARGV go on
+# with the release's keys (from the 7th) and arguments (from the 8th); answers the waiters to wake.
+_FINISH_AND_RELEASE = (
+    RELEASE_FUNCTION
+    + _FINISH_WRITES
+    + """
+local keys, argv = {}, {}
+for i = 7, #KEYS do keys[#keys + 1] = KEYS[i] end
+for i = 8, #ARGV do argv[#argv + 1] = ARGV[i] end
+return release(keys, argv)
+"""
+)
 
 
 class PromptWorker(Worker):
@@ -335,6 +363,9 @@ class PromptWorker(Worker):
         # Registered on the pool at the first use (arq opens it in `main`).
         self._take: BatchedScript | None = None
         self._finish: BatchedScript | None = None
+        self._finish_and_release: BatchedScript | None = None
+        self._releases: dict[str, tuple[list[str], list[str | int]]] = {}
+        self.ctx[_RELEASE_AT_FINISH] = self._releases
 
     def nudge(self) -> None:
         # Only an idle worker: a busy one looks again as its jobs end, and a burst of enqueues must
@@ -419,9 +450,10 @@ class PromptWorker(Worker):
         keep_in_progress: float | None,
     ) -> None:
         """arq's `finish_job` as one script (`_FINISH`, the same writes), so that the jobs ending at
-        once end in one round trip (jobs/batched_scripts.py), where each sent a MULTI/EXEC of its own."""
-        if self._finish is None:
-            self._finish = BatchedScript(self.pool, _FINISH)
+        once end in one round trip (jobs/batched_scripts.py), where each sent a MULTI/EXEC of its own.
+        A settled generation's slots are freed in it too (`_release`), and the waiters first in line
+        for them woken."""
+        release = self._releases.pop(job_id, None)
         keys = [
             in_progress_key_prefix + job_id,
             result_key_prefix + job_id,
@@ -440,7 +472,19 @@ class PromptWorker(Worker):
             "" if expire is None else to_ms(expire),
             incr_score or "",
         ]
-        await self._finish(keys=keys, args=arguments)
+        if release is None:
+            if self._finish is None:
+                self._finish = BatchedScript(self.pool, _FINISH)
+            await self._finish(keys=keys, args=arguments)
+            return
+        if self._finish_and_release is None:
+            self._finish_and_release = BatchedScript(self.pool, _FINISH_AND_RELEASE)
+        release_keys, release_arguments = release
+        wake = await self._finish_and_release(keys=keys + release_keys, args=arguments + release_arguments)
+        try:
+            await _wake(self.ctx, arrivals(wake))
+        except RedisError as error:  # the sweep (`wake_waiting_job`) wakes them within seconds
+            logger.warning("could not wake the waiters for its slots: {!r}", error)
 
     async def _poll_iteration(self) -> None:
         """arq's look at the queue, but with jobs running here and places free, the due jobs and the

@@ -24,9 +24,10 @@ from arq.jobs import Job
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
-from jobs.limits import ConcurrencyLimiter
+from generation.limits import Limits
+from jobs.limits import PREFIX, ConcurrencyLimiter
 from jobs.queue import JOB_FUNCTION, ArqQueue, deserialize, serialize
-from jobs.runner import PromptWorker, _limiter
+from jobs.runner import _FINISH_AND_RELEASE, _LIMITER, PromptWorker, _limiter, _release
 from settings import Settings
 from tests.integration.redis_trips import count_round_trips
 
@@ -315,3 +316,41 @@ async def test_the_jobs_of_a_worker_share_its_limiter(pool: ArqRedis) -> None:
         running.cancel()
         await asyncio.gather(running, *worker.tasks.values(), return_exceptions=True)
     assert len(seen) == 3 and seen[0] is seen[1] is seen[2]
+
+
+async def test_a_settled_generations_slots_go_back_in_its_jobs_last_trip(
+    pool: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job whose generation settled frees its slots in the script that ends the job (one trip where
+    the release was a trip of its own), and the first in line for them is woken, as a release does."""
+    limiter = ConcurrencyLimiter(
+        pool, Limits(per_user=1, per_provider={}, overall=100, creates_per_minute={}), slot_ttl=60
+    )
+    settled = SimpleNamespace(id="s" * 32, user_id=5)
+    assert await limiter.acquire(settled.id, settled.user_id, "replicate") is None
+    waiter = await limiter.acquire("w" * 32, settled.user_id, "replicate", arrival=1.0)
+    assert waiter is not None and waiter.limit == "user:5"
+    await pool.enqueue_job("wait", "w" * 32, _job_id="w" * 32, _defer_by=300)  # deferred, as a waiter is
+    await pool.script_load(_FINISH_AND_RELEASE)  # as after a first job: loaded
+    ended = asyncio.Event()
+    trips_before_the_end: list[int] = []
+
+    async def settle(ctx: dict[str, Any], generation_id: str) -> None:
+        await _release(ctx, ctx[_LIMITER], settled, "replicate")
+        assert await pool.zscore(PREFIX + "user:5", settled.id) is not None  # not yet: with the end
+        trips_before_the_end.append(trips[0])
+        ended.set()
+
+    worker = prompt_worker(pool, settle, "settle", ctx={_LIMITER: limiter})
+    worker.ctx["redis"] = pool
+    await pool.enqueue_job("settle", settled.id, _job_id=settled.id)
+    trips = count_round_trips(pool, monkeypatch)
+    await worker.start_jobs([settled.id.encode()])
+    await asyncio.wait_for(ended.wait(), 5)
+    await asyncio.wait_for(asyncio.gather(*worker.tasks.values()), 5)
+    # Once the job's function returned: its end with the release in one trip, then the waiter's wake.
+    assert trips[0] - trips_before_the_end[0] == 2
+
+    assert await pool.zscore(PREFIX + "user:5", settled.id) is None  # its slot is free
+    assert await pool.zscore(default_queue_name, "w" * 32) == 1_000  # the waiter runs now, in its place
+    assert await pool.get(result_key_prefix + settled.id) is not None  # the job ended as arq ends it
