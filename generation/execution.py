@@ -133,7 +133,6 @@ async def execute(
             can_defer,
             retry_policy,
             idle,
-            told=claimed is not None,
         )
 
 
@@ -177,11 +176,7 @@ async def _run_claimed(
     can_defer: bool,
     retry_policy: RetryPolicy | None,
     idle: Idle,
-    *,
-    told: bool = False,
 ) -> Result:
-    """`told`: the generation's record said it runs at once (Plan B's "recorded; running inline"):
-    its start is not told again, but at DEBUG."""
     db = services.db
     generation, user = claim.generation, claim.user
     log = logger.bind(
@@ -210,9 +205,11 @@ async def _run_claimed(
             can_defer=can_defer,
             idle=idle,
         )
-        # With how long it waited since its record (a queue's wait, on Plan A): arq's own line as the
-        # job starts told that, and is written at DEBUG only (logs.py).
-        (log.debug if told else log.info)(
+        # A first attempt's start is told at DEBUG only: its record's line said where it went
+        # ("recorded and enqueued", "recorded; running inline") and its end's line tells how long it
+        # took from its record; each line costs the hot path (a Plan A generation wrote three). A
+        # retry's start is told. arq's own line as a job starts is DEBUG's only too (logs.py).
+        (log.info if generation.attempts > 1 else log.debug)(
             "running, attempt {}, {:.2f}s after its record",
             generation.attempts,
             metrics.since(_recorded_at(generation)),
@@ -271,7 +268,11 @@ async def _run_claimed(
         handed_over_at=_float_or_none(await steps.saved(lifecycle.DELIVERING_STEP)),
         delivered_at=delivered_at,
     )
-    log.info("done: {} unit(s) delivered", delivered.units)
+    log.info(
+        "done: {} unit(s) delivered, {:.2f}s after its record",
+        delivered.units,
+        time.time() - _recorded_at(generation),
+    )
     return Result.done
 
 

@@ -73,8 +73,10 @@ async def test_aibot_worker_runs_plan_a_jobs_alone(
     assert (generation.plan, generation.status, generation.attempts) == ("A", "done", 1)
     assert await balance_and_ledger_sum(app) == (9, 9)
     logs = await stop(worker)
-    # The worker's own line for the run (arq's lines as a job starts and ends are DEBUG's only).
-    assert "running, attempt 1" in logs and f"generation={generation.id}" in logs
+    # The worker's own line for the run's end (its start, a first attempt's, and arq's lines as a job
+    # starts and ends are DEBUG's only).
+    assert "done: 1 unit(s) delivered" in logs and f"generation={generation.id}" in logs
+    assert "running, attempt 1" not in logs
 
 
 async def _count(app: App) -> bool:

@@ -25,6 +25,7 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 
 from generation.limits import Limits
+from generation.store import Generation, unattached
 from jobs.limits import PREFIX, ConcurrencyLimiter
 from jobs.queue import JOB_FUNCTION, ArqQueue, deserialize, serialize
 from jobs.runner import _FINISH_AND_RELEASE, _LIMITER, PromptWorker, _limiter, _release
@@ -326,7 +327,7 @@ async def test_a_settled_generations_slots_go_back_in_its_jobs_last_trip(
     limiter = ConcurrencyLimiter(
         pool, Limits(per_user=1, per_provider={}, overall=100, creates_per_minute={}), slot_ttl=60
     )
-    settled = SimpleNamespace(id="s" * 32, user_id=5)
+    settled = unattached(Generation, {"id": "s" * 32, "user_id": 5})
     assert await limiter.acquire(settled.id, settled.user_id, "replicate") is None
     waiter = await limiter.acquire("w" * 32, settled.user_id, "replicate", arrival=1.0)
     assert waiter is not None and waiter.limit == "user:5"
