@@ -189,9 +189,11 @@ class ConcurrencyLimiter:
         self.redis = redis
         self.limits = limits
         self.slot_ttl = slot_ttl
-        # Every running job calls these two, each call on its own: batched (jobs/batched_scripts.py),
-        # jobs started in waves as each batch came back, and a newcomer's 202 during a Plan A burst
-        # took twice as long at p99 (three sittings, PostgreSQL), for no burst run faster.
+        # A job calls these two on its own when its worker did not (a PromptWorker takes the slots of
+        # a job its process enqueued with its take, and frees a settled one's with its end, both
+        # batched with other jobs' in jobs/runner.py). Batched on their own, jobs started in waves
+        # as each batch came back, and a newcomer's 202 during a Plan A burst took twice as long at
+        # p99 (three sittings, PostgreSQL), for no burst run faster.
         self._acquire = redis.register_script(_ACQUIRE)
         self._release = redis.register_script(_RELEASE)
         self._sweep = redis.register_script(_SWEEP)
