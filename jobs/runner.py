@@ -492,9 +492,13 @@ class PromptWorker(Worker):
         generation = enqueued_here.peek(job_id)
         if generation is None:
             return None
-        provider = services.catalog.provider_of(generation.model)
-        arrival = as_utc(generation.created_at).timestamp()
-        return limiter.acquire_call(generation.id, generation.user_id, provider, arrival=arrival)
+        try:
+            provider = services.catalog.provider_of(generation.model)
+            arrival = as_utc(generation.created_at).timestamp()
+            return limiter.acquire_call(generation.id, generation.user_id, provider, arrival=arrival)
+        except Exception as error:  # never the worker's loop's failure: the job asks as it starts
+            logger.warning("job {} taken without its slots: {!r}", job_id, error)
+            return None
 
     async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
         """arq's, for a job that ended before its function ran (asked to abort, expired, out of
