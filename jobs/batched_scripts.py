@@ -1,9 +1,8 @@
 """Calls of a Lua script that arrive together go to Redis together, in one round trip.
 
 Plan A's hot path calls a few scripts once per generation each: the enqueue (jobs/queue.py), the take
-and a job's end (jobs/runner.py), which also take and free the generation's slots (jobs/limits.py's
-acquire and release; called on their own, not batched: batched apart, they started jobs in waves and
-slowed a newcomer's 202). In a burst
+and a job's end (jobs/runner.py), and the limiter's acquire and release (jobs/limits.py, which calls
+its own on their own: batched, they started jobs in waves and slowed a newcomer's 202). In a burst
 hundreds of each are under way at once, and every call paid a round trip of its own: a connection taken
 from the pool, a send, the answer read and handed back, each its own turn of the event loop. Those
 trips, not Redis, were most of what a Plan A generation costs more than a Plan B one.

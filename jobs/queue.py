@@ -132,10 +132,6 @@ class EnqueuedHere:
     def take(self, generation_id: str) -> Generation | None:
         return self._recorded.pop(generation_id, None)
 
-    def peek(self, generation_id: str) -> Generation | None:
-        """The generation as recorded, left for `take`."""
-        return self._recorded.get(generation_id)
-
     def __len__(self) -> int:
         return len(self._recorded)
 

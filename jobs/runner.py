@@ -40,7 +40,7 @@ from generation.places import Place
 from generation.services import Services
 from generation.store import Generation, GenerationStatus, Plan, as_utc, get_generation
 from jobs.batched_scripts import BatchedScript
-from jobs.limits import ACQUIRE_FUNCTION, RELEASE_FUNCTION, AcquireCall, ConcurrencyLimiter, Refusal, arrivals
+from jobs.limits import RELEASE_FUNCTION, ConcurrencyLimiter, arrivals
 from jobs.queue import (
     JOB_FUNCTION,
     RECONCILE_TIMEOUT,
@@ -60,9 +60,6 @@ WAKE_SWEEP_SECONDS = set(range(0, 60, 5))
 # A try must end (settle or ask for a retry) before arq's job timeout cancels it: keep a margin.
 TIMEOUT_MARGIN = 20.0
 
-# What a job's take answered for its slots when it did not ask the limiter (`PromptWorker`).
-_NOT_ASKED = object()
-
 
 async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     services: Services = ctx["services"]
@@ -70,21 +67,14 @@ async def run_generation(ctx: dict[str, Any], generation_id: str) -> str:
     generation: Generation | None = ctx.pop(_READ_AT_START, None)
     if generation is None or generation.id != generation_id:
         generation = await get_generation(services.db, generation_id)
-    # Its slots, when the worker's take of the job asked for them already (`PromptWorker`).
-    taken: dict[str, Refusal | None] | None = ctx.get(_SLOTS_AT_TAKE)
-    at_take: object = taken.pop(generation_id, _NOT_ASKED) if taken is not None else _NOT_ASKED
     if generation is None:
         return "unknown generation"
     with about_generation(generation):
         await services.intake_first.wait_turn()
-        return await _run_try(ctx, services, generation, at_take)
+        return await _run_try(ctx, services, generation)
 
 
-async def _run_try(
-    ctx: dict[str, Any], services: Services, generation: Generation, at_take: object = _NOT_ASKED
-) -> str:
-    """`at_take`: what the limiter answered as the job was taken (a Refusal, or None: the slots are
-    taken), or `_NOT_ASKED`: it asks now."""
+async def _run_try(ctx: dict[str, Any], services: Services, generation: Generation) -> str:
     settings = services.settings
     generation_id = generation.id
     job_try: int = ctx.get("job_try", 1)
@@ -95,14 +85,11 @@ async def _run_try(
     limiter = _limiter(ctx, settings)
     if not GenerationStatus(generation.status).is_final:
         arrival = as_utc(generation.created_at).timestamp()
-        if isinstance(at_take, Refusal) or at_take is None:
-            refusal = at_take
-        else:
-            try:
-                refusal = await limiter.acquire(generation.id, generation.user_id, provider, arrival=arrival)
-            except RedisError as error:  # Redis went away under this job: come back when it may be back
-                metrics.DEFERRALS.labels(generation.kind, Plan.A.value, "redis_unavailable").inc()
-                raise Retry(defer=2) from error
+        try:
+            refusal = await limiter.acquire(generation.id, generation.user_id, provider, arrival=arrival)
+        except RedisError as error:  # Redis went away under this job: come back when it may be back
+            metrics.DEFERRALS.labels(generation.kind, Plan.A.value, "redis_unavailable").inc()
+            raise Retry(defer=2) from error
         if refusal is not None:
             logger.debug("waits its turn: {} is full", refusal.limit)
             # The per-minute window of creates, or a line for a slot (named by scope, never by user).
@@ -167,9 +154,6 @@ _LIMITER = "limiter"
 # In a PromptWorker's ctx: the slots its settled jobs give back as they end (by job id: the keys and
 # arguments of the limiter's release).
 _RELEASE_AT_FINISH = "release_at_finish"
-# In a PromptWorker's ctx: what the limiter answered as the worker took a job (by job id), for the jobs
-# whose take asked it (`PromptWorker._take_and_start`).
-_SLOTS_AT_TAKE = "slots_at_take"
 
 
 async def _follow_the_job(ctx: dict[str, Any]) -> None:
@@ -318,25 +302,14 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 
 # KEYS: the job's in-progress key, the queue. ARGV: the job's id, now (ms), the in-progress mark's time
 # to live (ms). A job already in progress, no longer queued, or not due yet is not taken; a taken
-# one is marked in progress, and its score (when it was due) comes back. With more KEYS (from the 3rd)
-# and ARGV (from the 4th), those of jobs/limits.py's acquire: a taken job's generation takes its slots
-# too, and {score, the acquire's answer...} comes back.
-_TAKE = (
-    ACQUIRE_FUNCTION
-    + """
+# one is marked in progress, and its score (when it was due) comes back.
+_TAKE = """
 if redis.call('exists', KEYS[1]) == 1 then return false end
 local score = redis.call('zscore', KEYS[2], ARGV[1])
 if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
 redis.call('psetex', KEYS[1], ARGV[3], '1')
-if #KEYS == 2 then return score end
-local keys, argv = {}, {}
-for i = 3, #KEYS do keys[#keys + 1] = KEYS[i] end
-for i = 4, #ARGV do argv[#argv + 1] = ARGV[i] end
-local answer = acquire(keys, argv)
-table.insert(answer, 1, score)
-return answer
+return score
 """
-)
 
 
 # KEYS: the job's in-progress key, its result's key, its retry count's key, the job's key, the set of
@@ -393,8 +366,6 @@ class PromptWorker(Worker):
         self._finish_and_release: BatchedScript | None = None
         self._releases: dict[str, tuple[list[str], list[str | int]]] = {}
         self.ctx[_RELEASE_AT_FINISH] = self._releases
-        self._slots_at_take: dict[str, Refusal | None] = {}
-        self.ctx[_SLOTS_AT_TAKE] = self._slots_at_take
 
     def nudge(self) -> None:
         # Only an idle worker: a busy one looks again as its jobs end, and a burst of enqueues must
@@ -409,9 +380,7 @@ class PromptWorker(Worker):
         arq takes a due job under WATCH of its in-progress key: EXISTS of that key, ZSCORE of the job
         in the queue, then the key set in MULTI/EXEC, each a round trip, one job after the other.
         `_TAKE` makes the same checks and the same write, atomic as a script is; the jobs this look
-        found room for are taken together (jobs/batched_scripts.py), then started in the queue's order.
-        A job this process just enqueued takes its generation's slots in the same script
-        (`_acquire_call`)."""
+        found room for are taken together (jobs/batched_scripts.py), then started in the queue's order."""
         # A job runs until it ends still in the queue, so each look finds the jobs running here again:
         # those are known to be in progress (arq would ask Redis, a trip for nothing each time).
         waiting = [job_id for job_id_b in job_ids if not self._running_here(job_id := job_id_b.decode())]
@@ -444,16 +413,10 @@ class PromptWorker(Worker):
             self._take = BatchedScript(self.pool, _TAKE)
         now = timestamp_ms()
         in_progress_ms = int(self.in_progress_timeout_s * 1000)
-        calls: list[tuple[list[str], list[str | int]]] = []
-        acquiring: dict[str, AcquireCall] = {}
-        for job_id in taking:
-            keys = [in_progress_key_prefix + job_id, self.queue_name]
-            arguments: list[str | int] = [job_id, now, in_progress_ms]
-            acquire = self._acquire_call(job_id)
-            if acquire is not None:
-                keys, arguments = keys + acquire.keys, arguments + acquire.arguments
-                acquiring[job_id] = acquire
-            calls.append((keys, arguments))
+        calls = [
+            ([in_progress_key_prefix + job_id, self.queue_name], [job_id, now, in_progress_ms])
+            for job_id in taking
+        ]
         try:
             scores = await self._take.many(calls)
         except BaseException:  # cancelled (the worker stops): none starts, every place is free again
@@ -462,11 +425,7 @@ class PromptWorker(Worker):
                 self.sem.release()
             raise
         failure: BaseException | None = None
-        for job_id, answer in zip(taking, scores, strict=True):
-            score = answer
-            if isinstance(answer, list):  # taken, and its generation asked for its slots
-                score = answer[0]
-                self._slots_at_take[job_id] = acquiring[job_id].refusal(answer[1:])
+        for job_id, score in zip(taking, scores, strict=True):
             if score is None or isinstance(score, BaseException):
                 self.job_counter -= 1
                 self.sem.release()
@@ -479,45 +438,6 @@ class PromptWorker(Worker):
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
         return failure
-
-    def _acquire_call(self, job_id: str) -> AcquireCall | None:
-        """For a job this process just enqueued (its first try: `EnqueuedHere`), its generation's
-        call of the limiter, made with the take (one trip where the job made one of its own as it
-        started); None for any other job, which asks as it starts."""
-        enqueued_here: EnqueuedHere | None = self.ctx.get(_ENQUEUED_HERE)
-        limiter: ConcurrencyLimiter | None = self.ctx.get(_LIMITER)
-        services: Services | None = self.ctx.get("services")
-        if enqueued_here is None or limiter is None or services is None:
-            return None
-        generation = enqueued_here.peek(job_id)
-        if generation is None:
-            return None
-        try:
-            provider = services.catalog.provider_of(generation.model)
-            arrival = as_utc(generation.created_at).timestamp()
-            return limiter.acquire_call(generation.id, generation.user_id, provider, arrival=arrival)
-        except Exception as error:  # never the worker's loop's failure: the job asks as it starts
-            logger.warning("job {} taken without its slots: {!r}", job_id, error)
-            return None
-
-    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
-        """arq's, for a job that ended before its function ran (asked to abort, expired, out of
-        tries): the slots its take took are given back."""
-        await super().finish_failed_job(job_id, result_data)
-        if job_id in self._slots_at_take:
-            self._slots_at_take.pop(job_id)
-            generation = None
-            enqueued_here: EnqueuedHere | None = self.ctx.get(_ENQUEUED_HERE)
-            if enqueued_here is not None:
-                generation = enqueued_here.take(job_id)
-            services: Services | None = self.ctx.get("services")
-            limiter: ConcurrencyLimiter | None = self.ctx.get(_LIMITER)
-            if generation is not None and services is not None and limiter is not None:
-                provider = services.catalog.provider_of(generation.model)
-                try:
-                    await _wake(self.ctx, await limiter.release(generation.id, generation.user_id, provider))
-                except RedisError as error:  # they expire on their own
-                    logger.warning("could not free the slots of job {}: {!r}", job_id, error)
 
     async def finish_job(
         self,

@@ -86,15 +86,13 @@ async def test_plan_a_waiters_cost_no_polling_and_are_served_in_order(
     """One provider slot, eight users: seven wait in the provider's line. While they wait nobody
     looks at the limiter again (no polling); each slot freed goes to the next recorded."""
     looks: list[str] = []
-    acquire_call = ConcurrencyLimiter.acquire_call
+    acquire = ConcurrencyLimiter.acquire
 
-    # Every look at the limiter builds its call: a job's own, or its take's (the worker's take of a
-    # job its process just enqueued asks for the slots too).
-    def counted(self: ConcurrencyLimiter, generation_id: str, *args: Any, **kwargs: Any) -> Any:
+    async def counted(self: ConcurrencyLimiter, generation_id: str, *args: Any, **kwargs: Any) -> Any:
         looks.append(generation_id)
-        return acquire_call(self, generation_id, *args, **kwargs)
+        return await acquire(self, generation_id, *args, **kwargs)
 
-    monkeypatch.setattr(ConcurrencyLimiter, "acquire_call", counted)
+    monkeypatch.setattr(ConcurrencyLimiter, "acquire", counted)
     app = await make_app(redis_url=redis_url, limit_replicate=1, job_wait_budget=0.1, long_wait_poll=0.2)
     holds = [asyncio.Event() for _ in range(8)]
     replicate.script(FLUX, *[Outcome(hold=hold) for hold in holds])

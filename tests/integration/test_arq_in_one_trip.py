@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -28,16 +27,8 @@ from arq.worker import Worker, func
 from generation.limits import Limits
 from generation.store import Generation, unattached
 from jobs.limits import PREFIX, ConcurrencyLimiter
-from jobs.queue import JOB_FUNCTION, ArqQueue, EnqueuedHere, deserialize, serialize
-from jobs.runner import (
-    _ENQUEUED_HERE,
-    _FINISH_AND_RELEASE,
-    _LIMITER,
-    _TAKE,
-    PromptWorker,
-    _limiter,
-    _release,
-)
+from jobs.queue import JOB_FUNCTION, ArqQueue, deserialize, serialize
+from jobs.runner import _FINISH_AND_RELEASE, _LIMITER, PromptWorker, _limiter, _release
 from settings import Settings
 from tests.integration.redis_trips import count_round_trips
 
@@ -364,81 +355,3 @@ async def test_a_settled_generations_slots_go_back_in_its_jobs_last_trip(
     assert await pool.zscore(PREFIX + "user:5", settled.id) is None  # its slot is free
     assert await pool.zscore(default_queue_name, "w" * 32) == 1_000  # the waiter runs now, in its place
     assert await pool.get(result_key_prefix + settled.id) is not None  # the job ended as arq ends it
-
-
-def recorded(generation_id: str, user_id: int) -> Generation:
-    """A generation as its process recorded and enqueued it (what `EnqueuedHere` holds)."""
-    values = {"id": generation_id, "user_id": user_id, "model": "black-forest-labs/flux-schnell"}
-    return unattached(Generation, {**values, "created_at": datetime.now(UTC)})
-
-
-def worker_taking_slots(
-    pool: ArqRedis, function: Any, per_user: int = 1
-) -> tuple[PromptWorker, EnqueuedHere]:
-    """A worker whose process enqueues jobs too (as `aibot run`'s embeds), with a limiter."""
-    limiter = ConcurrencyLimiter(
-        pool, Limits(per_user=per_user, per_provider={}, overall=100, creates_per_minute={}), slot_ttl=60
-    )
-    enqueued_here = EnqueuedHere()
-    services = SimpleNamespace(catalog=SimpleNamespace(provider_of=lambda model: "replicate"))
-    ctx = {_LIMITER: limiter, _ENQUEUED_HERE: enqueued_here, "services": services}
-    worker = prompt_worker(pool, function, "job", ctx=ctx, allow_abort_jobs=True)
-    worker.ctx["redis"] = pool
-    return worker, enqueued_here
-
-
-async def test_a_job_its_process_enqueued_is_taken_with_its_generations_slots_in_one_trip(
-    pool: ArqRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The take of a job whose generation this process just recorded asks the limiter in the same
-    script: its slots are taken (or its place in line given) before the job starts, and the job does
-    not ask again. A job enqueued elsewhere is taken alone, and asks as it starts."""
-    started: dict[str, Any] = {}
-
-    async def job(ctx: dict[str, Any], generation_id: str) -> None:
-        started[generation_id] = ctx["slots_at_take"].get(generation_id, "not asked")
-
-    worker, enqueued_here = worker_taking_slots(pool, job)
-    first, second, elsewhere = "a" * 32, "b" * 32, "c" * 32
-    for generation_id in (first, second, elsewhere):
-        await pool.enqueue_job("job", generation_id, _job_id=generation_id)
-    enqueued_here.put(recorded(first, 5))
-    enqueued_here.put(recorded(second, 5))  # the same user, whose limit is 1
-    await pool.script_load(_TAKE)  # as after a first take: loaded
-    trips = count_round_trips(pool, monkeypatch)
-    try:
-        await worker.start_jobs([first.encode(), second.encode(), elsewhere.encode()])
-        assert trips[0] == 1  # the three taken, two of them with their slots
-        assert await pool.zscore(PREFIX + "user:5", first) is not None
-        assert await pool.zscore(PREFIX + "user:5", second) is None  # in line for the user's slot
-        await asyncio.wait_for(asyncio.gather(*worker.tasks.values()), 5)
-    finally:
-        for task in worker.tasks.values():
-            task.cancel()
-    assert started[first] is None  # taken: the job runs on
-    assert started[second].limit == "user:5" and started[second].place == 1
-    assert started[elsewhere] == "not asked"
-
-
-async def test_a_job_that_ends_before_it_ran_gives_back_the_slots_its_take_took(pool: ArqRedis) -> None:
-    """Asked to abort between its take and its start (a cancellation as it was taken): arq ends it
-    without running it, and the slots its take took for its generation are freed at once."""
-    ran: list[str] = []
-
-    async def job(ctx: dict[str, Any], generation_id: str) -> None:
-        ran.append(generation_id)
-
-    worker, enqueued_here = worker_taking_slots(pool, job)
-    generation_id = "d" * 32
-    await pool.enqueue_job("job", generation_id, _job_id=generation_id)
-    enqueued_here.put(recorded(generation_id, 6))
-    await pool.zadd(abort_jobs_ss, {generation_id: timestamp_ms()})  # what arq's `Job.abort` writes
-    try:
-        await worker.start_jobs([generation_id.encode()])
-        await asyncio.wait_for(asyncio.gather(*worker.tasks.values()), 5)
-    finally:
-        for task in worker.tasks.values():
-            task.cancel()
-    assert ran == []
-    assert await pool.zscore(PREFIX + "user:6", generation_id) is None
-    assert len(enqueued_here) == 0
