@@ -271,7 +271,7 @@ async def _run_claimed(
     log.info(
         "done: {} unit(s) delivered, {:.2f}s after its record",
         delivered.units,
-        time.time() - _recorded_at(generation),
+        metrics.since(_recorded_at(generation)),
     )
     return Result.done
 
