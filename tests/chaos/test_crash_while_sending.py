@@ -46,7 +46,10 @@ async def test_plan_a_worker_killed_mid_upload(
     chat = Chat(telegram)
     chat.send("/image killed mid upload")
     first = await spawn("worker", env)
-    await asyncio.wait_for(upload.arrived.wait(), 30)
+    try:
+        await asyncio.wait_for(upload.arrived.wait(), 60)
+    except TimeoutError:
+        raise AssertionError(logs_of(first)[-4000:]) from None
     first.send_signal(signal.SIGKILL)
     await first.wait()
 
@@ -89,7 +92,10 @@ async def test_plan_b_process_killed_mid_upload(
     first = await spawn("run", env)
     await telegram.wait_polling(BOT_TOKEN, timeout=60)
     chat.send("/image killed mid upload")
-    await asyncio.wait_for(upload.arrived.wait(), 30)
+    try:
+        await asyncio.wait_for(upload.arrived.wait(), 60)
+    except TimeoutError:
+        raise AssertionError(logs_of(first)[-4000:]) from None
     first.send_signal(signal.SIGKILL)
     await first.wait()
 
