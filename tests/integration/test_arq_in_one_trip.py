@@ -139,6 +139,62 @@ async def test_a_look_takes_the_jobs_it_has_places_for_in_one_trip(
     assert not await pool.exists(in_progress_key_prefix + names[10])  # left for a later look
 
 
+async def test_a_taken_job_starts_without_a_trip_of_its_own_and_as_arq_reads_it(
+    pool: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """arq's `run_job` reads the job first (its data, its try counted, its mark of abort taken off),
+    a round trip of its own per job: the take reads it in its trip."""
+    seen: list[tuple[str, int]] = []
+    started = asyncio.Event()
+
+    async def note(ctx: dict[str, Any], name: str) -> None:
+        seen.append((name, ctx["job_try"]))
+        started.set()
+
+    await pool.enqueue_job("note", "first", _job_id="read")
+    worker = prompt_worker(pool, note, "note", allow_abort_jobs=True)
+    trips = count_round_trips(pool, monkeypatch)
+    await worker.start_jobs([b"read"])
+    await asyncio.wait_for(started.wait(), 5)
+    assert trips[0] == 1  # the take, and nothing more before the job's function ran
+    assert seen == [("first", 1)]
+    await asyncio.gather(*worker.tasks.values())
+    assert trips[0] == 2  # its end
+    result = await Job("read", pool, _deserializer=deserialize).result_info()
+    assert result is not None and result.success and result.job_try == 1
+
+    # Its second try counts as arq counts it, the retry key kept as long as arq keeps it.
+    await pool.enqueue_job("note", "again", _job_id="again")
+    await pool.set(retry_key_prefix + "again", 1)
+    started.clear()
+    await worker.start_jobs([b"again"])
+    await asyncio.wait_for(started.wait(), 5)
+    assert seen[-1] == ("again", 2)
+    assert 88_000 < await pool.ttl(retry_key_prefix + "again") <= 88_400
+    await asyncio.gather(*worker.tasks.values())
+
+
+async def test_a_taken_job_asked_to_abort_or_gone_ends_as_arq_ends_it(pool: ArqRedis) -> None:
+    ran: list[str] = []
+    worker = worker_on(pool, ran)
+    worker.allow_abort_jobs = True
+    await pool.enqueue_job("remember", "aborted", _job_id="aborted")
+    await pool.zadd(abort_jobs_ss, {"aborted": timestamp_ms()})  # asked to abort before it started
+    await pool.enqueue_job("remember", "gone", _job_id="gone")
+    await pool.delete(job_key_prefix + "gone")  # its data expired, its place in the queue still there
+
+    await worker.start_jobs([b"aborted", b"gone"])
+    await asyncio.gather(*worker.tasks.values())
+
+    assert ran == []
+    assert await pool.zscore(abort_jobs_ss, "aborted") is None
+    for job_id in ("aborted", "gone"):
+        result = await Job(job_id, pool, _deserializer=deserialize).result_info()
+        assert result is not None and not result.success
+        assert await pool.zscore(default_queue_name, job_id) is None  # not taken again
+        assert not await pool.exists(in_progress_key_prefix + job_id)
+
+
 async def test_the_mark_a_taken_job_gets_lasts_the_workers_in_progress_time(pool: ArqRedis) -> None:
     hold = asyncio.Event()
 
