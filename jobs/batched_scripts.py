@@ -1,11 +1,12 @@
 """Calls of a Lua script that arrive together go to Redis together, in one round trip.
 
-Plan A's hot path calls a few scripts once per generation each: the enqueue (jobs/queue.py), the take
-and a job's end (jobs/runner.py), and the limiter's acquire and release (jobs/limits.py, which calls
-its own on their own: batched, they started jobs in waves and slowed a newcomer's 202). In a burst
-hundreds of each are under way at once, and every call paid a round trip of its own: a connection taken
-from the pool, a send, the answer read and handed back, each its own turn of the event loop. Those
-trips, not Redis, were most of what a Plan A generation costs more than a Plan B one.
+Plan A's hot path calls a few scripts once per generation each: the enqueue (jobs/queue.py), a worker's
+look (which takes the jobs it finds) and a job's end (jobs/runner.py), and the limiter's acquire and
+release (jobs/limits.py, which calls its own on their own: batched, they started jobs in waves and
+slowed a newcomer's 202). In a burst hundreds of each are under way at once, and every call paid a round
+trip of its own: a connection taken from the pool, a send, the answer read and handed back, each its own
+turn of the event loop. Those trips, not Redis, were most of what a Plan A generation costs more than a
+Plan B one.
 
 `BatchedScript` sends a call at once when none of its calls is on its way, exactly as the script would
 be called alone: alone, a call waits for nothing. While one is on its way, the calls that arrive wait

@@ -301,24 +301,63 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+# The take of one job: `take(in_progress_key, queue, job_key, retry_key, abort_set, job_id, now_ms,
+# in_progress_ms, heeds_aborts)`. A job already in progress, no longer queued, or not due yet is not
+# taken (false). A taken one is marked in progress, then read as arq's `run_job` first reads it (its
+# data, its try counted, its mark of abort taken off when aborts are heeded): answers its score (when
+# it was due), its data ('' when gone), its try and whether it was asked to abort.
+_TAKE_FUNCTION = """
+local function take(mark, queue, job_key, retry_key, abort_set, id, now, in_progress_ms, heeds_aborts)
+  if redis.call('exists', mark) == 1 then return false end
+  local score = redis.call('zscore', queue, id)
+  if not score or tonumber(score) > tonumber(now) then return false end
+  redis.call('psetex', mark, in_progress_ms, '1')
+  local job = redis.call('get', job_key)
+  local try = redis.call('incr', retry_key)
+  redis.call('expire', retry_key, 88400)
+  local aborted = 0
+  if heeds_aborts == '1' then aborted = redis.call('zrem', abort_set, id) end
+  return {score, job or '', try, aborted}
+end
+"""
 # KEYS: the job's in-progress key, the queue, the job's key, its retry count's key, the set of jobs
 # asked to abort. ARGV: the job's id, now (ms), the in-progress mark's time to live (ms), 1 when the
-# worker heeds aborts. A job already in progress, no longer queued, or not due yet is not taken. A
-# taken one is marked in progress, then read as arq's `run_job` first reads it (its data, its try
-# counted, and its mark of abort taken off when aborts are heeded): answers its score (when it was
-# due), its data ('' when gone), its try and whether it was asked to abort.
-_TAKE = """
-if redis.call('exists', KEYS[1]) == 1 then return false end
-local score = redis.call('zscore', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('psetex', KEYS[1], ARGV[3], '1')
-local job = redis.call('get', KEYS[3])
-local try = redis.call('incr', KEYS[4])
-redis.call('expire', KEYS[4], 88400)
-local aborted = 0
-if ARGV[4] == '1' then aborted = redis.call('zrem', KEYS[5], ARGV[1]) end
-return {score, job or '', try, aborted}
+# worker heeds aborts. `take`'s answer.
+_TAKE = (
+    _TAKE_FUNCTION
+    + """
+return take(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 """
+)
+# A worker's look at the queue, its takes and its read of the jobs asked to abort in one script. KEYS:
+# the queue, the set of jobs asked to abort. ARGV: now (ms), where to start reading the queue and how
+# many to read, how many may be taken (the places free), the in-progress mark's time to live (ms), 1
+# when the worker heeds aborts, 1 when it reads the jobs asked to abort, the score from which those
+# are forgotten, then arq's prefixes of the in-progress, job and retry keys. The due jobs are read as
+# arq's look reads them, and taken in their order (`take`) until the places are filled; the keys of
+# each are made here from its id, as arq makes them. Answers the jobs taken, each as its id then
+# `take`'s answer, and the jobs asked to abort.
+_LOOK = (
+    _TAKE_FUNCTION
+    + """
+local due = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', ARGV[2], ARGV[3])
+local places = tonumber(ARGV[4])
+local taken = {}
+for _, id in ipairs(due) do
+  if #taken >= places then break end
+  local answer = take(
+    ARGV[9] .. id, KEYS[1], ARGV[10] .. id, ARGV[11] .. id, KEYS[2], id, ARGV[1], ARGV[5], ARGV[6]
+  )
+  if answer then taken[#taken + 1] = {id, answer} end
+end
+local aborts = {}
+if ARGV[7] == '1' then
+  aborts = redis.call('zrange', KEYS[2], 0, -1)
+  redis.call('zremrangebyscore', KEYS[2], ARGV[8], '+inf')
+end
+return {taken, aborts}
+"""
+)
 
 
 # KEYS: the job's in-progress key, its result's key, its retry count's key, the job's key, the set of
@@ -371,6 +410,7 @@ class PromptWorker(Worker):
         self._nudged = asyncio.Event()
         # Registered on the pool at the first use (arq opens it in `main`).
         self._take: BatchedScript | None = None
+        self._look_script: BatchedScript | None = None
         self._finish: BatchedScript | None = None
         self._finish_and_release: BatchedScript | None = None
         self._releases: dict[str, tuple[list[str], list[str | int]]] = {}
@@ -446,19 +486,67 @@ class PromptWorker(Worker):
         failure: BaseException | None = None
         for job_id, answer in zip(taking, answers, strict=True):
             if answer is None or isinstance(answer, BaseException):
-                self.job_counter -= 1
-                self.sem.release()
+                self._give_places_back(1)
                 if answer is None:
                     logger.debug("job {} already running elsewhere", job_id)
                 else:
                     failure = failure or answer
                 continue
-            score, job, job_try, aborted = answer
-            read = _ReadAtTake([job or None, job_try, True, aborted])
-            task = self.loop.create_task(self._run_job_read(job_id, int(float(score)), read))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+            self._start(job_id, answer)
         return failure
+
+    async def _hold_places(self, most: int) -> int:
+        """Hold up to `most` of the worker's places (arq's count, and its semaphore, which has one
+        more than `max_jobs`, so this never waits): each is held until its job ends, or given back."""
+        held = 0
+        while held < most and self.job_counter < self.max_jobs:
+            await self.sem.acquire()
+            self.job_counter += 1
+            held += 1
+        return held
+
+    def _give_places_back(self, count: int) -> None:
+        for _ in range(count):
+            self._release_sem_dec_counter_on_complete()
+
+    def _start(self, job_id: str, taken: list[Any]) -> None:
+        """Run a job taken (`take`'s answer), in the place held for it."""
+        score, job, job_try, aborted = taken
+        read = _ReadAtTake([job or None, job_try, True, aborted])
+        task = self.loop.create_task(self._run_job_read(job_id, int(float(score)), read))
+        task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+        self.tasks[job_id] = task
+
+    async def _look(self, reads_aborts: bool) -> list[bytes]:
+        """Look at the queue and take the due jobs there are places for, in one trip (`_LOOK`), where
+        arq reads the due jobs in one and a later trip takes them; start those taken. The jobs asked
+        to abort, when `reads_aborts`."""
+        if self._look_script is None:
+            self._look_script = BatchedScript(self.pool, _LOOK)
+        places = await self._hold_places(self.queue_read_limit)
+        arguments = [
+            timestamp_ms(),
+            self._queue_read_offset,
+            self.queue_read_limit,
+            places,
+            int(self.in_progress_timeout_s * 1000),
+            1 if self.allow_abort_jobs else 0,
+            1 if reads_aborts else 0,
+            timestamp_ms() + abort_job_max_age,
+            in_progress_key_prefix,
+            job_key_prefix,
+            retry_key_prefix,
+        ]
+        try:
+            keys = [self.queue_name, abort_jobs_ss]
+            taken, abort_job_ids = await self._look_script(keys=keys, args=arguments)
+        except BaseException:  # Redis failed to answer, or the worker stops: every place is free again
+            self._give_places_back(places)
+            raise
+        self._give_places_back(places - len(taken))
+        for job_id, answer in taken:
+            self._start(job_id.decode(), answer)
+        return list(abort_job_ids)
 
     async def _run_job_read(self, job_id: str, score: int, read: _ReadAtTake) -> None:
         """arq's `run_job`, its first read of the job answered by what the take read (`pool`)."""
@@ -524,24 +612,15 @@ class PromptWorker(Worker):
             logger.warning("could not wake the waiters for its slots: {!r}", error)
 
     async def _poll_iteration(self) -> None:
-        """arq's look at the queue, but with jobs running here and places free, the due jobs and the
-        jobs asked to abort are read in one trip to Redis where arq makes two, one after the other
-        (a busy worker looks every `poll_delay`, 20 ms by default)."""
+        """arq's look at the queue, but with places free the due jobs are read and taken, and with
+        jobs running here the jobs asked to abort read, in one trip to Redis (`_look`), where arq
+        makes three, one after the other (a busy worker looks every `poll_delay`, 20 ms by default).
+        A full worker only asks for the jobs asked to abort, as arq's does (`_cancel_aborted_jobs`)."""
         looks = self.allow_pick_jobs and self.job_counter < self.max_jobs
-        if self.burst or not (looks and self.allow_abort_jobs and self.job_tasks):
+        if self.burst or not looks:
             await super()._poll_iteration()
             return
-        async with self.pool.pipeline(transaction=True) as pipe:
-            pipe.zrangebyscore(
-                self.queue_name,
-                min=float("-inf"),
-                start=self._queue_read_offset,
-                num=self.queue_read_limit,
-                max=timestamp_ms(),
-            )
-            _read_aborted(pipe)
-            job_ids, abort_job_ids, _ = await pipe.execute()
-        await self.start_jobs(job_ids)
+        abort_job_ids = await self._look(reads_aborts=self.allow_abort_jobs and bool(self.job_tasks))
         await self._cancel_these(abort_job_ids)
         # The rest of arq's look, as it does it.
         for job_id, task in list(self.tasks.items()):

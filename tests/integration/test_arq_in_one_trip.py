@@ -195,6 +195,80 @@ async def test_a_taken_job_asked_to_abort_or_gone_ends_as_arq_ends_it(pool: ArqR
         assert not await pool.exists(in_progress_key_prefix + job_id)
 
 
+async def test_a_look_takes_the_due_jobs_it_has_places_for_in_its_own_trip(
+    pool: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: dict[str, asyncio.Event] = {}
+    hold = asyncio.Event()
+
+    async def wait(ctx: dict[str, Any], name: str) -> None:
+        started[name].set()
+        await hold.wait()
+
+    worker = prompt_worker(pool, wait, "wait", max_jobs=3, allow_abort_jobs=True)
+    await worker._poll_iteration()  # the first look also records the worker's health
+    names = ["first", "second", "third", "no-place"]
+    for number, name in enumerate(names):
+        started[name] = asyncio.Event()
+        await pool.enqueue_job("wait", name, _job_id=name)
+        await pool.zadd(default_queue_name, {name: 1_000 + number})  # due, in this order
+    await pool.enqueue_job("wait", "later", _job_id="later", _defer_by=60)
+    await pool.enqueue_job("wait", "elsewhere", _job_id="elsewhere")
+    await pool.psetex(in_progress_key_prefix + "elsewhere", 60_000, b"1")  # another worker runs it
+    try:
+        trips = count_round_trips(pool, monkeypatch)
+        await worker._poll_iteration()
+        await asyncio.wait_for(asyncio.gather(*(started[name].wait() for name in names[:3])), 5)
+        assert trips[0] == 1  # read, taken and started: one trip, where arq makes two and one per job
+        assert sorted(worker.job_tasks) == sorted(names[:3])  # no place for the fourth
+        assert worker.job_counter == 3
+        assert not await pool.exists(in_progress_key_prefix + "no-place")  # left for a later look
+        assert not await pool.exists(in_progress_key_prefix + "later")
+
+        hold.set()  # they end; the next look takes the one left
+        await asyncio.wait_for(asyncio.gather(*worker.tasks.values()), 5)
+        assert worker.job_counter == 0
+        await worker._poll_iteration()
+        await asyncio.wait_for(started["no-place"].wait(), 5)
+        await asyncio.wait_for(worker.tasks["no-place"], 5)
+        assert worker.job_counter == 0 and worker.sem._value == 4  # every place free again
+        assert await pool.pttl(in_progress_key_prefix + "elsewhere") > 50_000  # never taken here
+    finally:
+        for task in worker.tasks.values():
+            task.cancel()
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+
+
+async def test_two_workers_looking_at_once_run_each_job_once(pool: ArqRedis) -> None:
+    names = [f"looked-{number}" for number in range(40)]
+    for name in names:
+        await pool.enqueue_job("remember", name, _job_id=name)
+    ran: list[str] = []
+    first, second = worker_on(pool, ran, len(names)), worker_on(pool, ran, len(names))
+
+    await asyncio.gather(first._poll_iteration(), second._poll_iteration())
+    await asyncio.gather(*first.tasks.values(), *second.tasks.values())
+
+    assert sorted(ran) == sorted(names)
+    assert not set(first.tasks) & set(second.tasks)
+
+
+async def test_a_look_that_redis_does_not_answer_holds_no_place(
+    pool: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = worker_on(pool, [], max_jobs=5)
+    await pool.enqueue_job("remember", "unseen", _job_id="unseen")
+    free = worker.sem._value
+
+    async def no_answer(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("Redis went away")
+
+    monkeypatch.setattr(pool.connection_pool, "get_connection", no_answer)
+    with pytest.raises(ConnectionError):
+        await worker._poll_iteration()
+    assert worker.job_counter == 0 and worker.sem._value == free and not worker.tasks
+
+
 async def test_the_mark_a_taken_job_gets_lasts_the_workers_in_progress_time(pool: ArqRedis) -> None:
     hold = asyncio.Event()
 
