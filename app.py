@@ -411,6 +411,7 @@ class App(Process):
             self.worker = SupervisedWorker(settings, services)
             self.queue.on_enqueued = self.worker.nudge
             self.queue.enqueued_here = self.worker.enqueued_here
+            self.queue.worker_here = self.worker
             self._run_in_background(self.worker.run(), name="embedded-worker")
             logger.info("embedded arq worker started")
         await self._start_bots()

@@ -409,9 +409,8 @@ class Dispatcher:
     async def _enqueue(self, generation: Generation) -> bool:
         assert self.queue is not None
         try:
-            await asyncio.wait_for(
-                self.queue.enqueue(generation.id, generation), timeout=self.settings.redis_timeout
-            )
+            async with asyncio.timeout(self.settings.redis_timeout):  # no task of its own, as wait_for's
+                await self.queue.enqueue(generation.id, generation)
         except Exception as error:  # connection refused, timeout, Redis errors: the queue is unhealthy
             logger.bind(generation=generation.id).warning("enqueue failed: {!r}", error)
             if self.breaker.record_failure():

@@ -6,12 +6,18 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote
 
 import msgpack
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 
@@ -40,6 +46,59 @@ redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
 redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
 return 1
 """
+
+
+# The take of one job: `take(in_progress_key, queue, job_key, retry_key, abort_set, job_id, now_ms,
+# in_progress_ms, heeds_aborts)`. A job already in progress, no longer queued, or not due yet is not
+# taken (false). A taken one is marked in progress, then read as arq's `run_job` first reads it (its
+# data, its try counted, its mark of abort taken off when aborts are heeded): answers its score (when
+# it was due), its data ('' when gone), its try and whether it was asked to abort.
+TAKE_FUNCTION = """
+local function take(mark, queue, job_key, retry_key, abort_set, id, now, in_progress_ms, heeds_aborts)
+  if redis.call('exists', mark) == 1 then return false end
+  local score = redis.call('zscore', queue, id)
+  if not score or tonumber(score) > tonumber(now) then return false end
+  redis.call('psetex', mark, in_progress_ms, '1')
+  local job = redis.call('get', job_key)
+  local try = redis.call('incr', retry_key)
+  redis.call('expire', retry_key, 88400)
+  local aborted = 0
+  if heeds_aborts == '1' then aborted = redis.call('zrem', abort_set, id) end
+  return {score, job or '', try, aborted}
+end
+"""
+# KEYS: the job's key, its result's key, the queue, its in-progress key, its retry count's key, the set
+# of jobs asked to abort. ARGV: as `_ENQUEUE`'s, then the in-progress mark's time to live (ms) and 1
+# when the worker heeds aborts. `_ENQUEUE`, then the job just enqueued taken (`take`): its answer, or 0
+# when the job was there already (a worker's look finds it).
+_ENQUEUE_AND_TAKE = (
+    TAKE_FUNCTION
+    + """
+if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+return take(KEYS[4], KEYS[3], KEYS[1], KEYS[5], KEYS[6], ARGV[4], ARGV[3], ARGV[5], ARGV[6])
+"""
+)
+
+
+class HeldPlace(Protocol):
+    """A place held in the worker this process embeds, for a job its enqueue takes at once."""
+
+    queue_name: str
+    in_progress_ms: int
+    heeds_aborts: bool
+
+    def start(self, job_id: str, taken: list[Any]) -> None:
+        """Run the job taken (`take`'s answer) in this place."""
+
+    def give_back(self) -> None:
+        """The job was not taken: the place is free again."""
+
+
+class WorkerHere(Protocol):
+    async def hold_place(self) -> HeldPlace | None:
+        """A place, when the worker runs, takes jobs and has one free."""
 
 
 def in_progress_seconds(job_timeout: float) -> float:
@@ -144,8 +203,12 @@ class ArqQueue:
         self.on_enqueued: Callable[[], None] | None = None
         # That worker's, when there is one: where it takes the generations enqueued here from.
         self.enqueued_here: EnqueuedHere | None = None
+        # That worker, when there is one: a job enqueued while it has a place free is taken for it in
+        # the enqueue's trip, and starts there at once (no look at the queue, no trip of its own).
+        self.worker_here: WorkerHere | None = None
         # Enqueues made while one is on its way go to Redis together (a burst's intakes).
         self._enqueue_script = BatchedScript(pool, _ENQUEUE)
+        self._enqueue_and_take_script = BatchedScript(pool, _ENQUEUE_AND_TAKE)
 
     async def enqueue(self, generation_id: str, recorded: Generation | None = None) -> None:
         """arq's `enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)` in one trip to Redis.
@@ -163,7 +226,36 @@ class ArqQueue:
             result_key_prefix + generation_id,
             self.pool.default_queue_name,
         ]
-        await self._enqueue_script(keys=keys, args=[self.pool.expires_extra_ms, job, now_ms, generation_id])
+        arguments: list[Any] = [self.pool.expires_extra_ms, job, now_ms, generation_id]
+        place = None
+        if self.worker_here is not None:
+            place = await self.worker_here.hold_place()
+        if place is None or place.queue_name != self.pool.default_queue_name:
+            if place is not None:
+                place.give_back()
+            await self._enqueue_script(keys=keys, args=arguments)
+            self._enqueued(recorded)
+            return
+        keys += [in_progress_key_prefix + generation_id, retry_key_prefix + generation_id, abort_jobs_ss]
+        arguments += [place.in_progress_ms, 1 if place.heeds_aborts else 0]
+        try:
+            taken = await self._enqueue_and_take_script(keys=keys, args=arguments)
+        except BaseException:
+            # Not sent, or its answer lost: the job, if it was taken, runs when its mark expires
+            # (the dispatcher meanwhile runs the generation on Plan B, and the job then ends).
+            place.give_back()
+            raise
+        if not isinstance(taken, list):  # there already: a look finds it
+            place.give_back()
+            self._enqueued(recorded)
+            return
+        if recorded is not None and self.enqueued_here is not None:
+            self.enqueued_here.put(recorded)  # before its job starts, which takes it from there
+        place.start(generation_id, taken)
+
+    def _enqueued(self, recorded: Generation | None) -> None:
+        """A job enqueued for a look at the queue to take: its generation kept for the worker here,
+        which is told to look."""
         if recorded is not None and self.enqueued_here is not None:
             self.enqueued_here.put(recorded)
         if self.on_enqueued is not None:

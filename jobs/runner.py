@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 from arq import Retry
@@ -45,6 +46,7 @@ from jobs.limits import RELEASE_FUNCTION, ConcurrencyLimiter, arrivals
 from jobs.queue import (
     JOB_FUNCTION,
     RECONCILE_TIMEOUT,
+    TAKE_FUNCTION,
     WAKE_SWEEP_TIMEOUT,
     ArqQueue,
     EnqueuedHere,
@@ -301,30 +303,11 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-# The take of one job: `take(in_progress_key, queue, job_key, retry_key, abort_set, job_id, now_ms,
-# in_progress_ms, heeds_aborts)`. A job already in progress, no longer queued, or not due yet is not
-# taken (false). A taken one is marked in progress, then read as arq's `run_job` first reads it (its
-# data, its try counted, its mark of abort taken off when aborts are heeded): answers its score (when
-# it was due), its data ('' when gone), its try and whether it was asked to abort.
-_TAKE_FUNCTION = """
-local function take(mark, queue, job_key, retry_key, abort_set, id, now, in_progress_ms, heeds_aborts)
-  if redis.call('exists', mark) == 1 then return false end
-  local score = redis.call('zscore', queue, id)
-  if not score or tonumber(score) > tonumber(now) then return false end
-  redis.call('psetex', mark, in_progress_ms, '1')
-  local job = redis.call('get', job_key)
-  local try = redis.call('incr', retry_key)
-  redis.call('expire', retry_key, 88400)
-  local aborted = 0
-  if heeds_aborts == '1' then aborted = redis.call('zrem', abort_set, id) end
-  return {score, job or '', try, aborted}
-end
-"""
 # KEYS: the job's in-progress key, the queue, the job's key, its retry count's key, the set of jobs
 # asked to abort. ARGV: the job's id, now (ms), the in-progress mark's time to live (ms), 1 when the
 # worker heeds aborts. `take`'s answer.
 _TAKE = (
-    _TAKE_FUNCTION
+    TAKE_FUNCTION
     + """
 return take(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 """
@@ -338,7 +321,7 @@ return take(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[
 # each are made here from its id, as arq makes them. Answers the jobs taken, each as its id then
 # `take`'s answer, and the jobs asked to abort.
 _LOOK = (
-    _TAKE_FUNCTION
+    TAKE_FUNCTION
     + """
 local due = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', ARGV[2], ARGV[3])
 local places = tonumber(ARGV[4])
@@ -408,6 +391,7 @@ class PromptWorker(Worker):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._nudged = asyncio.Event()
+        self._running = False
         # Registered on the pool at the first use (arq opens it in `main`).
         self._take: BatchedScript | None = None
         self._look_script: BatchedScript | None = None
@@ -486,7 +470,7 @@ class PromptWorker(Worker):
         failure: BaseException | None = None
         for job_id, answer in zip(taking, answers, strict=True):
             if answer is None or isinstance(answer, BaseException):
-                self._give_places_back(1)
+                self._release_sem_dec_counter_on_complete()  # its place given back
                 if answer is None:
                     logger.debug("job {} already running elsewhere", job_id)
                 else:
@@ -495,19 +479,21 @@ class PromptWorker(Worker):
             self._start(job_id, answer)
         return failure
 
-    async def _hold_places(self, most: int) -> int:
-        """Hold up to `most` of the worker's places (arq's count, and its semaphore, which has one
-        more than `max_jobs`, so this never waits): each is held until its job ends, or given back."""
-        held = 0
-        while held < most and self.job_counter < self.max_jobs:
-            await self.sem.acquire()
-            self.job_counter += 1
-            held += 1
-        return held
+    async def hold_place(self) -> _HeldPlace | None:
+        """For this process's enqueue (`ArqQueue.worker_here`): a place, held, when this worker runs,
+        takes jobs and has one free; the enqueue then takes its job for it in its own trip."""
+        if not (self._running and self.allow_pick_jobs and self.job_counter < self.max_jobs):
+            return None
+        await self._hold_place()
+        return _HeldPlace(
+            self, self.queue_name, int(self.in_progress_timeout_s * 1000), self.allow_abort_jobs
+        )
 
-    def _give_places_back(self, count: int) -> None:
-        for _ in range(count):
-            self._release_sem_dec_counter_on_complete()
+    async def _hold_place(self) -> None:
+        """Hold one of the worker's places (arq's count, and its semaphore, which has one more than
+        `max_jobs`, so this never waits while a place is free) until its job ends."""
+        await self.sem.acquire()
+        self.job_counter += 1
 
     def _start(self, job_id: str, taken: list[Any]) -> None:
         """Run a job taken (`take`'s answer), in the place held for it."""
@@ -523,7 +509,9 @@ class PromptWorker(Worker):
         to abort, when `reads_aborts`."""
         if self._look_script is None:
             self._look_script = BatchedScript(self.pool, _LOOK)
-        places = await self._hold_places(self.queue_read_limit)
+        # The places free now are free still when the answer comes: only a look takes them (the
+        # worker's loop makes one at a time), and a job that ends meanwhile frees one more.
+        places = min(self.max_jobs - self.job_counter, self.queue_read_limit)
         arguments = [
             timestamp_ms(),
             self._queue_read_offset,
@@ -537,14 +525,10 @@ class PromptWorker(Worker):
             job_key_prefix,
             retry_key_prefix,
         ]
-        try:
-            keys = [self.queue_name, abort_jobs_ss]
-            taken, abort_job_ids = await self._look_script(keys=keys, args=arguments)
-        except BaseException:  # Redis failed to answer, or the worker stops: every place is free again
-            self._give_places_back(places)
-            raise
-        self._give_places_back(places - len(taken))
+        keys = [self.queue_name, abort_jobs_ss]
+        taken, abort_job_ids = await self._look_script(keys=keys, args=arguments)
         for job_id, answer in taken:
+            await self._hold_place()
             self._start(job_id.decode(), answer)
         return list(abort_job_ids)
 
@@ -666,11 +650,33 @@ class PromptWorker(Worker):
             self.ctx[_LIMITER] = new_limiter(self.pool, services.settings)
         if self.on_startup:
             await self.on_startup(self.ctx)
-        while True:
-            self._nudged.clear()
-            await self._poll_iteration()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._nudged.wait(), timeout=self.poll_delay_s)
+        self._running = True  # its pool and its jobs' ctx are ready: jobs may be started here
+        try:
+            while True:
+                self._nudged.clear()
+                await self._poll_iteration()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_delay_s):  # no task of its own, as wait_for's
+                        await self._nudged.wait()
+        finally:
+            self._running = False  # stopped (its Redis lost, or closing): it starts no job more
+
+
+@dataclass
+class _HeldPlace:
+    """A place `PromptWorker.hold_place` holds for a job this process enqueues (jobs/queue.py's
+    `HeldPlace`): started in it once taken, or given back."""
+
+    worker: PromptWorker
+    queue_name: str
+    in_progress_ms: int
+    heeds_aborts: bool
+
+    def start(self, job_id: str, taken: list[Any]) -> None:
+        self.worker._start(job_id, taken)
+
+    def give_back(self) -> None:
+        self.worker._release_sem_dec_counter_on_complete()
 
 
 # In a job's task as it starts (`PromptWorker._run_job_read`): what the take read for arq's `run_job`.
@@ -780,6 +786,12 @@ class SupervisedWorker:
                         await asyncio.wait_for(self._stopping.wait(), timeout=self.restart_delay)
         finally:
             self._ended.set()
+
+    async def hold_place(self) -> _HeldPlace | None:
+        """A place in the worker running now, for a job this process enqueues (`ArqQueue.worker_here`)."""
+        if self.worker is None or self._stopping.is_set():
+            return None
+        return await self.worker.hold_place()
 
     def nudge(self) -> None:
         """A job was just enqueued (by this process): look for it now."""
