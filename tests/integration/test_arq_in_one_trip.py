@@ -239,20 +239,6 @@ async def test_a_look_takes_the_due_jobs_it_has_places_for_in_its_own_trip(
         await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
 
 
-async def test_two_workers_looking_at_once_run_each_job_once(pool: ArqRedis) -> None:
-    names = [f"looked-{number}" for number in range(40)]
-    for name in names:
-        await pool.enqueue_job("remember", name, _job_id=name)
-    ran: list[str] = []
-    first, second = worker_on(pool, ran, len(names)), worker_on(pool, ran, len(names))
-
-    await asyncio.gather(first._poll_iteration(), second._poll_iteration())
-    await asyncio.gather(*first.tasks.values(), *second.tasks.values())
-
-    assert sorted(ran) == sorted(names)
-    assert not set(first.tasks) & set(second.tasks)
-
-
 async def test_a_look_that_redis_does_not_answer_holds_no_place(
     pool: ArqRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -284,7 +270,8 @@ async def test_the_mark_a_taken_job_gets_lasts_the_workers_in_progress_time(pool
     assert (JOB_TIMEOUT + 10) * 1000 - 5_000 < ttl <= (JOB_TIMEOUT + 10) * 1000
 
 
-async def test_two_workers_taking_the_same_jobs_at_once_run_each_once(pool: ArqRedis) -> None:
+@pytest.mark.parametrize("taking", ["their takes", "their looks"])
+async def test_two_workers_taking_the_same_jobs_at_once_run_each_once(pool: ArqRedis, taking: str) -> None:
     names = [f"job-{number}" for number in range(40)]
     for name in names:
         await pool.enqueue_job("remember", name, _job_id=name)
@@ -293,7 +280,10 @@ async def test_two_workers_taking_the_same_jobs_at_once_run_each_once(pool: ArqR
     first, second = worker_on(pool, ran, len(names)), worker_on(pool, ran, len(names))
     ids = [name.encode() for name in names]
 
-    await asyncio.gather(first.start_jobs(ids), second.start_jobs(list(reversed(ids))))
+    if taking == "their takes":
+        await asyncio.gather(first.start_jobs(ids), second.start_jobs(list(reversed(ids))))
+    else:  # each reads the queue and takes what it finds, in one script
+        await asyncio.gather(first._poll_iteration(), second._poll_iteration())
     await asyncio.gather(*first.tasks.values(), *second.tasks.values())
 
     assert sorted(ran) == sorted(names)
