@@ -392,6 +392,8 @@ class PromptWorker(Worker):
         super().__init__(**options)
         self._nudged = asyncio.Event()
         self._running = False
+        # Places a look on its way may fill with what it takes (`_look`): no enqueue holds them.
+        self._promised_to_look = 0
         # Registered on the pool at the first use (arq opens it in `main`).
         self._take: BatchedScript | None = None
         self._look_script: BatchedScript | None = None
@@ -482,7 +484,9 @@ class PromptWorker(Worker):
     async def hold_place(self) -> _HeldPlace | None:
         """For this process's enqueue (`ArqQueue.worker_here`): a place, held, when this worker runs,
         takes jobs and has one free; the enqueue then takes its job for it in its own trip."""
-        if not (self._running and self.allow_pick_jobs and self.job_counter < self.max_jobs):
+        if not (self._running and self.allow_pick_jobs):
+            return None
+        if self.job_counter + self._promised_to_look >= self.max_jobs:
             return None
         await self._hold_place()
         return _HeldPlace(
@@ -509,8 +513,8 @@ class PromptWorker(Worker):
         to abort, when `reads_aborts`."""
         if self._look_script is None:
             self._look_script = BatchedScript(self.pool, _LOOK)
-        # The places free now are free still when the answer comes: only a look takes them (the
-        # worker's loop makes one at a time), and a job that ends meanwhile frees one more.
+        # The places free now are promised to this look until its answer comes: the worker's loop
+        # makes one look at a time, and an enqueue here (`hold_place`) takes only places beyond them.
         places = min(self.max_jobs - self.job_counter, self.queue_read_limit)
         arguments = [
             timestamp_ms(),
@@ -526,7 +530,11 @@ class PromptWorker(Worker):
             retry_key_prefix,
         ]
         keys = [self.queue_name, abort_jobs_ss]
-        taken, abort_job_ids = await self._look_script(keys=keys, args=arguments)
+        self._promised_to_look = places
+        try:
+            taken, abort_job_ids = await self._look_script(keys=keys, args=arguments)
+        finally:
+            self._promised_to_look = 0
         for job_id, answer in taken:
             await self._hold_place()
             self._start(job_id.decode(), answer)

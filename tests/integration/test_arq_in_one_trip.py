@@ -28,7 +28,7 @@ from generation.limits import Limits
 from generation.store import Generation, unattached
 from jobs.limits import PREFIX, ConcurrencyLimiter
 from jobs.queue import JOB_FUNCTION, ArqQueue, deserialize, serialize
-from jobs.runner import _FINISH_AND_RELEASE, _LIMITER, PromptWorker, _limiter, _release
+from jobs.runner import _FINISH, _FINISH_AND_RELEASE, _LIMITER, _TAKE, PromptWorker, _limiter, _release
 from settings import Settings
 from tests.integration.redis_trips import count_round_trips
 
@@ -130,6 +130,7 @@ async def test_a_look_takes_the_jobs_it_has_places_for_in_one_trip(
         await pool.enqueue_job("remember", name, _job_id=name)
     ran: list[str] = []
     worker = worker_on(pool, ran, max_jobs=10)
+    await pool.script_load(_TAKE)  # as Redis knows it after the first take (a restart forgets)
     trips = count_round_trips(pool, monkeypatch)
     await worker.start_jobs([name.encode() for name in names])
     assert trips[0] == 1  # ten taken in one trip (the jobs have not run yet)
@@ -153,6 +154,8 @@ async def test_a_taken_job_starts_without_a_trip_of_its_own_and_as_arq_reads_it(
 
     await pool.enqueue_job("note", "first", _job_id="read")
     worker = prompt_worker(pool, note, "note", allow_abort_jobs=True)
+    for script in (_TAKE, _FINISH):  # as Redis knows them after the first job (a restart forgets)
+        await pool.script_load(script)
     trips = count_round_trips(pool, monkeypatch)
     await worker.start_jobs([b"read"])
     await asyncio.wait_for(started.wait(), 5)

@@ -17,8 +17,9 @@ from arq.jobs import Job
 from arq.worker import func
 
 from generation.store import Generation, unattached
-from jobs.queue import JOB_FUNCTION, ArqQueue, EnqueuedHere, deserialize, serialize
-from jobs.runner import PromptWorker
+from jobs.batched_scripts import BatchedScript
+from jobs.queue import _ENQUEUE_AND_TAKE, JOB_FUNCTION, ArqQueue, EnqueuedHere, deserialize, serialize
+from jobs.runner import _LOOK, PromptWorker
 from tests.integration.redis_trips import count_round_trips
 
 
@@ -101,6 +102,7 @@ async def test_a_job_enqueued_while_the_worker_here_has_a_place_starts_there_in_
     runs.gate.clear()
     async with running_worker(back, runs) as worker:
         queue, nudges = queue_with(front, worker)
+        await front.script_load(_ENQUEUE_AND_TAKE)  # as Redis knows it after the first (a restart forgets)
         front_trips, worker_trips = (
             count_round_trips(front, monkeypatch),
             count_round_trips(back, monkeypatch),
@@ -199,3 +201,40 @@ async def test_a_worker_that_stopped_takes_nothing(pools: tuple[ArqRedis, ArqRed
     await queue.enqueue("9" * 32)
     assert nudges == ["nudged"] and runs.seen == []
     assert not await front.exists(in_progress_key_prefix + "9" * 32)
+
+
+class HeldBack:
+    """A worker's look script held back until `gate` opens, as a look still on its way to Redis."""
+
+    def __init__(self, script: BatchedScript) -> None:
+        self.script = script
+        self.gate = asyncio.Event()
+
+    async def __call__(self, **call: Any) -> Any:
+        await self.gate.wait()
+        return await self.script(**call)
+
+
+async def test_an_enqueue_leaves_the_places_a_look_on_its_way_may_fill(
+    pools: tuple[ArqRedis, ArqRedis],
+) -> None:
+    front, back = pools
+    runs = Runs()
+    runs.gate.clear()
+    async with running_worker(back, runs, max_jobs=2) as worker:
+        queue, nudges = queue_with(front, worker)
+        for generation_id in ("1" * 32, "2" * 32):  # due, for a look to take
+            await front.enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)
+        held = HeldBack(BatchedScript(back, _LOOK))
+        worker._look_script = held  # type: ignore[assignment]
+        look = asyncio.create_task(worker._look(reads_aborts=False))
+        await asyncio.sleep(0.05)  # the look counted its two places and is on its way
+
+        await queue.enqueue("3" * 32, recorded("3" * 32))  # meanwhile: both places are the look's
+        held.gate.set()
+        await asyncio.wait_for(look, 5)
+
+        assert sorted(worker.tasks) == ["1" * 32, "2" * 32]  # the look took both, the enqueue none
+        assert worker.job_counter == 2 and worker.sem._value == 1  # never more than its places
+        assert nudges == ["nudged"]
+        assert not await front.exists(in_progress_key_prefix + "3" * 32)  # left for a later look
