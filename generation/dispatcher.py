@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol, TypeGuard
+from typing import Any, Protocol, TypeGuard, cast
 
 from loguru import logger
 from sqlalchemy import func, insert, select
@@ -45,11 +45,34 @@ from generation.users import ensure_user, read_user
 from metrics import InFlight
 
 
+class WorkerPlace(Protocol):
+    """A place held in the worker this process embeds (jobs/queue.py `HeldPlace`)."""
+
+    owner: str  # whom the job's first try claims as: a generation recorded claimed by it needs no claim
+
+    def give_back(self) -> None: ...
+
+
 class JobQueue(Protocol):
     """Plan A's transport (jobs/queue.py): enqueue a generation id as a job whose id is that id."""
 
-    async def enqueue(self, generation_id: str, recorded: Generation | None = None) -> None:
-        """`recorded`: the generation as just recorded, for a worker of this process to take."""
+    async def hold_place(self) -> WorkerPlace | None:
+        """A place in the worker this process embeds, when it runs and has one free: the generation
+        may be recorded claimed by that worker, whose job the enqueue then takes for it."""
+        ...
+
+    async def enqueue(
+        self,
+        generation_id: str,
+        recorded: Generation | None = None,
+        *,
+        place: Any = None,  # the place `hold_place` gave (the queue's own type)
+        claimed: lifecycle.Claim | None = None,
+    ) -> bool:
+        """`recorded`: the generation as just recorded, for a worker of this process to take. `place`:
+        one held for its job (`hold_place`), and `claimed`: the generation recorded claimed by it.
+        True when the job was taken for the worker here and started there; False when it waits in
+        the queue for a worker's look (the place given back)."""
         ...
 
     async def ping(self) -> bool: ...
@@ -183,14 +206,20 @@ class Dispatcher:
         plan = Plan(generation.plan)
         log = logger.bind(generation=generation.id, kind=generation.kind, user=valid.request.telegram_id)
         if plan is Plan.A:
-            if await self._enqueue(generation):
+            # Recorded claimed by the worker here (a place held for its job), or queued.
+            claimed_by = generation.lease_owner
+            started = await self._enqueue(generation, reserved)
+            if started is not None:
+                if claimed_by is not None and not started:  # its job waits for a look: anyone's claim
+                    await lifecycle.release(self.db, generation.id, claimed_by)
                 log.bind(plan="A").info("recorded and enqueued")
                 return Submission(generation=generation, created=True, plan=Plan.A)
-            if not await lifecycle.move_to_plan_b(self.db, generation.id):
+            if not await lifecycle.move_to_plan_b(self.db, generation.id, claimed_by=claimed_by):
                 # The enqueue did reach Redis and a worker already claimed it: it stays on Plan A.
                 log.bind(plan="A").info("enqueue looked failed but a worker has it; staying on Plan A")
                 return Submission(generation=generation, created=True, plan=Plan.A)
-            generation.plan = Plan.B
+            lifecycle.as_moved_to_plan_b(generation)
+            reserved = None  # its runner here claims it
             log.bind(plan="B").warning("queue unavailable: running on Plan B instead")
         else:
             log.bind(plan="B").info("recorded; running inline")
@@ -224,7 +253,7 @@ class Dispatcher:
         None when they kept changing (the transaction then reads them itself)."""
         for _ in range(3):
             seen_flags = self._flags_seen
-            generation, reservation = self._new_generation(
+            generation, reservation = await self._new_generation(
                 valid, request_key, bot_name, user, plan_flags_from(*seen_flags)
             )
             try:
@@ -283,7 +312,9 @@ class Dispatcher:
                         new_user_bonus=self.settings.new_user_bonus,
                     )
                 flags = plan_flags_from(mode_value, share_value)
-                generation, reservation = self._new_generation(valid, request_key, bot_name, user, flags)
+                generation, reservation = await self._new_generation(
+                    valid, request_key, bot_name, user, flags
+                )
                 spec = spec_of(valid.kind)
                 if spec is not None and spec.preparer is not None:
                     # Raises InvalidRequest (e.g. no trained model yet): the transaction rolls back.
@@ -315,11 +346,12 @@ class Dispatcher:
                 reservation.give_back()
             return await self._recorded_meanwhile(error, request_key)
 
-    def _new_generation(
+    async def _new_generation(
         self, valid: ValidRequest, request_key: str, bot_name: str, user: User, flags: StoredPlanFlags
     ) -> tuple[Generation, lifecycle.SlotReservation | None]:
-        """The generation to record, on the plan the flags choose, with the slots taken for it when
-        it is on Plan B and they have room at once (then it is recorded claimed)."""
+        """The generation to record, on the plan the flags choose, recorded claimed when its runner
+        holds room for it now: on Plan B the slots taken for it, on Plan A a place in the worker this
+        process embeds (whose job the enqueue then takes for it)."""
         share = self.settings.plan_b_share if flags.plan_b_share is None else flags.plan_b_share
         # The id is chosen here, not by the row's default, because the A/B split hashes it.
         generation_id = uuid.uuid4().hex
@@ -330,8 +362,15 @@ class Dispatcher:
             plan_b_share=share,
             generation_id=generation_id,
         )
-        reservation = self.inline.reserve(user.id, valid.model.id) if plan is Plan.B else None
-        claimed = reservation is not None
+        reservation: lifecycle.SlotReservation | None = None
+        claimed_by: str | None = None
+        if plan is Plan.B:
+            reservation = self.inline.reserve(user.id, valid.model.id)
+            claimed_by = None if reservation is None else self.inline.owner
+        elif self.queue is not None:
+            place = await self.queue.hold_place()
+            reservation, claimed_by = place, None if place is None else place.owner
+        claimed = claimed_by is not None
         request = valid.request
         recorded_at = datetime.now(UTC)  # to the microsecond: the order of the lines for a slot
         generation = unattached(
@@ -348,7 +387,7 @@ class Dispatcher:
                 plan=plan.value,
                 status=GenerationStatus.running if claimed else GenerationStatus.queued,
                 attempts=1 if claimed else 0,
-                lease_owner=self.inline.owner if claimed else None,
+                lease_owner=claimed_by,
                 lease_expires_at=time.time() + self.settings.lease_seconds if claimed else None,
                 failures=0,
                 units=request.units(),
@@ -406,19 +445,26 @@ class Dispatcher:
                 logger.bind(generation=generation_id).warning("could not abort the job: {!r}", error)
         return canceled
 
-    async def _enqueue(self, generation: Generation) -> bool:
+    async def _enqueue(self, generation: Generation, reserved: lifecycle.Reserved | None) -> bool | None:
+        """Whether its job started in the worker here (`JobQueue.enqueue`); None when the enqueue
+        failed (the place held for it given back)."""
         assert self.queue is not None
+        place: WorkerPlace | None = None
+        claimed = None
+        if reserved is not None:  # recorded claimed by the worker here
+            place = cast(WorkerPlace, reserved.reservation)
+            claimed = reserved.claim(generation)
         try:
             async with asyncio.timeout(self.settings.redis_timeout):  # no task of its own, as wait_for's
-                await self.queue.enqueue(generation.id, generation)
+                started = await self.queue.enqueue(generation.id, generation, place=place, claimed=claimed)
         except Exception as error:  # connection refused, timeout, Redis errors: the queue is unhealthy
             logger.bind(generation=generation.id).warning("enqueue failed: {!r}", error)
             if self.breaker.record_failure():
                 await self._announce("A", "B", f"queue unavailable: {type(error).__name__}")
-            return False
+            return None
         if self.breaker.record_success():
             await self._announce("B", "A", "queue healthy again")
-        return True
+        return started
 
     async def _announce(self, old: str, new: str, reason: str) -> None:
         logger.warning("plan switched {} -> {}: {}", old, new, reason)

@@ -214,11 +214,51 @@ async def renew_lease(db: Database, generation_id: str, owner: str, lease: float
     return holder is None  # released or settled meanwhile: nobody else runs it
 
 
-async def move_to_plan_b(db: Database, generation_id: str) -> bool:
-    """Hand a Plan A generation that could not be enqueued to Plan B, unless a worker already took it."""
+async def move_to_plan_b(db: Database, generation_id: str, *, claimed_by: str | None = None) -> bool:
+    """Hand a Plan A generation that could not be enqueued to Plan B, unless a worker already took it.
+    `claimed_by`: it was recorded claimed by the worker of this process (whose job the enqueue was to
+    take for it, and which never ran it): it goes back to queued, as if recorded so, for Plan B's
+    runner to claim."""
+    values = {"moving_id": generation_id, "recorded_claimed_by": claimed_by}
     async with db.direct_writes() as direct:
-        moved = await direct.execute(_MOVE_TO_PLAN_B, {"moving_id": generation_id})
+        moved = await direct.execute(_MOVE_TO_PLAN_B, values)
     return bool(moved.rowcount)
+
+
+async def unclaim(db: Database, generation_id: str, claimed_by: str) -> bool:
+    """Undo a record's claim for the worker of this process (its job's first try), which is not
+    running it now (its job waits for a slot, or Redis failed it): queued again, as if recorded so,
+    for whichever runner claims it next."""
+    async with db.direct_writes() as direct:
+        undone = await direct.execute(
+            _UNCLAIM, {"unclaim_id": generation_id, "recorded_claimed_by": claimed_by}
+        )
+    return bool(undone.rowcount)
+
+
+# A record's claim for the worker here: running, claimed once, by it.
+_RECORDED_CLAIMED_BY = (
+    (Generation.status == GenerationStatus.running)
+    & (Generation.attempts == 1)
+    & (Generation.lease_owner == bindparam("recorded_claimed_by"))
+)
+_AS_RECORDED_QUEUED = dict(
+    status=GenerationStatus.queued, attempts=0, lease_owner=None, lease_expires_at=None
+)
+_UNCLAIM = Prepared(
+    update(Generation)
+    .where(Generation.id == bindparam("unclaim_id"), _RECORDED_CLAIMED_BY)
+    .values(**_AS_RECORDED_QUEUED)
+)
+
+
+def as_moved_to_plan_b(generation: Generation) -> None:
+    """The generation as `move_to_plan_b` left it (the caller's copy)."""
+    generation.plan = Plan.B
+    generation.status = GenerationStatus.queued
+    generation.attempts = 0
+    generation.lease_owner = None
+    generation.lease_expires_at = None
 
 
 _MOVE_TO_PLAN_B = Prepared(
@@ -226,9 +266,9 @@ _MOVE_TO_PLAN_B = Prepared(
     .where(
         Generation.id == bindparam("moving_id"),
         Generation.plan == Plan.A,
-        Generation.status == GenerationStatus.queued,
+        (Generation.status == GenerationStatus.queued) | _RECORDED_CLAIMED_BY,
     )
-    .values(plan=Plan.B)
+    .values(plan=Plan.B, **_AS_RECORDED_QUEUED)
 )
 
 

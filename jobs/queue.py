@@ -21,6 +21,7 @@ from arq.constants import (
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms
 
+from generation.lifecycle import Claim
 from generation.store import Generation
 from jobs.batched_scripts import BatchedScript
 from jobs.limits import LINES, PREFIX
@@ -88,9 +89,11 @@ class HeldPlace(Protocol):
     queue_name: str
     in_progress_ms: int
     heeds_aborts: bool
+    owner: str  # whom the job's first try claims as (generation/dispatcher.py `WorkerPlace`)
 
-    def start(self, job_id: str, taken: list[Any]) -> None:
-        """Run the job taken (`take`'s answer) in this place."""
+    def start(self, job_id: str, taken: list[Any], claimed: Claim | None) -> None:
+        """Run the job taken (`take`'s answer) in this place; `claimed`: its generation was recorded
+        claimed by `owner`, and the run needs no claim of its own."""
 
     def give_back(self) -> None:
         """The job was not taken: the place is free again."""
@@ -210,13 +213,35 @@ class ArqQueue:
         self._enqueue_script = BatchedScript(pool, _ENQUEUE)
         self._enqueue_and_take_script = BatchedScript(pool, _ENQUEUE_AND_TAKE)
 
-    async def enqueue(self, generation_id: str, recorded: Generation | None = None) -> None:
+    async def hold_place(self) -> HeldPlace | None:
+        """A place in the worker this process embeds (`worker_here`), when it runs and has one free,
+        for a job this queue's enqueue then takes for it (generation/dispatcher.py `JobQueue`)."""
+        if self.worker_here is None:
+            return None
+        place = await self.worker_here.hold_place()
+        if place is not None and place.queue_name != self.pool.default_queue_name:
+            place.give_back()  # it works another queue: its jobs are not ours to take
+            return None
+        return place
+
+    async def enqueue(
+        self,
+        generation_id: str,
+        recorded: Generation | None = None,
+        *,
+        place: HeldPlace | None = None,
+        claimed: Claim | None = None,
+    ) -> bool:
         """arq's `enqueue_job(JOB_FUNCTION, generation_id, _job_id=generation_id)` in one trip to Redis.
 
         The job id is the generation id: a job whose key or result is still there is not enqueued
         again, so a repeated enqueue (a retried submit, the reconciler) never makes a second job. arq
         checks that under WATCH and writes in MULTI/EXEC, three round trips; the script does the
-        same check and writes, atomic as a script is, in one."""
+        same check and writes, atomic as a script is, in one.
+
+        With a place held in the worker here (`place`, or one `hold_place` finds now) the same script
+        takes the job for it, which starts there at once: True. Otherwise, or when the job was there
+        already, it waits in the queue for a worker's look: False (the place given back)."""
         now_ms = timestamp_ms()
         job = serialize_job(
             JOB_FUNCTION, (generation_id,), {}, None, now_ms, serializer=self.pool.job_serializer
@@ -227,15 +252,12 @@ class ArqQueue:
             self.pool.default_queue_name,
         ]
         arguments: list[Any] = [self.pool.expires_extra_ms, job, now_ms, generation_id]
-        place = None
-        if self.worker_here is not None:
-            place = await self.worker_here.hold_place()
-        if place is None or place.queue_name != self.pool.default_queue_name:
-            if place is not None:
-                place.give_back()
+        if place is None:
+            place = await self.hold_place()
+        if place is None:
             await self._enqueue_script(keys=keys, args=arguments)
             self._enqueued(recorded)
-            return
+            return False
         keys += [in_progress_key_prefix + generation_id, retry_key_prefix + generation_id, abort_jobs_ss]
         arguments += [place.in_progress_ms, 1 if place.heeds_aborts else 0]
         try:
@@ -248,10 +270,11 @@ class ArqQueue:
         if not isinstance(taken, list):  # there already: a look finds it
             place.give_back()
             self._enqueued(recorded)
-            return
-        if recorded is not None and self.enqueued_here is not None:
+            return False
+        if claimed is None and recorded is not None and self.enqueued_here is not None:
             self.enqueued_here.put(recorded)  # before its job starts, which takes it from there
-        place.start(generation_id, taken)
+        place.start(generation_id, taken, claimed)
+        return True
 
     def _enqueued(self, recorded: Generation | None) -> None:
         """A job enqueued for a look at the queue to take: its generation kept for the worker here,

@@ -86,14 +86,18 @@ async def _run_try(ctx: dict[str, Any], services: Services, generation: Generati
         return "on Plan B"
     provider = services.catalog.provider_of(generation.model)
     limiter = _limiter(ctx, settings)
+    # Recorded claimed for this try (`_follow_the_job`): its run claims nothing, unless it waits.
+    claimed: lifecycle.Claim | None = ctx.pop(_CLAIMED, None)
     if not GenerationStatus(generation.status).is_final:
         arrival = as_utc(generation.created_at).timestamp()
         try:
             refusal = await limiter.acquire(generation.id, generation.user_id, provider, arrival=arrival)
         except RedisError as error:  # Redis went away under this job: come back when it may be back
             metrics.DEFERRALS.labels(generation.kind, Plan.A.value, "redis_unavailable").inc()
+            await _unclaim(services, claimed, ctx)
             raise Retry(defer=2) from error
         if refusal is not None:
+            await _unclaim(services, claimed, ctx)
             logger.debug("waits its turn: {} is full", refusal.limit)
             # The per-minute window of creates, or a line for a slot (named by scope, never by user).
             cause = "create_rate" if refusal.place is None else "slot_full"
@@ -118,6 +122,7 @@ async def _run_try(ctx: dict[str, Any], services: Services, generation: Generati
             retry_policy=RetryPolicy(
                 base=settings.retry_backoff_base, cap=settings.retry_backoff_cap, jitter=settings.retry_jitter
             ),
+            claimed=claimed,
             # The same places as Plan B's runs in this process: the worker's WORKER_MAX_JOBS jobs
             # hold their arq slots, but only as many work at once as the event loop keeps up with.
             working=Place(services.working),
@@ -128,6 +133,17 @@ async def _run_try(ctx: dict[str, Any], services: Services, generation: Generati
     if result is not Result.not_claimed or await _is_final(services, generation_id):
         await _release(ctx, limiter, generation, provider)
     return result.value
+
+
+async def _unclaim(services: Services, claimed: lifecycle.Claim | None, ctx: dict[str, Any]) -> None:
+    """A generation recorded claimed for this try, which waits instead: queued again, so that the try
+    that runs it claims it (the lease would hold it from every other try until it expired)."""
+    if claimed is None:
+        return
+    try:
+        await lifecycle.unclaim(services.db, claimed.generation.id, _lease_owner(ctx))
+    except Exception as error:  # its lease expires on its own, and a later try claims it then
+        logger.warning("could not give back its claim: {!r}", error)
 
 
 async def _release(
@@ -150,6 +166,8 @@ async def _release(
 # than read again, and the log context it set, for `_stop_following` to end.
 _READ_AT_START = "generation_read_at_start"
 _LOG_CONTEXT = "log_context"
+# In a job's ctx: its generation as recorded claimed for it (`_follow_the_job`), for its run.
+_CLAIMED = "claimed_at_record"
 # In the worker's ctx when its process enqueues jobs too (`aibot run`'s embedded worker).
 _ENQUEUED_HERE = "enqueued_here"
 # In the worker's ctx: its limiter, one for all its jobs rather than one built by each job.
@@ -170,7 +188,11 @@ async def _follow_the_job(ctx: dict[str, Any]) -> None:
         return
     enqueued_here: EnqueuedHere | None = ctx.get(_ENQUEUED_HERE)
     generation = None
-    if enqueued_here is not None and ctx.get("job_try", 1) == 1:
+    claimed = _CLAIMED_AT_RECORD.get()
+    if claimed is not None and claimed.generation.id == job_id and _claimed_for(claimed, ctx):
+        ctx[_CLAIMED] = claimed  # recorded claimed for this try: no claim of its own
+        generation = claimed.generation
+    elif enqueued_here is not None and ctx.get("job_try", 1) == 1:
         generation = enqueued_here.take(job_id)
     try:
         if generation is None:
@@ -184,6 +206,11 @@ async def _follow_the_job(ctx: dict[str, Any]) -> None:
         ctx[_READ_AT_START] = generation
         context.enter_context(about_generation(generation))
     ctx[_LOG_CONTEXT] = context
+
+
+def _claimed_for(claimed: lifecycle.Claim, ctx: dict[str, Any]) -> bool:
+    """Whether a generation recorded claimed is this try's: recorded for its first try, by this worker."""
+    return ctx.get("job_try", 1) == 1 and claimed.generation.lease_owner == _lease_owner(ctx)
 
 
 async def _stop_following(ctx: dict[str, Any]) -> None:
@@ -390,6 +417,8 @@ class PromptWorker(Worker):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
+        # Its runs claim generations in its name (`_lease_owner`); `worker_options` names it.
+        self.ctx.setdefault("worker_id", f"worker-{uuid.uuid4().hex[:8]}")
         self._nudged = asyncio.Event()
         self._running = False
         # Places a look on its way may fill with what it takes (`_look`): no enqueue holds them.
@@ -489,9 +518,9 @@ class PromptWorker(Worker):
         if self.job_counter + self._promised_to_look >= self.max_jobs:
             return None
         await self._hold_place()
-        return _HeldPlace(
-            self, self.queue_name, int(self.in_progress_timeout_s * 1000), self.allow_abort_jobs
-        )
+        in_progress_ms = int(self.in_progress_timeout_s * 1000)
+        owner = _lease_owner({**self.ctx, "job_try": 1})  # whom its job's first try claims as
+        return _HeldPlace(self, self.queue_name, in_progress_ms, self.allow_abort_jobs, owner)
 
     async def _hold_place(self) -> None:
         """Hold one of the worker's places (arq's count, and its semaphore, which has one more than
@@ -499,11 +528,12 @@ class PromptWorker(Worker):
         await self.sem.acquire()
         self.job_counter += 1
 
-    def _start(self, job_id: str, taken: list[Any]) -> None:
-        """Run a job taken (`take`'s answer), in the place held for it."""
+    def _start(self, job_id: str, taken: list[Any], claimed: lifecycle.Claim | None = None) -> None:
+        """Run a job taken (`take`'s answer), in the place held for it; `claimed`: its generation as
+        recorded claimed for this job's first try (`hold_place`)."""
         score, job, job_try, aborted = taken
         read = _ReadAtTake([job or None, job_try, True, aborted])
-        task = self.loop.create_task(self._run_job_read(job_id, int(float(score)), read))
+        task = self.loop.create_task(self._run_job_read(job_id, int(float(score)), read, claimed))
         task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
         self.tasks[job_id] = task
 
@@ -540,9 +570,13 @@ class PromptWorker(Worker):
             self._start(job_id.decode(), answer)
         return list(abort_job_ids)
 
-    async def _run_job_read(self, job_id: str, score: int, read: _ReadAtTake) -> None:
-        """arq's `run_job`, its first read of the job answered by what the take read (`pool`)."""
+    async def _run_job_read(
+        self, job_id: str, score: int, read: _ReadAtTake, claimed: lifecycle.Claim | None = None
+    ) -> None:
+        """arq's `run_job`, its first read of the job answered by what the take read (`pool`); the
+        generation recorded claimed for it, if it was, for its start (`_follow_the_job`)."""
         _READ_AT_TAKE.set(read)
+        _CLAIMED_AT_RECORD.set(claimed)
         await self.run_job(job_id, score)
 
     @property
@@ -679,15 +713,20 @@ class _HeldPlace:
     queue_name: str
     in_progress_ms: int
     heeds_aborts: bool
+    owner: str
 
-    def start(self, job_id: str, taken: list[Any]) -> None:
-        self.worker._start(job_id, taken)
+    def start(self, job_id: str, taken: list[Any], claimed: lifecycle.Claim | None) -> None:
+        self.worker._start(job_id, taken, claimed)
 
     def give_back(self) -> None:
         self.worker._release_sem_dec_counter_on_complete()
 
 
 # In a job's task as it starts (`PromptWorker._run_job_read`): what the take read for arq's `run_job`.
+# In a job's task as it starts: its generation as recorded claimed for this job (its first try).
+_CLAIMED_AT_RECORD: contextvars.ContextVar[lifecycle.Claim | None] = contextvars.ContextVar(
+    "claimed_at_record", default=None
+)
 _READ_AT_TAKE: contextvars.ContextVar[_ReadAtTake | None] = contextvars.ContextVar(
     "read_at_take", default=None
 )

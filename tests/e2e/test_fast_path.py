@@ -10,13 +10,17 @@ import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import pytest
 from sqlalchemy import event, select
 
+from app import App
+from generation import lifecycle
 from generation.store import Database, Generation, User, get_generation
 from jobs import limits
+from jobs.runner import PromptWorker
 from tests.conftest import AppFactory, wait_until
 from tests.e2e.helpers import (
     Chat,
@@ -298,6 +302,81 @@ async def test_a_plan_a_job_enqueued_here_takes_its_generation_as_recorded_not_r
     assert len(app.worker.enqueued_here) == 0  # taken, not kept
     assert len(chat.albums()) == 1
     assert await balance_and_ledger_sum(app) == (9, 9)
+
+
+async def embedded_worker_running(app: App) -> PromptWorker:
+    """The worker `aibot run` embeds, once its loop runs (and its enqueues can take jobs for it)."""
+    embedded = app.worker
+    assert embedded is not None
+
+    async def running() -> bool:
+        return embedded.worker is not None and embedded.worker._running
+
+    await wait_until(running)
+    assert embedded.worker is not None
+    return embedded.worker
+
+
+async def test_a_plan_a_generation_recorded_while_the_worker_here_has_room_runs_without_a_claim(
+    make_app: AppFactory,
+    telegram: FakeTelegram,
+    replicate: FakeReplicate,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As a Plan B generation with room is recorded claimed by its runner, a Plan A one is recorded
+    claimed by the worker this process embeds when it holds a place for its job: the enqueue takes
+    the job for it, and the run goes straight to the provider, with no write of its own before."""
+    claims: list[str] = []
+    claim = lifecycle.claim
+
+    async def counted(db: Database, generation_id: str, *args: Any, **kwargs: Any) -> Any:
+        claims.append(generation_id)
+        return await claim(db, generation_id, *args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "claim", counted)
+    app = await make_app(redis_url=redis_url)
+    worker = await embedded_worker_running(app)
+    chat = Chat(telegram)
+    chat.send("/image 1 a fox")
+    [done] = await all_settled(app, 1)
+    assert (done.plan, done.status, done.attempts) == ("A", "done", 1)
+    assert claims == []  # recorded claimed: its run claimed nothing
+    assert done.lease_owner is None
+    assert len(chat.albums()) == 1
+    assert await balance_and_ledger_sum(app) == (9, 9)
+    await wait_until(lambda_async(lambda: worker.job_counter == 0))  # its place given back
+
+
+async def test_a_plan_a_generation_recorded_claimed_whose_enqueue_fails_runs_on_plan_b(
+    make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate, redis_url: str
+) -> None:
+    """Its record said the worker here runs it, but the enqueue that was to take its job for it
+    failed: the worker never ran it, so it goes back to queued on Plan B, and Plan B's runner claims
+    and runs it; charged once, its place in the worker given back."""
+    app = await make_app(redis_url=redis_url)
+    worker = await embedded_worker_running(app)
+    assert app.queue is not None
+
+    async def no_answer(**call: Any) -> Any:
+        raise ConnectionError("Redis went away")
+
+    app.queue._enqueue_and_take_script = no_answer  # type: ignore[assignment]
+    chat = Chat(telegram)
+    chat.send("/image 1 a fox")
+    [done] = await all_settled(app, 1)
+    assert (done.plan, done.status, done.attempts, done.refunded) == ("B", "done", 1, 0)
+    assert len(chat.albums()) == 1
+    assert len(replicate.creates) == 1
+    assert await balance_and_ledger_sum(app) == (9, 9)
+    assert worker.job_counter == 0 and not worker.tasks
+
+
+def lambda_async(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return condition()
+
+    return check
 
 
 async def test_a_plan_a_generation_cancelled_before_its_job_ran_is_not_run_from_its_record(

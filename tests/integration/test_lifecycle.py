@@ -177,3 +177,29 @@ async def test_on_sqlite_the_claim_mark_and_settle_run_in_the_loops_thread(
         assert set(await StepJournal(db, generation_id).load()) == {lifecycle.DELIVERING_STEP, "notify_done"}
     finally:
         await db.close()
+
+
+async def test_a_generation_recorded_claimed_by_the_worker_here_moves_to_plan_b_queued(db: Database) -> None:
+    """An enqueue that failed after the record claimed the generation for this process's worker (the
+    lease owner "w", its job's first try): it moves to Plan B as queued, for Plan B's runner to
+    claim. A generation that another runner holds, or that was claimed more than once, stays."""
+    now = time.time()
+    recorded_claimed = await record(db, "recorded-claimed", lease_expires_at=now + 30, touched_ago=0)
+    queued = await record(db, "queued", lease_expires_at=None, touched_ago=0, status=GenerationStatus.queued)
+    assert not await lifecycle.move_to_plan_b(db, recorded_claimed)  # not said to be ours: stays
+    assert not await lifecycle.move_to_plan_b(db, recorded_claimed, claimed_by="another")
+
+    assert await lifecycle.move_to_plan_b(db, recorded_claimed, claimed_by="w")
+    assert await lifecycle.move_to_plan_b(db, queued, claimed_by="w")  # queued: moves as ever
+    for generation_id in (recorded_claimed, queued):
+        moved = await get_generation(db, generation_id)
+        assert moved is not None
+        state = (moved.plan, moved.status, moved.attempts, moved.lease_owner, moved.lease_expires_at)
+        assert state == (Plan.B, GenerationStatus.queued, 0, None, None)
+        claim = await lifecycle.claim(db, generation_id, Plan.B, "inline", 60)  # Plan B's runner claims it
+        assert claim is not None and claim.generation.attempts == 1
+
+    claimed_twice = await record(db, "claimed-twice", lease_expires_at=now + 30, touched_ago=0)
+    async with db.transaction() as session:
+        await session.execute(update(Generation).where(Generation.id == claimed_twice).values(attempts=2))
+    assert not await lifecycle.move_to_plan_b(db, claimed_twice, claimed_by="w")  # a worker ran it
