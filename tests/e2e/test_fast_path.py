@@ -345,7 +345,7 @@ async def test_a_plan_a_generation_recorded_while_the_worker_here_has_room_runs_
     assert done.lease_owner is None
     assert len(chat.albums()) == 1
     assert await balance_and_ledger_sum(app) == (9, 9)
-    await wait_until(lambda_async(lambda: worker.job_counter == 0))  # its place given back
+    await wait_until(holds(lambda: worker.job_counter == 0))  # its place given back
 
 
 async def test_a_plan_a_generation_recorded_claimed_whose_enqueue_fails_runs_on_plan_b(
@@ -372,7 +372,9 @@ async def test_a_plan_a_generation_recorded_claimed_whose_enqueue_fails_runs_on_
     assert worker.job_counter == 0 and not worker.tasks
 
 
-def lambda_async(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+def holds(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    """`condition` as `wait_until` asks for it."""
+
     async def check() -> bool:
         return condition()
 
@@ -389,12 +391,6 @@ async def test_a_plan_a_generation_cancelled_before_its_job_ran_is_not_run_from_
     app = await make_app(redis_url=redis_url)
     embedded = app.worker
     assert embedded is not None and app.queue is not None
-
-    def holds(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
-        async def check() -> bool:
-            return condition()
-
-        return check
 
     await wait_until(holds(lambda: embedded.worker is not None and embedded.worker.main_task is not None))
     worker = embedded.worker
