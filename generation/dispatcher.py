@@ -48,7 +48,9 @@ from metrics import InFlight
 class WorkerPlace(Protocol):
     """A place held in the worker this process embeds (jobs/queue.py `HeldPlace`)."""
 
-    owner: str  # whom the job's first try claims as: a generation recorded claimed by it needs no claim
+    # Whom the job's first try claims as: a generation recorded claimed by it needs no claim. None
+    # when it is not to be (its worker's jobs wait for slots now: the claim would be undone).
+    owner: str | None
 
     def give_back(self) -> None: ...
 
@@ -369,7 +371,10 @@ class Dispatcher:
             claimed_by = None if reservation is None else self.inline.owner
         elif self.queue is not None:
             place = await self.queue.hold_place()
-            reservation, claimed_by = place, None if place is None else place.owner
+            if place is not None and place.owner is not None:
+                reservation, claimed_by = place, place.owner
+            elif place is not None:  # recorded queued: the enqueue still takes its job for the worker
+                place.give_back()
         claimed = claimed_by is not None
         request = valid.request
         recorded_at = datetime.now(UTC)  # to the microsecond: the order of the lines for a slot

@@ -159,6 +159,9 @@ class ConcurrencyLimiter:
         self.redis = redis
         self.limits = limits
         self.slot_ttl = slot_ttl
+        # When a generation last had to wait here (time.monotonic()): while lines form, the worker
+        # records no claims for its jobs (jobs/runner.py `PromptWorker.hold_place`).
+        self.last_refusal = float("-inf")
         # Every running job calls these two, each call on its own: batched (jobs/batched_scripts.py),
         # jobs started in waves as each batch came back, and a newcomer's 202 during a Plan A burst
         # took twice as long at p99 (three sittings, PostgreSQL), for no burst run faster.
@@ -189,6 +192,7 @@ class ConcurrencyLimiter:
         full = int(answer[0])
         if full == 0:
             return None
+        self.last_refusal = time.monotonic()
         if full == len(keys):  # the per-minute window: the time it frees is known
             retry_in = max(float(answer[1]) / 1000, 0.5) + random.uniform(0, 0.5)
             return Refusal(limit=f"rate:{provider}", retry_in=retry_in)

@@ -89,7 +89,9 @@ class HeldPlace(Protocol):
     queue_name: str
     in_progress_ms: int
     heeds_aborts: bool
-    owner: str  # whom the job's first try claims as (generation/dispatcher.py `WorkerPlace`)
+    # Whom the job's first try claims as (generation/dispatcher.py `WorkerPlace`); None: its
+    # generation is not to be recorded claimed (the worker's jobs wait for slots now).
+    owner: str | None
 
     def start(self, job_id: str, taken: list[Any], claimed: Claim | None) -> None:
         """Run the job taken (`take`'s answer) in this place; `claimed`: its generation was recorded

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -59,6 +60,9 @@ from settings import Settings
 
 # When the sweep looks for lines with room (every 5 s): a lost wake costs a waiter at most that.
 WAKE_SWEEP_SECONDS = set(range(0, 60, 5))
+
+# How long after a job last had to wait for a slot the worker records no claims for its jobs.
+LINES_FORM_WITHIN = 10.0
 
 # A try must end (settle or ask for a retry) before arq's job timeout cancels it: keep a margin.
 TIMEOUT_MARGIN = 20.0
@@ -519,7 +523,12 @@ class PromptWorker(Worker):
             return None
         await self._hold_place()
         in_progress_ms = int(self.in_progress_timeout_s * 1000)
-        owner = _lease_owner({**self.ctx, "job_try": 1})  # whom its job's first try claims as
+        # Whom its job's first try claims as, which its generation may be recorded claimed by; but
+        # not while jobs here wait for slots: a claim recorded for a job that then waits is undone
+        # (`_unclaim`), a write more for every generation in a long line.
+        limiter: ConcurrencyLimiter | None = self.ctx.get(_LIMITER)
+        lines_form = limiter is not None and time.monotonic() - limiter.last_refusal < LINES_FORM_WITHIN
+        owner = None if lines_form else _lease_owner({**self.ctx, "job_try": 1})
         return _HeldPlace(self, self.queue_name, in_progress_ms, self.allow_abort_jobs, owner)
 
     async def _hold_place(self) -> None:
@@ -713,7 +722,7 @@ class _HeldPlace:
     queue_name: str
     in_progress_ms: int
     heeds_aborts: bool
-    owner: str
+    owner: str | None
 
     def start(self, job_id: str, taken: list[Any], claimed: lifecycle.Claim | None) -> None:
         self.worker._start(job_id, taken, claimed)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,7 +21,7 @@ from arq.worker import func
 from generation.store import Generation, unattached
 from jobs.batched_scripts import BatchedScript
 from jobs.queue import _ENQUEUE_AND_TAKE, JOB_FUNCTION, ArqQueue, EnqueuedHere, deserialize, serialize
-from jobs.runner import _LOOK, PromptWorker
+from jobs.runner import _LIMITER, _LOOK, LINES_FORM_WITHIN, PromptWorker
 from tests.integration.redis_trips import count_round_trips
 
 
@@ -238,3 +240,28 @@ async def test_an_enqueue_leaves_the_places_a_look_on_its_way_may_fill(
         assert worker.job_counter == 2 and worker.sem._value == 1  # never more than its places
         assert nudges == ["nudged"]
         assert not await front.exists(in_progress_key_prefix + "3" * 32)  # left for a later look
+
+
+async def test_a_worker_whose_jobs_wait_for_slots_has_its_places_taken_but_no_claims_recorded(
+    pools: tuple[ArqRedis, ArqRedis],
+) -> None:
+    """Its place still takes the job in the enqueue's trip; but while jobs here wait in lines, a
+    claim recorded for the job would only be undone when it waits too."""
+    _, back = pools
+    async with running_worker(back, Runs()) as worker:
+        limiter = SimpleNamespace(last_refusal=float("-inf"))
+        worker.ctx[_LIMITER] = limiter
+        place = await worker.hold_place()
+        assert place is not None and place.owner == f"{worker.ctx['worker_id']}:1"
+        place.give_back()
+
+        limiter.last_refusal = time.monotonic()  # a job here just had to wait for a slot
+        place = await worker.hold_place()
+        assert place is not None and place.owner is None
+        place.give_back()
+
+        limiter.last_refusal = time.monotonic() - LINES_FORM_WITHIN - 1
+        place = await worker.hold_place()
+        assert place is not None and place.owner is not None
+        place.give_back()
+        assert worker.job_counter == 0
