@@ -21,6 +21,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from arq.connections import ArqRedis
 
@@ -53,56 +54,60 @@ local function heads(line, count, skip, wake)
 end
 """
 
-# KEYS: n slot sets, their n lines, the set of line names, then the per-minute window when ARGV[4] is 1.
-# ARGV: member, now (ms), expiry (ms), has window (0/1), the window's limit, arrival score, n, limits.
-# Answers {0} when every slot is taken, {i, wait ms, place in line, ids to wake...} when slot set i
-# (or the window, i = #KEYS) is full.
-_ACQUIRE = (
+# `acquire(keys, argv)`. keys: n slot sets, their n lines, the set of line names, then the per-minute
+# window when argv[4] is 1. argv: member, now (ms), expiry (ms), has window (0/1), the window's limit,
+# arrival score, n, limits. Answers {0} when every slot is taken, {i, wait ms, place in line, ids to
+# wake...} when slot set i (or the window, i = #keys) is full. A function, so that an enqueue that
+# takes its job for the worker here (jobs/queue.py) takes the job's slots in the same script.
+ACQUIRE_FUNCTION = (
     _COMMON
     + """
-local member, now, expires = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local has_window, arrival, n = ARGV[4] == '1', tonumber(ARGV[6]), tonumber(ARGV[7])
-for i = 1, n do
-  if not redis.call('ZSCORE', KEYS[i], member) then
-    local room = free(KEYS[i], tonumber(ARGV[7 + i]), now)
-    -- those recorded earlier who wait for this slot go first
-    local ahead = redis.call('ZCOUNT', KEYS[n + i], '-inf', '(' .. arrival)
-    if room <= ahead then
-      redis.call('ZADD', KEYS[n + i], 'NX', arrival, member)
-      redis.call('SADD', KEYS[2 * n + 1], KEYS[n + i])
-      local wake = {}
-      for j = 1, n do
-        if j ~= i then
-          redis.call('ZREM', KEYS[n + j], member)
-          -- it may have been woken for line j, which has room its next waiters must hear of
-          heads(KEYS[n + j], free(KEYS[j], tonumber(ARGV[7 + j]), now), member, wake)
+local function acquire(keys, argv)
+  local member, now, expires = argv[1], tonumber(argv[2]), tonumber(argv[3])
+  local has_window, arrival, n = argv[4] == '1', tonumber(argv[6]), tonumber(argv[7])
+  for i = 1, n do
+    if not redis.call('ZSCORE', keys[i], member) then
+      local room = free(keys[i], tonumber(argv[7 + i]), now)
+      -- those recorded earlier who wait for this slot go first
+      local ahead = redis.call('ZCOUNT', keys[n + i], '-inf', '(' .. arrival)
+      if room <= ahead then
+        redis.call('ZADD', keys[n + i], 'NX', arrival, member)
+        redis.call('SADD', keys[2 * n + 1], keys[n + i])
+        local wake = {}
+        for j = 1, n do
+          if j ~= i then
+            redis.call('ZREM', keys[n + j], member)
+            -- it may have been woken for line j, which has room its next waiters must hear of
+            heads(keys[n + j], free(keys[j], tonumber(argv[7 + j]), now), member, wake)
+          end
         end
+        local place = redis.call('ZRANK', keys[n + i], member) + 1
+        return {i, 0, place, unpack(wake)}
       end
-      local place = redis.call('ZRANK', KEYS[n + i], member) + 1
-      return {i, 0, place, unpack(wake)}
     end
   end
-end
-if has_window then
-  local window = KEYS[#KEYS]
-  redis.call('ZREMRANGEBYSCORE', window, '-inf', now - 60000)
-  if not redis.call('ZSCORE', window, member) then
-    if redis.call('ZCARD', window) >= tonumber(ARGV[5]) then
-      local oldest = redis.call('ZRANGE', window, 0, 0, 'WITHSCORES')
-      return {#KEYS, tonumber(oldest[2]) + 60000 - now, 0}
+  if has_window then
+    local window = keys[#keys]
+    redis.call('ZREMRANGEBYSCORE', window, '-inf', now - 60000)
+    if not redis.call('ZSCORE', window, member) then
+      if redis.call('ZCARD', window) >= tonumber(argv[5]) then
+        local oldest = redis.call('ZRANGE', window, 0, 0, 'WITHSCORES')
+        return {#keys, tonumber(oldest[2]) + 60000 - now, 0}
+      end
+      redis.call('ZADD', window, now, member)
+      redis.call('PEXPIRE', window, 61000)
     end
-    redis.call('ZADD', window, now, member)
-    redis.call('PEXPIRE', window, 61000)
   end
+  for i = 1, n do
+    redis.call('ZADD', keys[i], expires, member)
+    redis.call('PEXPIRE', keys[i], expires - now + 1000)
+    redis.call('ZREM', keys[n + i], member)
+  end
+  return {0}
 end
-for i = 1, n do
-  redis.call('ZADD', KEYS[i], expires, member)
-  redis.call('PEXPIRE', KEYS[i], expires - now + 1000)
-  redis.call('ZREM', KEYS[n + i], member)
-end
-return {0}
 """
 )
+_ACQUIRE = ACQUIRE_FUNCTION + "return acquire(KEYS, ARGV)\n"
 
 # `release(keys, argv)`. keys: n slot sets, their n lines, the set of line names. argv: member, now
 # (ms), n, limits. Frees the member's slots and its place in any line; answers the waiters to wake.
@@ -177,6 +182,14 @@ class ConcurrencyLimiter:
     ) -> Refusal | None:
         """Take (or refresh) every slot of this generation; None when taken, else which one is full
         (the generation then waits in its line; `arrival`, when it was recorded, orders the line)."""
+        keys, arguments = self.acquire_call(generation_id, user_id, provider, arrival=arrival)
+        return self.refusal(await self._acquire(keys=keys, args=arguments), user_id, provider)
+
+    def acquire_call(
+        self, generation_id: str, user_id: int, provider: str, *, arrival: float = 0.0
+    ) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments of `ACQUIRE_FUNCTION` that take the generation's slots; its answer
+        read by `refusal` is what `acquire` answers."""
         slots = self._slots(user_id, provider)
         keys = [PREFIX + name for name, _ in slots]
         keys += [LINE_PREFIX + name for name, _ in slots]
@@ -188,12 +201,17 @@ class ConcurrencyLimiter:
         arguments: list[str | int] = [generation_id, now, now + int(self.slot_ttl * 1000)]
         arguments += [1 if rate is not None else 0, rate or 0, int(arrival * 1000), len(slots)]
         arguments += [size for _, size in slots]
-        answer = await self._acquire(keys=keys, args=arguments)
+        return keys, arguments
+
+    def refusal(self, answer: Sequence[Any], user_id: int, provider: str) -> Refusal | None:
+        """`ACQUIRE_FUNCTION`'s answer for this user's generation with this provider: None when every
+        slot was taken, else which limit is full."""
         full = int(answer[0])
         if full == 0:
             return None
         self.last_refusal = time.monotonic()
-        if full == len(keys):  # the per-minute window: the time it frees is known
+        slots = self._slots(user_id, provider)
+        if full > len(slots):  # the per-minute window: the time it frees is known
             retry_in = max(float(answer[1]) / 1000, 0.5) + random.uniform(0, 0.5)
             return Refusal(limit=f"rate:{provider}", retry_in=retry_in)
         wake = arrivals(answer[3:])

@@ -24,7 +24,7 @@ from arq.utils import timestamp_ms
 from generation.lifecycle import Claim
 from generation.store import Generation
 from jobs.batched_scripts import BatchedScript
-from jobs.limits import LINES, PREFIX
+from jobs.limits import ACQUIRE_FUNCTION, LINES, PREFIX
 from metrics import InFlight
 from settings import Settings
 
@@ -82,6 +82,26 @@ return take(KEYS[4], KEYS[3], KEYS[1], KEYS[5], KEYS[6], ARGV[4], ARGV[3], ARGV[
 """
 )
 
+# The same, then the slots of the job taken (jobs/limits.py's `acquire`): KEYS and ARGV go on with the
+# acquire's keys and arguments (from the 7th). Answers the take's answer and, fifth, the acquire's,
+# which the job's run reads instead of asking for its slots itself.
+_ENQUEUE_TAKE_AND_ACQUIRE = (
+    TAKE_FUNCTION
+    + ACQUIRE_FUNCTION
+    + """
+if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+local taken = take(KEYS[4], KEYS[3], KEYS[1], KEYS[5], KEYS[6], ARGV[4], ARGV[3], ARGV[5], ARGV[6])
+if not taken then return taken end
+local keys, argv = {}, {}
+for i = 7, #KEYS do keys[#keys + 1] = KEYS[i] end
+for i = 7, #ARGV do argv[#argv + 1] = ARGV[i] end
+taken[5] = acquire(keys, argv)
+return taken
+"""
+)
+
 
 class HeldPlace(Protocol):
     """A place held in the worker this process embeds, for a job its enqueue takes at once."""
@@ -93,9 +113,14 @@ class HeldPlace(Protocol):
     # generation is not to be recorded claimed (the worker's jobs wait for slots now).
     owner: str | None
 
-    def start(self, job_id: str, taken: list[Any], claimed: Claim | None) -> None:
+    def slots_call(self, generation: Generation) -> tuple[list[str], list[str | int]] | None:
+        """The keys and arguments of the limiter's `acquire` that take this generation's slots, for
+        the enqueue that takes its job to take them too (None: the run takes them)."""
+
+    def start(self, job_id: str, taken: list[Any], claimed: Claim | None, slots: list[Any] | None) -> None:
         """Run the job taken (`take`'s answer) in this place; `claimed`: its generation was recorded
-        claimed by `owner`, and the run needs no claim of its own."""
+        claimed by `owner`, and the run needs no claim of its own; `slots`: the limiter's answer as
+        the enqueue asked for its slots (`slots_call`), which the run reads instead of asking."""
 
     def give_back(self) -> None:
         """The job was not taken: the place is free again."""
@@ -214,6 +239,7 @@ class ArqQueue:
         # Enqueues made while one is on its way go to Redis together (a burst's intakes).
         self._enqueue_script = BatchedScript(pool, _ENQUEUE)
         self._enqueue_and_take_script = BatchedScript(pool, _ENQUEUE_AND_TAKE)
+        self._enqueue_take_and_acquire_script = BatchedScript(pool, _ENQUEUE_TAKE_AND_ACQUIRE)
 
     async def hold_place(self) -> HeldPlace | None:
         """A place in the worker this process embeds (`worker_here`), when it runs and has one free,
@@ -242,7 +268,8 @@ class ArqQueue:
         same check and writes, atomic as a script is, in one.
 
         With a place held in the worker here (`place`, or one `hold_place` finds now) the same script
-        takes the job for it, which starts there at once: True. Otherwise, or when the job was there
+        takes the job for it, which starts there at once: True; and, for a generation `recorded` here,
+        the job's concurrency slots too, when they are free. Otherwise, or when the job was there
         already, it waits in the queue for a worker's look: False (the place given back)."""
         now_ms = timestamp_ms()
         job = serialize_job(
@@ -262,8 +289,15 @@ class ArqQueue:
             return False
         keys += [in_progress_key_prefix + generation_id, retry_key_prefix + generation_id, abort_jobs_ss]
         arguments += [place.in_progress_ms, 1 if place.heeds_aborts else 0]
+        # Its slots taken in the same trip, where the run would make a trip of its own for them.
+        slots = None if recorded is None else place.slots_call(recorded)
+        script = self._enqueue_and_take_script
+        if slots is not None:
+            keys += slots[0]
+            arguments += slots[1]
+            script = self._enqueue_take_and_acquire_script
         try:
-            taken = await self._enqueue_and_take_script(keys=keys, args=arguments)
+            taken = await script(keys=keys, args=arguments)
         except BaseException:
             # Not sent, or its answer lost: the job, if it was taken, runs when its mark expires
             # (the dispatcher meanwhile runs the generation on Plan B, and the job then ends).
@@ -275,7 +309,7 @@ class ArqQueue:
             return False
         if claimed is None and recorded is not None and self.enqueued_here is not None:
             self.enqueued_here.put(recorded)  # before its job starts, which takes it from there
-        place.start(generation_id, taken, claimed)
+        place.start(generation_id, taken[:4], claimed, None if slots is None else taken[4])
         return True
 
     def _enqueued(self, recorded: Generation | None) -> None:

@@ -61,6 +61,10 @@ from settings import Settings
 # When the sweep looks for lines with room (every 5 s): a lost wake costs a waiter at most that.
 WAKE_SWEEP_SECONDS = set(range(0, 60, 5))
 
+# The workers that look at a queue (with room for its jobs), by queue name: a sorted set of worker
+# names scored by until when their last look tells that they look (`PromptWorker.places`).
+LOOKING_PREFIX = "aibot:looking:"
+
 # How long after a job last had to wait for a slot the worker records no claims for its jobs.
 LINES_FORM_WITHIN = 10.0
 
@@ -85,17 +89,24 @@ async def _run_try(ctx: dict[str, Any], services: Services, generation: Generati
     settings = services.settings
     generation_id = generation.id
     job_try: int = ctx.get("job_try", 1)
-    if generation.plan != Plan.A:
-        # Its enqueue looked failed, so it moved to Plan B, yet the job reached Redis: not ours.
-        return "on Plan B"
     provider = services.catalog.provider_of(generation.model)
     limiter = _limiter(ctx, settings)
+    # Its slots asked for by its enqueue (`_follow_the_job`): the limiter's answer then, not asked again.
+    slots_answer: list[Any] | None = ctx.pop(_SLOTS_AT_ENQUEUE, None)
+    if generation.plan != Plan.A:
+        # Its enqueue looked failed, so it moved to Plan B, yet the job reached Redis: not ours. The
+        # enqueue may have taken its slots meanwhile (Plan B's are in its process): given back.
+        await _release(ctx, limiter, generation, provider)
+        return "on Plan B"
     # Recorded claimed for this try (`_follow_the_job`): its run claims nothing, unless it waits.
     claimed: lifecycle.Claim | None = ctx.pop(_CLAIMED, None)
     if not GenerationStatus(generation.status).is_final:
         arrival = as_utc(generation.created_at).timestamp()
         try:
-            refusal = await limiter.acquire(generation.id, generation.user_id, provider, arrival=arrival)
+            if slots_answer is not None:
+                refusal = limiter.refusal(slots_answer, generation.user_id, provider)
+            else:
+                refusal = await limiter.acquire(generation.id, generation.user_id, provider, arrival=arrival)
         except RedisError as error:  # Redis went away under this job: come back when it may be back
             metrics.DEFERRALS.labels(generation.kind, Plan.A.value, "redis_unavailable").inc()
             await _unclaim(services, claimed, ctx)
@@ -172,6 +183,8 @@ _READ_AT_START = "generation_read_at_start"
 _LOG_CONTEXT = "log_context"
 # In a job's ctx: its generation as recorded claimed for it (`_follow_the_job`), for its run.
 _CLAIMED = "claimed_at_record"
+# In a job's ctx: the limiter's answer as its enqueue asked for its slots (`_follow_the_job`), for its run.
+_SLOTS_AT_ENQUEUE = "slots_at_enqueue"
 # In the worker's ctx when its process enqueues jobs too (`aibot run`'s embedded worker).
 _ENQUEUED_HERE = "enqueued_here"
 # In the worker's ctx: its limiter, one for all its jobs rather than one built by each job.
@@ -192,7 +205,10 @@ async def _follow_the_job(ctx: dict[str, Any]) -> None:
         return
     enqueued_here: EnqueuedHere | None = ctx.get(_ENQUEUED_HERE)
     generation = None
-    claimed = _CLAIMED_AT_RECORD.get()
+    taken = _TAKEN_AT_ENQUEUE.get()
+    if taken is not None and taken.job_id == job_id and ctx.get("job_try", 1) == 1:
+        ctx[_SLOTS_AT_ENQUEUE] = taken.slots
+    claimed = None if taken is None else taken.claimed
     if claimed is not None and claimed.generation.id == job_id and _claimed_for(claimed, ctx):
         ctx[_CLAIMED] = claimed  # recorded claimed for this try: no claim of its own
         generation = claimed.generation
@@ -344,13 +360,16 @@ return take(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[
 """
 )
 # A worker's look at the queue, its takes and its read of the jobs asked to abort in one script. KEYS:
-# the queue, the set of jobs asked to abort. ARGV: now (ms), where to start reading the queue and how
-# many to read, how many may be taken (the places free), the in-progress mark's time to live (ms), 1
-# when the worker heeds aborts, 1 when it reads the jobs asked to abort, the score from which those
-# are forgotten, then arq's prefixes of the in-progress, job and retry keys. The due jobs are read as
-# arq's look reads them, and taken in their order (`take`) until the places are filled; the keys of
-# each are made here from its id, as arq makes them. Answers the jobs taken, each as its id then
-# `take`'s answer, and the jobs asked to abort.
+# the queue, the set of jobs asked to abort, the workers looking. ARGV: now (ms), where to start
+# reading the queue and how many to read, how many may be taken (the places free), the in-progress
+# mark's time to live (ms), 1 when the worker heeds aborts, 1 when it reads the jobs asked to abort,
+# the score from which those are forgotten, then arq's prefixes of the in-progress, job and retry
+# keys, then the worker's name and until when (ms) its look tells that it looks. The due jobs are
+# read as arq's look reads them, and taken in their order (`take`) until the places are filled; the
+# keys of each are made here from its id, as arq makes them. A worker with places free is noted among
+# the workers looking (a sorted set scored by until when), one without is taken off. Answers the jobs
+# taken, each as its id then `take`'s answer, the jobs asked to abort, and how many other workers
+# look at the queue.
 _LOOK = (
     TAKE_FUNCTION
     + """
@@ -369,7 +388,16 @@ if ARGV[7] == '1' then
   aborts = redis.call('zrange', KEYS[2], 0, -1)
   redis.call('zremrangebyscore', KEYS[2], ARGV[8], '+inf')
 end
-return {taken, aborts}
+redis.call('zremrangebyscore', KEYS[3], '-inf', ARGV[1])
+if places > 0 then
+  redis.call('zadd', KEYS[3], ARGV[13], ARGV[12])
+  redis.call('pexpire', KEYS[3], 60000)
+else
+  redis.call('zrem', KEYS[3], ARGV[12])
+end
+local others = redis.call('zcard', KEYS[3])
+if places > 0 then others = others - 1 end
+return {taken, aborts, others}
 """
 )
 
@@ -419,8 +447,16 @@ class PromptWorker(Worker):
     idle: the worker `aibot run` embeds is nudged by its own front's enqueue, so a job it enqueued
     starts now rather than at the next look (half a poll later on average)."""
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *, places_alone: int = 0, **options: Any) -> None:
         super().__init__(**options)
+        # Its places (`places`): arq's `max_jobs` while another worker looks at the queue, so that a
+        # job goes to whichever has room first, but `places_alone` while none does (nobody else would
+        # take the job sooner; this process's runs share its event loop's time, generation/pace.py).
+        self.places_alone = max(self.max_jobs, places_alone)
+        self.sem = asyncio.BoundedSemaphore(self.places_alone + 1)
+        self._others_look = True  # until its first look tells
+        # How long a look tells others that it looks: a worker with room looks every poll_delay.
+        self._looks_within_ms = max(1000, int(self.poll_delay_s * 5000))
         # Its runs claim generations in its name (`_lease_owner`); `worker_options` names it.
         self.ctx.setdefault("worker_id", f"worker-{uuid.uuid4().hex[:8]}")
         self._nudged = asyncio.Event()
@@ -434,6 +470,11 @@ class PromptWorker(Worker):
         self._finish_and_release: BatchedScript | None = None
         self._releases: dict[str, tuple[list[str], list[str | int]]] = {}
         self.ctx[_RELEASE_AT_FINISH] = self._releases
+
+    def places(self) -> int:
+        """How many jobs it runs at once: `max_jobs` while another worker looks at the queue (as its
+        last look found), else `places_alone`."""
+        return self.max_jobs if self._others_look else self.places_alone
 
     def nudge(self) -> None:
         # Only an idle worker: a busy one looks again as its jobs end, and a burst of enqueues must
@@ -455,10 +496,10 @@ class PromptWorker(Worker):
         while waiting:
             taking: list[str] = []
             for job_id in waiting:
-                # arq's count of the places: its semaphore has one more than `max_jobs`, so this never
-                # waits; a place is held from here until the job ends or was not taken.
+                # arq's count of the places: its semaphore has one more than the most places, so this
+                # never waits; a place is held from here until the job ends or was not taken.
                 await self.sem.acquire()
-                if self.job_counter >= self.max_jobs:
+                if self.job_counter >= self.places():
                     self.sem.release()
                     break
                 self.job_counter += 1
@@ -519,7 +560,7 @@ class PromptWorker(Worker):
         takes jobs and has one free; the enqueue then takes its job for it in its own trip."""
         if not (self._running and self.allow_pick_jobs):
             return None
-        if self.job_counter + self._promised_to_look >= self.max_jobs:
+        if self.job_counter + self._promised_to_look >= self.places():
             return None
         await self._hold_place()
         in_progress_ms = int(self.in_progress_timeout_s * 1000)
@@ -533,16 +574,16 @@ class PromptWorker(Worker):
 
     async def _hold_place(self) -> None:
         """Hold one of the worker's places (arq's count, and its semaphore, which has one more than
-        `max_jobs`, so this never waits while a place is free) until its job ends."""
+        the most places, so this never waits while a place is free) until its job ends."""
         await self.sem.acquire()
         self.job_counter += 1
 
-    def _start(self, job_id: str, taken: list[Any], claimed: lifecycle.Claim | None = None) -> None:
-        """Run a job taken (`take`'s answer), in the place held for it; `claimed`: its generation as
-        recorded claimed for this job's first try (`hold_place`)."""
+    def _start(self, job_id: str, taken: list[Any], at_enqueue: _TakenAtEnqueue | None = None) -> None:
+        """Run a job taken (`take`'s answer), in the place held for it; `at_enqueue`: what its enqueue
+        here took with it (`hold_place`)."""
         score, job, job_try, aborted = taken
         read = _ReadAtTake([job or None, job_try, True, aborted])
-        task = self.loop.create_task(self._run_job_read(job_id, int(float(score)), read, claimed))
+        task = self.loop.create_task(self._run_job_read(job_id, int(float(score)), read, at_enqueue))
         task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
         self.tasks[job_id] = task
 
@@ -554,11 +595,13 @@ class PromptWorker(Worker):
             self._look_script = BatchedScript(self.pool, _LOOK)
         # The places free now are promised to this look until its answer comes: the worker's loop
         # makes one look at a time, and an enqueue here (`hold_place`) takes only places beyond them.
-        places = min(self.max_jobs - self.job_counter, self.queue_read_limit)
+        # None when it is full for now (`max_jobs` while others look): it reads no job, and tells
+        # the others it has no room, but hears whether they still look.
+        places = max(min(self.places() - self.job_counter, self.queue_read_limit), 0)
         arguments = [
             timestamp_ms(),
             self._queue_read_offset,
-            self.queue_read_limit,
+            self.queue_read_limit if places else 0,
             places,
             int(self.in_progress_timeout_s * 1000),
             1 if self.allow_abort_jobs else 0,
@@ -568,24 +611,26 @@ class PromptWorker(Worker):
             job_key_prefix,
             retry_key_prefix,
         ]
-        keys = [self.queue_name, abort_jobs_ss]
+        arguments += [self.ctx["worker_id"], timestamp_ms() + self._looks_within_ms]
+        keys = [self.queue_name, abort_jobs_ss, LOOKING_PREFIX + self.queue_name]
         self._promised_to_look = places
         try:
-            taken, abort_job_ids = await self._look_script(keys=keys, args=arguments)
+            taken, abort_job_ids, others = await self._look_script(keys=keys, args=arguments)
         finally:
             self._promised_to_look = 0
+        self._others_look = int(others) > 0
         for job_id, answer in taken:
             await self._hold_place()
             self._start(job_id.decode(), answer)
         return list(abort_job_ids)
 
     async def _run_job_read(
-        self, job_id: str, score: int, read: _ReadAtTake, claimed: lifecycle.Claim | None = None
+        self, job_id: str, score: int, read: _ReadAtTake, at_enqueue: _TakenAtEnqueue | None = None
     ) -> None:
-        """arq's `run_job`, its first read of the job answered by what the take read (`pool`); the
-        generation recorded claimed for it, if it was, for its start (`_follow_the_job`)."""
+        """arq's `run_job`, its first read of the job answered by what the take read (`pool`); what
+        its enqueue here took with it, if it did, for its start (`_follow_the_job`)."""
         _READ_AT_TAKE.set(read)
-        _CLAIMED_AT_RECORD.set(claimed)
+        _TAKEN_AT_ENQUEUE.set(at_enqueue)
         await self.run_job(job_id, score)
 
     @property
@@ -650,8 +695,10 @@ class PromptWorker(Worker):
         """arq's look at the queue, but with places free the due jobs are read and taken, and with
         jobs running here the jobs asked to abort read, in one trip to Redis (`_look`), where arq
         makes three, one after the other (a busy worker looks every `poll_delay`, 20 ms by default).
-        A full worker only asks for the jobs asked to abort, as arq's does (`_cancel_aborted_jobs`)."""
-        looks = self.allow_pick_jobs and self.job_counter < self.max_jobs
+        A worker full with every place it may have only asks for the jobs asked to abort, as arq's
+        does (`_cancel_aborted_jobs`); one full at `max_jobs` while others look still looks, for
+        nothing but whether they do: once none does, its next look fills the places it has alone."""
+        looks = self.allow_pick_jobs and self.job_counter < self.places_alone
         if self.burst or not looks:
             await super()._poll_iteration()
             return
@@ -724,17 +771,38 @@ class _HeldPlace:
     heeds_aborts: bool
     owner: str | None
 
-    def start(self, job_id: str, taken: list[Any], claimed: lifecycle.Claim | None) -> None:
-        self.worker._start(job_id, taken, claimed)
+    def slots_call(self, generation: Generation) -> tuple[list[str], list[str | int]] | None:
+        limiter: ConcurrencyLimiter | None = self.worker.ctx.get(_LIMITER)
+        services: Services | None = self.worker.ctx.get("services")
+        if limiter is None or services is None:
+            return None
+        provider = services.catalog.provider_of(generation.model)
+        arrival = as_utc(generation.created_at).timestamp()
+        return limiter.acquire_call(generation.id, generation.user_id, provider, arrival=arrival)
+
+    def start(
+        self, job_id: str, taken: list[Any], claimed: lifecycle.Claim | None, slots: list[Any] | None
+    ) -> None:
+        self.worker._start(job_id, taken, _TakenAtEnqueue(job_id, claimed, slots))
 
     def give_back(self) -> None:
         self.worker._release_sem_dec_counter_on_complete()
 
 
+@dataclass(frozen=True)
+class _TakenAtEnqueue:
+    """What an enqueue here took with a job for its first try: its generation as recorded claimed for
+    it (`claimed`), and the limiter's answer as it asked for the job's slots (`slots`)."""
+
+    job_id: str
+    claimed: lifecycle.Claim | None
+    slots: list[Any] | None
+
+
 # In a job's task as it starts (`PromptWorker._run_job_read`): what the take read for arq's `run_job`.
-# In a job's task as it starts: its generation as recorded claimed for this job (its first try).
-_CLAIMED_AT_RECORD: contextvars.ContextVar[lifecycle.Claim | None] = contextvars.ContextVar(
-    "claimed_at_record", default=None
+# In a job's task as it starts: what its enqueue here took with it (its first try).
+_TAKEN_AT_ENQUEUE: contextvars.ContextVar[_TakenAtEnqueue | None] = contextvars.ContextVar(
+    "taken_at_enqueue", default=None
 )
 _READ_AT_TAKE: contextvars.ContextVar[_ReadAtTake | None] = contextvars.ContextVar(
     "read_at_take", default=None
@@ -792,7 +860,7 @@ def build_worker(
     options["ctx"]["services"] = services
     if enqueued_here is not None:
         options["ctx"][_ENQUEUED_HERE] = enqueued_here
-    return PromptWorker(**options, handle_signals=False)
+    return PromptWorker(**options, places_alone=settings.limit_overall, handle_signals=False)
 
 
 class SupervisedWorker:

@@ -86,13 +86,14 @@ async def test_plan_a_waiters_cost_no_polling_and_are_served_in_order(
     """One provider slot, eight users: seven wait in the provider's line. While they wait nobody
     looks at the limiter again (no polling); each slot freed goes to the next recorded."""
     looks: list[str] = []
-    acquire = ConcurrencyLimiter.acquire
+    acquire_call = ConcurrencyLimiter.acquire_call
 
-    async def counted(self: ConcurrencyLimiter, generation_id: str, *args: Any, **kwargs: Any) -> Any:
+    # Every look at the limiter, a run's or the one an enqueue makes for the job it takes.
+    def counted(self: ConcurrencyLimiter, generation_id: str, *args: Any, **kwargs: Any) -> Any:
         looks.append(generation_id)
-        return await acquire(self, generation_id, *args, **kwargs)
+        return acquire_call(self, generation_id, *args, **kwargs)
 
-    monkeypatch.setattr(ConcurrencyLimiter, "acquire", counted)
+    monkeypatch.setattr(ConcurrencyLimiter, "acquire_call", counted)
     app = await make_app(redis_url=redis_url, limit_replicate=1, job_wait_budget=0.1, long_wait_poll=0.2)
     holds = [asyncio.Event() for _ in range(8)]
     replicate.script(FLUX, *[Outcome(hold=hold) for hold in holds])

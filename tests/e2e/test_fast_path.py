@@ -14,12 +14,14 @@ from typing import Any
 
 import asyncpg
 import pytest
+from arq.constants import in_progress_key_prefix
 from sqlalchemy import event, select
 
 from app import App
 from generation import lifecycle
 from generation.store import Database, Generation, User, get_generation
 from jobs import limits
+from jobs.limits import ConcurrencyLimiter
 from jobs.runner import PromptWorker
 from tests.conftest import AppFactory, wait_until
 from tests.e2e.helpers import (
@@ -362,6 +364,7 @@ async def test_a_plan_a_generation_recorded_claimed_whose_enqueue_fails_runs_on_
         raise ConnectionError("Redis went away")
 
     app.queue._enqueue_and_take_script = no_answer  # type: ignore[assignment]
+    app.queue._enqueue_take_and_acquire_script = no_answer  # type: ignore[assignment]
     chat = Chat(telegram)
     chat.send("/image 1 a fox")
     [done] = await all_settled(app, 1)
@@ -420,3 +423,91 @@ async def test_a_plan_a_generation_cancelled_before_its_job_ran_is_not_run_from_
             assert await pool.zscore(key, generation.id) is None, key
     assert chat.albums() == []
     assert await balance_and_ledger_sum(app) == (10, 10)
+
+
+async def slots_held_by(pool: Any, generation_id: str) -> list[str]:
+    """The limiter's slot sets (not the lines, nor the window of creates per minute) that hold it."""
+    held = []
+    for key in await pool.keys(f"{limits.PREFIX}*"):
+        name = key.decode()
+        if name == limits.LINES or name.startswith((limits.LINE_PREFIX, f"{limits.PREFIX}rate:")):
+            continue
+        if await pool.zscore(key, generation_id) is not None:
+            held.append(name)
+    return sorted(held)
+
+
+async def test_a_plan_a_job_taken_at_its_enqueue_takes_its_slots_in_the_same_trip(
+    make_app: AppFactory,
+    telegram: FakeTelegram,
+    replicate: FakeReplicate,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The enqueue that takes a job for the worker here takes the job's concurrency slots in the same
+    script: the run asks the limiter nothing, holds them while the provider works, and gives them
+    back as it ends."""
+    asked: list[str] = []
+    acquire = ConcurrencyLimiter.acquire
+
+    async def counted(self: ConcurrencyLimiter, generation_id: str, *args: Any, **kwargs: Any) -> Any:
+        asked.append(generation_id)
+        return await acquire(self, generation_id, *args, **kwargs)
+
+    monkeypatch.setattr(ConcurrencyLimiter, "acquire", counted)
+    app = await make_app(redis_url=redis_url)
+    await embedded_worker_running(app)
+    assert app.queue is not None
+    hold = asyncio.Event()
+    replicate.script(FLUX, Outcome(hold=hold))
+    chat = Chat(telegram)
+    chat.send("/image 1 a fox")
+    await replicate.wait_for_create(1, timeout=20)
+    [running] = await generations_of(app)
+    assert await slots_held_by(app.queue.pool, running.id) == [
+        f"{limits.PREFIX}global",
+        f"{limits.PREFIX}provider:replicate",
+        f"{limits.PREFIX}user:{running.user_id}",
+    ]
+    hold.set()
+    [done] = await all_settled(app, 1)
+    assert (done.plan, done.status, done.attempts) == ("A", "done", 1)
+    assert asked == []  # the run took no slot of its own: its enqueue had
+    await wait_until(lambda: _no_slots(app, done.id))
+    assert len(chat.albums()) == 1
+    assert await balance_and_ledger_sum(app) == (9, 9)
+
+
+async def _no_slots(app: App, generation_id: str) -> bool:
+    assert app.queue is not None
+    return await slots_held_by(app.queue.pool, generation_id) == []
+
+
+async def test_a_job_whose_enqueue_took_its_slots_but_looked_failed_gives_them_back(
+    make_app: AppFactory, telegram: FakeTelegram, replicate: FakeReplicate, redis_url: str
+) -> None:
+    """The enqueue's script ran (its job taken, its slots too) but its answer was lost: the generation
+    runs on Plan B. When its job runs at last, it finds the generation on Plan B and gives back the
+    slots its enqueue took, which would otherwise hold the user's and the provider's places until
+    they expired."""
+    app = await make_app(redis_url=redis_url)
+    worker = await embedded_worker_running(app)
+    assert app.queue is not None
+    script = app.queue._enqueue_take_and_acquire_script
+
+    async def answer_lost(**call: Any) -> Any:
+        await script(**call)
+        raise ConnectionError("Redis went away")
+
+    app.queue._enqueue_take_and_acquire_script = answer_lost  # type: ignore[assignment]
+    chat = Chat(telegram)
+    chat.send("/image 1 a fox")
+    [done] = await all_settled(app, 1)
+    assert (done.plan, done.status, done.attempts, done.refunded) == ("B", "done", 1, 0)
+    pool = app.queue.pool
+    assert len(await slots_held_by(pool, done.id)) == 3  # taken by the enqueue, never run
+    await pool.delete(in_progress_key_prefix + done.id)  # its mark runs out: a look takes the job
+    await wait_until(lambda: _no_slots(app, done.id))
+    await wait_until(holds(lambda: worker.job_counter == 0 and worker.jobs_complete >= 1))
+    assert len(replicate.creates) == 1
+    assert await balance_and_ledger_sum(app) == (9, 9)

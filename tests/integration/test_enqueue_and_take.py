@@ -21,7 +21,7 @@ from arq.worker import func
 from generation.store import Generation, unattached
 from jobs.batched_scripts import BatchedScript
 from jobs.queue import _ENQUEUE_AND_TAKE, JOB_FUNCTION, ArqQueue, EnqueuedHere, deserialize, serialize
-from jobs.runner import _LIMITER, _LOOK, LINES_FORM_WITHIN, PromptWorker
+from jobs.runner import _LIMITER, _LOOK, LINES_FORM_WITHIN, LOOKING_PREFIX, PromptWorker
 from tests.integration.redis_trips import count_round_trips
 
 
@@ -57,7 +57,9 @@ class Runs:
 
 
 @contextlib.asynccontextmanager
-async def running_worker(pool: ArqRedis, runs: Runs, max_jobs: int = 5) -> AsyncIterator[PromptWorker]:
+async def running_worker(
+    pool: ArqRedis, runs: Runs, max_jobs: int = 5, places_alone: int = 0
+) -> AsyncIterator[PromptWorker]:
     """A worker looping as `aibot run`'s does, but looking at the queue only every 30 s: a job it
     runs within a test was taken for it by the enqueue."""
     worker = PromptWorker(
@@ -67,6 +69,7 @@ async def running_worker(pool: ArqRedis, runs: Runs, max_jobs: int = 5) -> Async
         job_serializer=serialize,
         job_deserializer=deserialize,
         max_jobs=max_jobs,
+        places_alone=places_alone,
         poll_delay=30,
         allow_abort_jobs=True,
     )
@@ -265,3 +268,64 @@ async def test_a_worker_whose_jobs_wait_for_slots_has_its_places_taken_but_no_cl
         assert place is not None and place.owner is not None
         place.give_back()
         assert worker.job_counter == 0
+
+
+def _ids(first: int, count: int) -> list[str]:
+    return [f"{index:032x}" for index in range(first, first + count)]
+
+
+async def test_a_worker_no_other_looks_beside_takes_jobs_past_max_jobs(
+    pools: tuple[ArqRedis, ArqRedis],
+) -> None:
+    """Alone at the queue, the worker here takes every job its front enqueues, up to `places_alone`:
+    nobody else would take them sooner, and each one left for a look would cost a trip and a claim."""
+    front, back = pools
+    runs = Runs()
+    runs.gate.clear()
+    async with running_worker(back, runs, max_jobs=2, places_alone=4) as worker:
+        queue, nudges = queue_with(front, worker)
+        assert worker.places() == 4  # its first look found no other worker
+        looking = await front.zrange(LOOKING_PREFIX + default_queue_name, 0, -1, withscores=True)
+        assert [name.decode() for name, _ in looking] == [worker.ctx["worker_id"]]
+        assert looking[0][1] > time.time() * 1000  # told until a while from now
+
+        for generation_id in _ids(1, 5):
+            await queue.enqueue(generation_id, recorded(generation_id))
+
+        assert sorted(worker.tasks) == _ids(1, 4) and worker.job_counter == 4
+        assert nudges == ["nudged"]  # the fifth waits in the queue
+        assert not await front.exists(in_progress_key_prefix + _ids(5, 1)[0])
+
+
+async def test_a_worker_takes_max_jobs_while_another_looks_and_more_once_it_stops(
+    pools: tuple[ArqRedis, ArqRedis],
+) -> None:
+    """While another worker looks at the queue (it has room), the worker here keeps to `max_jobs`: the
+    rest of a burst goes to whichever has room first. Once the other no longer looks (it stopped, or
+    it is full), the next look here takes what waits."""
+    front, back = pools
+    runs = Runs()
+    runs.gate.clear()
+    looking = LOOKING_PREFIX + default_queue_name
+    await front.zadd(looking, {"another-worker": time.time() * 1000 + 60_000})
+    async with running_worker(back, runs, max_jobs=2, places_alone=4) as worker:
+        queue, nudges = queue_with(front, worker)
+        assert worker.places() == 2
+
+        for generation_id in _ids(11, 4):
+            await queue.enqueue(generation_id, recorded(generation_id))
+
+        assert sorted(worker.tasks) == _ids(11, 2) and worker.job_counter == 2
+        assert nudges == ["nudged", "nudged"]
+        for waiting in _ids(13, 2):  # for any worker's look
+            assert not await front.exists(in_progress_key_prefix + waiting)
+
+        await worker._poll_iteration()  # full for now: it takes nothing, and says it has no room
+        assert sorted(worker.tasks) == _ids(11, 2)
+        assert [name.decode() for name in await front.zrange(looking, 0, -1)] == ["another-worker"]
+
+        await front.zrem(looking, "another-worker")
+        await worker._poll_iteration()  # hears that nobody else looks
+        assert worker.places() == 4
+        await worker._poll_iteration()
+        assert sorted(worker.tasks) == _ids(11, 4) and worker.job_counter == 4
