@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from app import App
@@ -124,3 +126,26 @@ async def journal_of(app: App, generation_id: str) -> dict[str, Any]:
             select(Step.name, Step.result).where(Step.generation_id == generation_id)
         )
         return {name: result for name, result in rows}
+
+
+def generation_ids_passed_to(monkeypatch: pytest.MonkeyPatch, target: Any, name: str) -> list[str]:
+    """Patches `target.name` (a function, or a class's method, whose second argument is a generation
+    id: `lifecycle.claim(db, id, ...)`, `ConcurrencyLimiter.acquire(self, id, ...)`) to note the id of
+    each call, and answers the list it fills; the call itself goes on as before."""
+    seen: list[str] = []
+    original = getattr(target, name)
+    if inspect.iscoroutinefunction(original):
+
+        async def noted_async(first: Any, generation_id: str, *args: Any, **kwargs: Any) -> Any:
+            seen.append(generation_id)
+            return await original(first, generation_id, *args, **kwargs)
+
+        monkeypatch.setattr(target, name, noted_async)
+    else:
+
+        def noted(first: Any, generation_id: str, *args: Any, **kwargs: Any) -> Any:
+            seen.append(generation_id)
+            return original(first, generation_id, *args, **kwargs)
+
+        monkeypatch.setattr(target, name, noted)
+    return seen

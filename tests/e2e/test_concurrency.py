@@ -4,13 +4,12 @@ their turn without failing."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 
 from jobs.limits import ConcurrencyLimiter
 from tests.conftest import AppFactory
-from tests.e2e.helpers import Chat, all_settled
+from tests.e2e.helpers import Chat, all_settled, generation_ids_passed_to
 from tests.fakes.replicate import FakeReplicate, Outcome
 from tests.fakes.telegram import FakeTelegram
 
@@ -85,15 +84,8 @@ async def test_plan_a_waiters_cost_no_polling_and_are_served_in_order(
 ) -> None:
     """One provider slot, eight users: seven wait in the provider's line. While they wait nobody
     looks at the limiter again (no polling); each slot freed goes to the next recorded."""
-    looks: list[str] = []
-    acquire_call = ConcurrencyLimiter.acquire_call
-
     # Every look at the limiter, a run's or the one an enqueue makes for the job it takes.
-    def counted(self: ConcurrencyLimiter, generation_id: str, *args: Any, **kwargs: Any) -> Any:
-        looks.append(generation_id)
-        return acquire_call(self, generation_id, *args, **kwargs)
-
-    monkeypatch.setattr(ConcurrencyLimiter, "acquire_call", counted)
+    looks = generation_ids_passed_to(monkeypatch, ConcurrencyLimiter, "acquire_call")
     app = await make_app(redis_url=redis_url, limit_replicate=1, job_wait_budget=0.1, long_wait_poll=0.2)
     holds = [asyncio.Event() for _ in range(8)]
     replicate.script(FLUX, *[Outcome(hold=hold) for hold in holds])

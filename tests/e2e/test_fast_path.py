@@ -17,9 +17,10 @@ import pytest
 from arq.constants import in_progress_key_prefix
 from sqlalchemy import event, select
 
+import jobs.runner
 from app import App
 from generation import lifecycle
-from generation.store import Database, Generation, User, get_generation
+from generation.store import User
 from jobs import limits
 from jobs.limits import ConcurrencyLimiter
 from jobs.runner import PromptWorker
@@ -29,6 +30,7 @@ from tests.e2e.helpers import (
     album_images,
     all_settled,
     balance_and_ledger_sum,
+    generation_ids_passed_to,
     generations_of,
     journal_of,
 )
@@ -286,14 +288,7 @@ async def test_a_plan_a_job_enqueued_here_takes_its_generation_as_recorded_not_r
     redis_url: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    reads: list[str] = []
-    read = get_generation
-
-    async def counted(db: Database, generation_id: str) -> Generation | None:
-        reads.append(generation_id)
-        return await read(db, generation_id)
-
-    monkeypatch.setattr("jobs.runner.get_generation", counted)
+    reads = generation_ids_passed_to(monkeypatch, jobs.runner, "get_generation")
     app = await make_app(redis_url=redis_url)
     assert app.worker is not None
     chat = Chat(telegram)
@@ -329,14 +324,7 @@ async def test_a_plan_a_generation_recorded_while_the_worker_here_has_room_runs_
     """As a Plan B generation with room is recorded claimed by its runner, a Plan A one is recorded
     claimed by the worker this process embeds when it holds a place for its job: the enqueue takes
     the job for it, and the run goes straight to the provider, with no write of its own before."""
-    claims: list[str] = []
-    claim = lifecycle.claim
-
-    async def counted(db: Database, generation_id: str, *args: Any, **kwargs: Any) -> Any:
-        claims.append(generation_id)
-        return await claim(db, generation_id, *args, **kwargs)
-
-    monkeypatch.setattr(lifecycle, "claim", counted)
+    claims = generation_ids_passed_to(monkeypatch, lifecycle, "claim")
     app = await make_app(redis_url=redis_url)
     worker = await embedded_worker_running(app)
     chat = Chat(telegram)
@@ -447,14 +435,7 @@ async def test_a_plan_a_job_taken_at_its_enqueue_takes_its_slots_in_the_same_tri
     """The enqueue that takes a job for the worker here takes the job's concurrency slots in the same
     script: the run asks the limiter nothing, holds them while the provider works, and gives them
     back as it ends."""
-    asked: list[str] = []
-    acquire = ConcurrencyLimiter.acquire
-
-    async def counted(self: ConcurrencyLimiter, generation_id: str, *args: Any, **kwargs: Any) -> Any:
-        asked.append(generation_id)
-        return await acquire(self, generation_id, *args, **kwargs)
-
-    monkeypatch.setattr(ConcurrencyLimiter, "acquire", counted)
+    asked = generation_ids_passed_to(monkeypatch, ConcurrencyLimiter, "acquire")
     app = await make_app(redis_url=redis_url)
     await embedded_worker_running(app)
     assert app.queue is not None
