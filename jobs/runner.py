@@ -595,8 +595,8 @@ class PromptWorker(Worker):
             self._look_script = BatchedScript(self.pool, _LOOK)
         # The places free now are promised to this look until its answer comes: the worker's loop
         # makes one look at a time, and an enqueue here (`hold_place`) takes only places beyond them.
-        # None when it is full for now (`max_jobs` while others look): it reads no job, and tells
-        # the others it has no room, but hears whether they still look.
+        # 0 when it is full for now (`max_jobs` while others look): it reads no job and tells the
+        # others it has no room, but hears whether they still look.
         places = max(min(self.places() - self.job_counter, self.queue_read_limit), 0)
         arguments = [
             timestamp_ms(),
