@@ -297,12 +297,12 @@ async def test_a_worker_no_other_looks_beside_takes_jobs_past_max_jobs(
         assert not await front.exists(in_progress_key_prefix + _ids(5, 1)[0])
 
 
-async def test_a_worker_takes_max_jobs_while_another_looks_and_more_once_it_stops(
+async def test_a_worker_takes_max_jobs_while_another_takes_jobs_and_its_fronts_past_it_alone(
     pools: tuple[ArqRedis, ArqRedis],
 ) -> None:
-    """While another worker looks at the queue (it has room), the worker here keeps to `max_jobs`: the
-    rest of a burst goes to whichever has room first. Once the other no longer looks (it stopped, or
-    it is full), the next look here takes what waits."""
+    """While another worker takes jobs from the queue, the worker here keeps to `max_jobs`: the rest of
+    a burst goes to whichever has room first. Once the other is gone (it stopped, or it drains), the
+    jobs its front enqueues are taken past `max_jobs`; its looks still keep to it."""
     front, back = pools
     runs = Runs()
     runs.gate.clear()
@@ -320,12 +320,20 @@ async def test_a_worker_takes_max_jobs_while_another_looks_and_more_once_it_stop
         for waiting in _ids(13, 2):  # for any worker's look
             assert not await front.exists(in_progress_key_prefix + waiting)
 
-        await worker._poll_iteration()  # full for now: it takes nothing, and says it has no room
+        await worker._poll_iteration()  # full: it takes nothing, but tells the others it is there
         assert sorted(worker.tasks) == _ids(11, 2)
-        assert [name.decode() for name in await front.zrange(looking, 0, -1)] == ["another-worker"]
+        noted = {name.decode() for name in await front.zrange(looking, 0, -1)}
+        assert noted == {"another-worker", worker.ctx["worker_id"]}
 
         await front.zrem(looking, "another-worker")
-        await worker._poll_iteration()  # hears that nobody else looks
+        await worker._poll_iteration()  # hears that nobody else takes jobs
         assert worker.places() == 4
+        for generation_id in _ids(15, 2):
+            await queue.enqueue(generation_id, recorded(generation_id))
+
+        # Its front's jobs are taken past max_jobs; its looks keep to max_jobs (the queued two wait).
+        assert sorted(worker.tasks) == [*_ids(11, 2), *_ids(15, 2)] and worker.job_counter == 4
         await worker._poll_iteration()
-        assert sorted(worker.tasks) == _ids(11, 4) and worker.job_counter == 4
+        assert sorted(worker.tasks) == [*_ids(11, 2), *_ids(15, 2)]
+        for waiting in _ids(13, 2):
+            assert not await front.exists(in_progress_key_prefix + waiting)
