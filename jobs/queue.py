@@ -69,23 +69,13 @@ local function take(mark, queue, job_key, retry_key, abort_set, id, now, in_prog
 end
 """
 # KEYS: the job's key, its result's key, the queue, its in-progress key, its retry count's key, the set
-# of jobs asked to abort. ARGV: as `_ENQUEUE`'s, then the in-progress mark's time to live (ms) and 1
-# when the worker heeds aborts. `_ENQUEUE`, then the job just enqueued taken (`take`): its answer, or 0
-# when the job was there already (a worker's look finds it).
+# of jobs asked to abort, then (optionally) the keys of the job's slots (jobs/limits.py's `acquire`).
+# ARGV: as `_ENQUEUE`'s, then the in-progress mark's time to live (ms), 1 when the worker heeds aborts,
+# then the acquire's arguments when its keys are given. `_ENQUEUE`, then the job just enqueued taken
+# (`take`): its answer, or 0 when the job was there already (a worker's look finds it); with the
+# slots' keys, the taken job's slots too, the acquire's answer fifth in the take's, which the job's
+# run reads instead of asking for its slots itself.
 _ENQUEUE_AND_TAKE = (
-    TAKE_FUNCTION
-    + """
-if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
-redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
-return take(KEYS[4], KEYS[3], KEYS[1], KEYS[5], KEYS[6], ARGV[4], ARGV[3], ARGV[5], ARGV[6])
-"""
-)
-
-# The same, then the slots of the job taken (jobs/limits.py's `acquire`): KEYS and ARGV go on with the
-# acquire's keys and arguments (from the 7th). Answers the take's answer and, fifth, the acquire's,
-# which the job's run reads instead of asking for its slots itself.
-_ENQUEUE_TAKE_AND_ACQUIRE = (
     TAKE_FUNCTION
     + ACQUIRE_FUNCTION
     + """
@@ -93,7 +83,7 @@ if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
 redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
 local taken = take(KEYS[4], KEYS[3], KEYS[1], KEYS[5], KEYS[6], ARGV[4], ARGV[3], ARGV[5], ARGV[6])
-if not taken then return taken end
+if not taken or #KEYS == 6 then return taken end
 local keys, argv = {}, {}
 for i = 7, #KEYS do keys[#keys + 1] = KEYS[i] end
 for i = 7, #ARGV do argv[#argv + 1] = ARGV[i] end
@@ -239,7 +229,6 @@ class ArqQueue:
         # Enqueues made while one is on its way go to Redis together (a burst's intakes).
         self._enqueue_script = BatchedScript(pool, _ENQUEUE)
         self._enqueue_and_take_script = BatchedScript(pool, _ENQUEUE_AND_TAKE)
-        self._enqueue_take_and_acquire_script = BatchedScript(pool, _ENQUEUE_TAKE_AND_ACQUIRE)
 
     async def hold_place(self) -> HeldPlace | None:
         """A place in the worker this process embeds (`worker_here`), when it runs and has one free,
@@ -291,13 +280,11 @@ class ArqQueue:
         arguments += [place.in_progress_ms, 1 if place.heeds_aborts else 0]
         # Its slots taken in the same trip, where the run would make a trip of its own for them.
         slots = None if recorded is None else place.slots_call(recorded)
-        script = self._enqueue_and_take_script
         if slots is not None:
             keys += slots[0]
             arguments += slots[1]
-            script = self._enqueue_take_and_acquire_script
         try:
-            taken = await script(keys=keys, args=arguments)
+            taken = await self._enqueue_and_take_script(keys=keys, args=arguments)
         except BaseException:
             # Not sent, or its answer lost: the job, if it was taken, runs when its mark expires
             # (the dispatcher meanwhile runs the generation on Plan B, and the job then ends).

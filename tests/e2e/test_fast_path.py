@@ -352,7 +352,6 @@ async def test_a_plan_a_generation_recorded_claimed_whose_enqueue_fails_runs_on_
         raise ConnectionError("Redis went away")
 
     app.queue._enqueue_and_take_script = no_answer  # type: ignore[assignment]
-    app.queue._enqueue_take_and_acquire_script = no_answer  # type: ignore[assignment]
     chat = Chat(telegram)
     chat.send("/image 1 a fox")
     [done] = await all_settled(app, 1)
@@ -474,13 +473,13 @@ async def test_a_job_whose_enqueue_took_its_slots_but_looked_failed_gives_them_b
     app = await make_app(redis_url=redis_url)
     worker = await embedded_worker_running(app)
     assert app.queue is not None
-    script = app.queue._enqueue_take_and_acquire_script
+    script = app.queue._enqueue_and_take_script
 
     async def answer_lost(**call: Any) -> Any:
         await script(**call)
         raise ConnectionError("Redis went away")
 
-    app.queue._enqueue_take_and_acquire_script = answer_lost  # type: ignore[assignment]
+    app.queue._enqueue_and_take_script = answer_lost  # type: ignore[assignment]
     chat = Chat(telegram)
     chat.send("/image 1 a fox")
     [done] = await all_settled(app, 1)
