@@ -68,6 +68,11 @@ LOOKING_PREFIX = "aibot:looking:"
 # How long after a job last had to wait for a slot the worker records no claims for its jobs.
 LINES_FORM_WITHIN = 10.0
 
+# How often a full worker looks (its looks then take no job: they tell the others it is there and
+# read the jobs asked to abort), where one with room looks every poll_delay: a look is a round trip,
+# and in a burst a full worker's, every 20 ms, were about a sixth of Plan A's trips to Redis.
+FULL_LOOK_EVERY = 0.1
+
 # A try must end (settle or ask for a retry) before arq's job timeout cancels it: keep a margin.
 TIMEOUT_MARGIN = 20.0
 
@@ -450,8 +455,10 @@ class PromptWorker(Worker):
         self.places_alone = max(self.max_jobs, places_alone)
         self.sem = asyncio.BoundedSemaphore(self.places_alone + 1)
         self._others_look = True  # until its first look tells
-        # How long a look tells others that it looks: a worker with room looks every poll_delay.
+        # How long a look tells others that it looks: a worker with room looks every poll_delay, a
+        # full one every FULL_LOOK_EVERY at least.
         self._looks_within_ms = max(1000, int(self.poll_delay_s * 5000))
+        self._looked_at = float("-inf")  # when its last look left (the loop's clock)
         # Its runs claim generations in its name (`_lease_owner`); `worker_options` names it.
         self.ctx.setdefault("worker_id", f"worker-{uuid.uuid4().hex[:8]}")
         self._nudged = asyncio.Event()
@@ -612,6 +619,7 @@ class PromptWorker(Worker):
         arguments += [self.ctx["worker_id"], timestamp_ms() + self._looks_within_ms]
         keys = [self.queue_name, abort_jobs_ss, LOOKING_PREFIX + self.queue_name]
         self._promised_to_look = places
+        self._looked_at = self.loop.time()
         try:
             taken, abort_job_ids, others = await self._look_script(keys=keys, args=arguments)
         finally:
@@ -694,13 +702,16 @@ class PromptWorker(Worker):
         jobs running here the jobs asked to abort read, in one trip to Redis (`_look`), where arq
         makes three, one after the other (a busy worker looks every `poll_delay`, 20 ms by default).
         A full worker looks too, for no job (in the same trip as its read of the jobs asked to
-        abort): to tell the others it still takes jobs, and to hear whether they do. One that takes
-        no more (draining) makes arq's look, and the others soon count it gone."""
+        abort): to tell the others it still takes jobs, and to hear whether they do; but only every
+        `FULL_LOOK_EVERY` (a job asked to abort is cancelled that much later at most). One that
+        takes no more (draining) makes arq's look, and the others soon count it gone."""
         if self.burst or not self.allow_pick_jobs:
             await super()._poll_iteration()
             return
-        abort_job_ids = await self._look(reads_aborts=self.allow_abort_jobs and bool(self.job_tasks))
-        await self._cancel_these(abort_job_ids)
+        full = self.job_counter >= self.max_jobs
+        if not full or self.loop.time() - self._looked_at >= FULL_LOOK_EVERY:
+            abort_job_ids = await self._look(reads_aborts=self.allow_abort_jobs and bool(self.job_tasks))
+            await self._cancel_these(abort_job_ids)
         # The rest of arq's look, as it does it.
         for job_id, task in list(self.tasks.items()):
             if task.done():

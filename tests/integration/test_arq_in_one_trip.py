@@ -28,7 +28,16 @@ from generation.limits import Limits
 from generation.store import Generation, unattached
 from jobs.limits import PREFIX, ConcurrencyLimiter
 from jobs.queue import JOB_FUNCTION, ArqQueue, deserialize, serialize
-from jobs.runner import _FINISH, _FINISH_AND_RELEASE, _LIMITER, _TAKE, PromptWorker, _limiter, _release
+from jobs.runner import (
+    _FINISH,
+    _FINISH_AND_RELEASE,
+    _LIMITER,
+    _TAKE,
+    FULL_LOOK_EVERY,
+    PromptWorker,
+    _limiter,
+    _release,
+)
 from settings import Settings
 from tests.integration.redis_trips import count_round_trips
 
@@ -336,6 +345,46 @@ async def test_an_idle_worker_does_not_ask_for_aborted_jobs_and_a_running_one_is
         pool.pipeline = real_pipeline  # type: ignore[method-assign]
         for task in worker.tasks.values():
             task.cancel()
+
+
+async def test_a_full_worker_looks_every_full_look_every_and_still_aborts(
+    pool: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker with room looks at every poll; a full one only every FULL_LOOK_EVERY (its look takes no
+    job: it notes the worker present and reads the jobs asked to abort), and its jobs still abort."""
+    started = {name: asyncio.Event() for name in ("running", "to-abort")}
+
+    async def wait(ctx: dict[str, Any], name: str) -> None:
+        started[name].set()
+        await asyncio.Event().wait()  # until aborted
+
+    worker = prompt_worker(pool, wait, "wait", max_jobs=2, allow_abort_jobs=True)
+    try:
+        for name in ("running", "to-abort"):
+            await pool.enqueue_job("wait", name, _job_id=name)
+        await worker.start_jobs([b"running", b"to-abort"])
+        await asyncio.wait_for(asyncio.gather(*(event.wait() for event in started.values())), 5)
+        assert worker.job_counter == worker.max_jobs  # full
+        await worker._poll_iteration()  # the first look also records the worker's health
+
+        await asyncio.sleep(FULL_LOOK_EVERY)
+        trips = count_round_trips(pool, monkeypatch)
+        await worker._poll_iteration()
+        assert trips[0] == 1  # its look
+        await worker._poll_iteration()
+        await worker._poll_iteration()
+        assert trips[0] == 1  # a moment later: no look
+
+        await pool.zadd(abort_jobs_ss, {"to-abort": timestamp_ms()})  # what arq's `Job.abort` writes
+        await asyncio.sleep(FULL_LOOK_EVERY)
+        await worker._poll_iteration()  # its next look reads the job asked to abort
+        await asyncio.wait_for(asyncio.wait([worker.tasks["to-abort"]]), 10)
+        assert sorted(worker.job_tasks) == ["running"]
+        assert await pool.zscore(abort_jobs_ss, "to-abort") is None
+    finally:
+        for task in worker.tasks.values():
+            task.cancel()
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
 
 
 FINISHES = {

@@ -1,6 +1,7 @@
 """Calls of a Lua script made while another is on its way go to Redis together (jobs/batched_scripts.py),
 against real Redis: each call still gets its own answer or its own error, in fewer round trips; a
-call alone goes alone; a flushed script is loaded again; a call cancelled before its batch left is not
+call alone goes alone, at once after a quiet moment; calls coming in a stream wait a moment for each
+other; a flushed script is loaded again; a call cancelled before its batch left is not
 made; a hung Redis fails the calls in time, and they work again once it answers."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from jobs.batched_scripts import BatchedScript
+from jobs.batched_scripts import LINGER, BatchedScript
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.integration.redis_trips import count_round_trips
 
@@ -38,6 +39,7 @@ async def test_calls_made_at_once_share_round_trips_and_each_gets_its_own_answer
 ) -> None:
     script = BatchedScript(client, SET_AND_ANSWER)
     await script(keys=["batched:warm"], args=["warm"])  # loaded once, as any script
+    await asyncio.sleep(LINGER * 10)  # a quiet moment: the next call goes at once
     trips = count_round_trips(client, monkeypatch)
 
     answers = await asyncio.gather(*(script(keys=[f"batched:{n}"], args=[f"v{n}"]) for n in range(100)))
@@ -54,6 +56,29 @@ async def test_a_call_alone_goes_alone(client: aioredis.Redis, monkeypatch: pyte
     assert await script(keys=["batched:alone"], args=["one"]) == b"one!"
     assert await script(keys=["batched:alone"], args=["two"]) == b"two!"
     assert trips[0] == 2 and script.batches == 0  # one trip each, no pipeline (and the script loaded)
+
+
+async def test_calls_that_come_one_by_one_in_a_stream_wait_a_moment_and_go_together(
+    client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each comes after the one before came back, so none is on its way for it to wait for; coming
+    within `linger` of the one before, each waits for the next, and they go in one round trip."""
+    script = BatchedScript(client, SET_AND_ANSWER, linger=0.5)
+    await script(keys=["batched:warm"], args=["warm"])  # loaded
+    await asyncio.sleep(0.6)  # a quiet moment
+    trips = count_round_trips(client, monkeypatch)
+
+    assert await asyncio.wait_for(script(keys=["batched:0"], args=["0"]), 0.4) == b"0!"  # at once
+    assert trips[0] == 1
+    stream = []
+    for n in range(1, 6):
+        stream.append(asyncio.create_task(script(keys=[f"batched:{n}"], args=[str(n)])))
+        await asyncio.sleep(0.01)
+    assert not any(call.done() for call in stream) and trips[0] == 1  # still waiting for the rest
+
+    assert await asyncio.gather(*stream) == [f"{n}!".encode() for n in range(1, 6)]
+    assert trips[0] == 2 and script.batches == 1
+    assert await client.mget([f"batched:{n}" for n in range(6)]) == [str(n).encode() for n in range(6)]
 
 
 async def test_many_calls_go_in_one_round_trip(
@@ -127,6 +152,7 @@ async def test_a_hung_redis_fails_the_calls_in_time_and_they_work_again_once_it_
 ) -> None:
     script = BatchedScript(proxied, SET_AND_ANSWER, within=0.5)
     await script(keys=["batched:warm"], args=["warm"])
+    await asyncio.sleep(LINGER * 10)  # a quiet moment: the next call goes at once
     await redis_proxy.hang()
     began = asyncio.get_running_loop().time()
     outcomes = await asyncio.gather(

@@ -21,7 +21,7 @@ from arq.worker import func
 from generation.store import Generation, unattached
 from jobs.batched_scripts import BatchedScript
 from jobs.queue import _ENQUEUE_AND_TAKE, JOB_FUNCTION, ArqQueue, EnqueuedHere, deserialize, serialize
-from jobs.runner import _LIMITER, _LOOK, LINES_FORM_WITHIN, LOOKING_PREFIX, PromptWorker
+from jobs.runner import _LIMITER, _LOOK, FULL_LOOK_EVERY, LINES_FORM_WITHIN, LOOKING_PREFIX, PromptWorker
 from tests.integration.redis_trips import count_round_trips
 
 
@@ -320,12 +320,14 @@ async def test_a_worker_takes_max_jobs_while_another_takes_jobs_and_its_fronts_p
         for waiting in _ids(13, 2):  # for any worker's look
             assert not await front.exists(in_progress_key_prefix + waiting)
 
+        await asyncio.sleep(FULL_LOOK_EVERY)  # how often a full worker looks
         await worker._poll_iteration()  # full: it takes nothing, but tells the others it is there
         assert sorted(worker.tasks) == _ids(11, 2)
         noted = {name.decode() for name in await front.zrange(looking, 0, -1)}
         assert noted == {"another-worker", worker.ctx["worker_id"]}
 
         await front.zrem(looking, "another-worker")
+        await asyncio.sleep(FULL_LOOK_EVERY)
         await worker._poll_iteration()  # hears that nobody else takes jobs
         assert worker.places() == 4
         for generation_id in _ids(15, 2):
